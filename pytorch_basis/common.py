@@ -1,0 +1,217 @@
+"""Shared helpers every chapter uses: device choice, seeding, cached downloads, atomic checkpoint writes.
+
+Nothing here is specific to one model; it is the plumbing that the lessons of all four chapters import::
+
+    from pytorch_basis.common import resolve_device, add_device_argument, seed_everything, download
+
+Downloads go to one cache directory, ``$LLM_SCRATCH_DATA`` (default ``~/.cache/llm-scratch-pytorch``). A file
+already in the cache with the right sha256 is never fetched again, so pointing the variable at a folder that
+already holds the data (``../shared/data`` on the CI machines) makes every lesson work offline.
+"""
+
+from __future__ import annotations
+
+import argparse
+import hashlib
+import os
+import random
+import sys
+import tempfile
+import urllib.error
+import urllib.request
+from collections.abc import Callable, Iterable
+from pathlib import Path
+
+import numpy as np
+import torch
+
+DATA_ENV = "LLM_SCRATCH_DATA"
+DEFAULT_DATA_DIR = Path("~/.cache/llm-scratch-pytorch")
+REPO_ROOT = Path(__file__).resolve().parents[1]
+
+TINY_SHAKESPEARE_URL = "https://raw.githubusercontent.com/karpathy/char-rnn/master/data/tinyshakespeare/input.txt"
+TINY_SHAKESPEARE_SHA256 = "86c4e6aa9db7c042ec79f339dcb96d42b0075e16b8fc2e86bf0ca57e2dc565ed"
+
+
+# --------------------------------------------------------------------------------------------- device & seeding
+def resolve_device(name: str = "auto") -> torch.device:
+    """Map ``auto|cpu|cuda|mps`` (or ``cuda:1`` etc.) to a ``torch.device``.
+
+    ``auto`` picks CUDA, then Apple's MPS, then the CPU. Asking for a device that is not there is an error
+    naming the device, not a crash later inside a kernel.
+    """
+    if name == "auto":
+        if torch.cuda.is_available():
+            return torch.device("cuda")
+        if getattr(torch.backends, "mps", None) is not None and torch.backends.mps.is_available():
+            return torch.device("mps")
+        return torch.device("cpu")
+    dev = torch.device(name)
+    if dev.type == "cuda" and not torch.cuda.is_available():
+        raise ValueError(f"device {name!r} requested but CUDA is not available on this machine (use --device cpu)")
+    if dev.type == "mps" and not (getattr(torch.backends, "mps", None) and torch.backends.mps.is_available()):
+        raise ValueError(f"device {name!r} requested but MPS is not available on this machine (use --device cpu)")
+    if dev.type not in ("cpu", "cuda", "mps"):
+        raise ValueError(f"unsupported device {name!r}; choose from auto, cpu, cuda, mps")
+    return dev
+
+
+def add_device_argument(parser: argparse.ArgumentParser, default: str = "auto") -> None:
+    """Add the ``--device auto|cpu|cuda|mps`` option every lesson shares."""
+    parser.add_argument(
+        "--device",
+        default=default,
+        help="auto (cuda, then mps, then cpu), cpu, cuda, cuda:N or mps (default: %(default)s)",
+    )
+
+
+def seed_everything(seed: int) -> torch.Generator:
+    """Seed Python, NumPy and PyTorch (all devices); return a CPU ``torch.Generator`` seeded the same way."""
+    random.seed(seed)
+    np.random.seed(seed)
+    torch.manual_seed(seed)  # also seeds every CUDA device
+    return torch.Generator().manual_seed(seed)
+
+
+def synchronize(device: torch.device | str) -> None:
+    """Wait for queued kernels so wall-clock timings are honest (no-op on the CPU)."""
+    device = torch.device(device)
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+    elif device.type == "mps":
+        torch.mps.synchronize()
+
+
+# --------------------------------------------------------------------------------------------- cached downloads
+class DownloadError(RuntimeError):
+    """A file could not be fetched; the message names the file, the URLs tried and the variable to set."""
+
+
+def data_dir() -> Path:
+    """The download cache: ``$LLM_SCRATCH_DATA`` if set, else ``~/.cache/llm-scratch-pytorch``."""
+    return Path(os.environ.get(DATA_ENV) or DEFAULT_DATA_DIR).expanduser()
+
+
+def sha256_of(path: str | os.PathLike) -> str:
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        for chunk in iter(lambda: f.read(1 << 20), b""):
+            h.update(chunk)
+    return h.hexdigest()
+
+
+def _fetch(url: str, dest: Path, desc: str, timeout: float) -> None:
+    """Stream ``url`` into ``dest`` with a tqdm progress bar."""
+    from tqdm.auto import tqdm
+
+    req = urllib.request.Request(url, headers={"User-Agent": "llm-scratch-pytorch"})
+    with urllib.request.urlopen(req, timeout=timeout) as resp, open(dest, "wb") as out:
+        total = int(resp.headers.get("Content-Length") or 0) or None
+        with tqdm(total=total, unit="B", unit_scale=True, unit_divisor=1024, desc=desc, leave=False) as bar:
+            for chunk in iter(lambda: resp.read(1 << 16), b""):
+                out.write(chunk)
+                bar.update(len(chunk))
+
+
+def download(
+    url: str,
+    filename: str | None = None,
+    sha256: str | None = None,
+    cache_dir: str | os.PathLike | None = None,
+    fallback_urls: Iterable[str] = (),
+    timeout: float = 30.0,
+) -> Path:
+    """Return the local path of ``filename``, downloading it once into the cache if it is not there yet.
+
+    * The cache is ``cache_dir`` or :func:`data_dir` (``$LLM_SCRATCH_DATA``).
+    * A cached file whose sha256 does not match ``sha256`` is fetched again.
+    * ``fallback_urls`` are tried in order when ``url`` fails.
+    * Without network the result is one :class:`DownloadError` whose message names the file, every URL tried
+      and the environment variable that points the cache at a folder that already holds the file.
+    """
+    cache = Path(cache_dir).expanduser() if cache_dir is not None else data_dir()
+    filename = filename or url.rstrip("/").rsplit("/", 1)[-1]
+    path = cache / filename
+    if path.exists():
+        if sha256 is None or sha256_of(path) == sha256:
+            return path
+        print(f"{path} has the wrong sha256; downloading it again", file=sys.stderr)
+
+    urls = [url, *fallback_urls]
+    problems: list[str] = []
+    try:
+        cache.mkdir(parents=True, exist_ok=True)
+    except OSError as e:
+        raise DownloadError(
+            f"cannot create the download cache {cache} ({e.strerror}); set {DATA_ENV} to a writable folder"
+        ) from None
+    for u in urls:
+        fd, tmp_name = tempfile.mkstemp(prefix=f".{filename}.", dir=cache)
+        os.close(fd)
+        tmp = Path(tmp_name)
+        try:
+            _fetch(u, tmp, desc=filename, timeout=timeout)
+            if sha256 is not None and (got := sha256_of(tmp)) != sha256:
+                problems.append(f"{u}: sha256 {got} does not match the expected {sha256}")
+                continue
+            os.replace(tmp, path)  # atomic: a half-downloaded file never has the final name
+            return path
+        except (urllib.error.URLError, TimeoutError, OSError) as e:
+            reason = getattr(e, "reason", None) or e
+            problems.append(f"{u}: {reason}")
+        finally:
+            tmp.unlink(missing_ok=True)
+    tried = "\n  ".join(problems)
+    raise DownloadError(
+        f"could not download {filename!r} into {cache}.\n  {tried}\n"
+        f"If this machine is offline, put the file at {path} yourself, or set {DATA_ENV} to a folder that "
+        f"already contains {filename!r}."
+    )
+
+
+def tiny_shakespeare_path() -> Path:
+    """The tiny Shakespeare corpus (1,115,394 bytes), downloaded once and verified."""
+    return download(TINY_SHAKESPEARE_URL, "tinyshakespeare.txt", sha256=TINY_SHAKESPEARE_SHA256)
+
+
+def run_cli(main: Callable[[], object]) -> None:
+    """Run a script's ``main``; expected failures (offline downloads) print one line instead of a traceback."""
+    try:
+        main()
+    except DownloadError as e:
+        print(f"error: {e}", file=sys.stderr)
+        raise SystemExit(1) from None
+
+
+# --------------------------------------------------------------------------------------------- files
+def out_dir(*parts: str) -> Path:
+    """``<repo>/out/<parts...>``, created on demand: where lessons write plots, logs and checkpoints."""
+    path = REPO_ROOT.joinpath("out", *parts)
+    path.mkdir(parents=True, exist_ok=True)
+    return path
+
+
+def atomic_torch_save(obj: object, path: str | os.PathLike) -> Path:
+    """``torch.save`` to a temporary file in the same folder, then rename: a crash never leaves half a file."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp_name = tempfile.mkstemp(prefix=f".{path.name}.", dir=path.parent)
+    os.close(fd)
+    try:
+        torch.save(obj, tmp_name)
+        os.replace(tmp_name, path)
+    finally:
+        if os.path.exists(tmp_name):
+            os.unlink(tmp_name)
+    return path
+
+
+def atomic_write_text(text: str, path: str | os.PathLike) -> Path:
+    """Write text atomically (temporary file + rename)."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp_name = tempfile.mkstemp(prefix=f".{path.name}.", dir=path.parent)
+    with os.fdopen(fd, "w") as f:
+        f.write(text)
+    os.replace(tmp_name, path)
+    return path

@@ -1,0 +1,114 @@
+"""Tests of the shared plumbing in pytorch_basis/common.py (downloads, devices, atomic writes)."""
+
+from __future__ import annotations
+
+import hashlib
+import http.server
+import socket
+import threading
+from functools import partial
+
+import pytest
+import torch
+
+from pytorch_basis import common
+
+
+@pytest.fixture
+def http_dir(tmp_path):
+    """Serve a folder on 127.0.0.1 (loopback only) and yield (folder, base_url)."""
+    root = tmp_path / "srv"
+    root.mkdir()
+    handler = partial(http.server.SimpleHTTPRequestHandler, directory=str(root))
+    handler.log_message = lambda *a, **k: None
+    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), handler)
+    thread = threading.Thread(target=server.serve_forever, daemon=True)
+    thread.start()
+    yield root, f"http://127.0.0.1:{server.server_address[1]}"
+    server.shutdown()
+    server.server_close()
+
+
+def _closed_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]  # nothing listens once the socket closes
+
+
+def test_download_fetches_once_and_verifies_sha(http_dir, tmp_path, monkeypatch):
+    root, base = http_dir
+    payload = b"to be, or not to be\n" * 1000
+    (root / "a.txt").write_bytes(payload)
+    digest = hashlib.sha256(payload).hexdigest()
+    monkeypatch.setenv(common.DATA_ENV, str(tmp_path / "cache"))
+
+    path = common.download(f"{base}/a.txt", sha256=digest)
+    assert path == tmp_path / "cache" / "a.txt"
+    assert path.read_bytes() == payload
+
+    # Second call is served from the cache: remove the file on the server and it still works.
+    (root / "a.txt").unlink()
+    assert common.download(f"{base}/a.txt", sha256=digest).read_bytes() == payload
+
+
+def test_download_rejects_wrong_sha_and_uses_fallback(http_dir, tmp_path):
+    root, base = http_dir
+    (root / "bad.txt").write_bytes(b"corrupted")
+    (root / "good.txt").write_bytes(b"the real thing")
+    digest = hashlib.sha256(b"the real thing").hexdigest()
+    path = common.download(
+        f"{base}/bad.txt", filename="x.txt", sha256=digest, cache_dir=tmp_path / "c", fallback_urls=[f"{base}/good.txt"]
+    )
+    assert path.read_bytes() == b"the real thing"
+    assert sorted(p.name for p in (tmp_path / "c").iterdir()) == ["x.txt"]  # no temporary files left behind
+
+
+def test_download_offline_message_names_file_url_and_variable(tmp_path):
+    url = f"http://127.0.0.1:{_closed_port()}/data/input.txt"
+    with pytest.raises(common.DownloadError) as info:
+        common.download(url, cache_dir=tmp_path, timeout=2)
+    msg = str(info.value)
+    assert "input.txt" in msg and url in msg and common.DATA_ENV in msg
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_run_cli_prints_one_line_instead_of_traceback(tmp_path, capsys):
+    def main():
+        common.download(f"http://127.0.0.1:{_closed_port()}/f.bin", cache_dir=tmp_path, timeout=2)
+
+    with pytest.raises(SystemExit) as info:
+        common.run_cli(main)
+    assert info.value.code == 1
+    err = capsys.readouterr().err
+    assert err.startswith("error: could not download 'f.bin'") and "Traceback" not in err
+
+
+def test_resolve_device():
+    assert common.resolve_device("cpu") == torch.device("cpu")
+    assert common.resolve_device("auto").type in {"cpu", "cuda", "mps"}
+    if not torch.cuda.is_available():
+        with pytest.raises(ValueError, match="CUDA is not available"):
+            common.resolve_device("cuda")
+
+
+def test_seed_everything_reproducible():
+    g = common.seed_everything(3)
+    a = torch.randn(4), torch.randn(4, generator=g)
+    g = common.seed_everything(3)
+    b = torch.randn(4), torch.randn(4, generator=g)
+    assert torch.equal(a[0], b[0]) and torch.equal(a[1], b[1])
+
+
+def test_atomic_torch_save_roundtrip(tmp_path):
+    path = common.atomic_torch_save({"w": torch.arange(5)}, tmp_path / "ck" / "model.pt")
+    assert torch.equal(torch.load(path, weights_only=True)["w"], torch.arange(5))
+    assert [p.name for p in path.parent.iterdir()] == ["model.pt"]
+
+
+def test_tiny_shakespeare_from_cache_when_available():
+    try:
+        path = common.tiny_shakespeare_path()
+    except common.DownloadError as e:
+        pytest.skip(f"tiny Shakespeare not cached and no network ({common.DATA_ENV} unset?): {e}")
+    assert path.stat().st_size == 1_115_394
+    assert common.sha256_of(path) == common.TINY_SHAKESPEARE_SHA256
