@@ -1,0 +1,144 @@
+"""The PyTorch attention algorithms of chapter 4 vs independent references.
+
+References: ``F.scaled_dot_product_attention`` (outputs), autograd through a plain softmax-attention built from
+torch ops (gradients), ``torch.logsumexp``, ``torch.autograd.gradcheck`` in float64 (the custom Function).
+Sequence lengths are deliberately not multiples of the blocks.
+"""
+
+import pytest
+import torch
+import torch.nn.functional as F
+
+from triton_flash_attention_scratch.attention_torch import (
+    FlashAttentionTorch,
+    flash_attention_backward,
+    flash_attention_forward,
+    flash_attention_forward_simple,
+    flash_attention_torch,
+    naive_attention,
+    naive_attention_backward,
+)
+
+# (B, H, H_kv, N, D, block_q, block_k)
+SHAPES = [
+    (1, 1, 1, 1, 16, 64, 64),
+    (2, 2, 2, 17, 32, 16, 16),
+    (1, 4, 2, 100, 16, 32, 16),  # grouped-query, blocks of different sizes
+    (1, 2, 1, 257, 64, 64, 64),  # multi-query
+    (2, 3, 3, 100, 8, 16, 64),
+]
+
+
+def _qkv(B, H, H_kv, N, D, N_kv=None, dtype=torch.float32):
+    N_kv = N if N_kv is None else N_kv
+    return (
+        torch.randn(B, H, N, D, dtype=dtype),
+        torch.randn(B, H_kv, N_kv, D, dtype=dtype),
+        torch.randn(B, H_kv, N_kv, D, dtype=dtype),
+    )
+
+
+def _sdpa(q, k, v, causal, scale=None):
+    rep = q.shape[1] // k.shape[1]  # expand K/V heads explicitly: independent of the GQA code under test
+    k, v = k.repeat_interleave(rep, dim=1), v.repeat_interleave(rep, dim=1)
+    return F.scaled_dot_product_attention(q, k, v, is_causal=causal, scale=scale)
+
+
+def _autograd_reference(q, k, v, do, causal):
+    """Gradients of softmax attention from autograd of torch ops (torch.softmax, matmul)."""
+    q, k, v = (t.detach().clone().requires_grad_() for t in (q, k, v))
+    rep = q.shape[1] // k.shape[1]
+    s = q @ k.repeat_interleave(rep, 1).transpose(-2, -1) / q.shape[-1] ** 0.5
+    if causal:
+        s = s.masked_fill(torch.ones(s.shape[-2:], dtype=torch.bool).triu(1), float("-inf"))
+    o = torch.softmax(s, dim=-1) @ v.repeat_interleave(rep, 1)
+    o.backward(do)
+    return o.detach(), q.grad, k.grad, v.grad
+
+
+@pytest.mark.parametrize("causal", [False, True])
+@pytest.mark.parametrize("shape", SHAPES)
+def test_forward_matches_sdpa(shape, causal):
+    B, H, H_kv, N, D, bq, bk = shape
+    q, k, v = _qkv(B, H, H_kv, N, D)
+    ref = _sdpa(q, k, v, causal)
+    torch.testing.assert_close(naive_attention(q, k, v, causal), ref, atol=1e-5, rtol=1e-5)
+    torch.testing.assert_close(flash_attention_forward_simple(q, k, v, causal, None, bq, bk), ref, atol=1e-5, rtol=1e-5)
+    o, lse = flash_attention_forward(q, k, v, causal, None, bq, bk)
+    torch.testing.assert_close(o, ref, atol=1e-5, rtol=1e-5)
+    # L = logsumexp of each (scaled, masked) score row
+    rep = H // H_kv
+    s = q @ k.repeat_interleave(rep, 1).transpose(-2, -1) / D**0.5
+    if causal:
+        s = s.masked_fill(torch.ones(N, N, dtype=torch.bool).triu(1), float("-inf"))
+    assert lse.shape == (B, H, N)
+    torch.testing.assert_close(lse, torch.logsumexp(s, dim=-1), atol=1e-5, rtol=1e-5)
+
+
+@pytest.mark.parametrize("n_kv", [1, 17, 100])
+def test_cross_attention_lengths_and_scale(n_kv):
+    q, k, v = _qkv(2, 2, 1, 33, 16, N_kv=n_kv)
+    ref = _sdpa(q, k, v, False, scale=0.3)
+    torch.testing.assert_close(naive_attention(q, k, v, sm_scale=0.3), ref, atol=1e-5, rtol=1e-5)
+    torch.testing.assert_close(flash_attention_forward_simple(q, k, v, False, 0.3, 16, 8), ref, atol=1e-5, rtol=1e-5)
+    torch.testing.assert_close(flash_attention_forward(q, k, v, False, 0.3, 16, 8)[0], ref, atol=1e-5, rtol=1e-5)
+
+
+@pytest.mark.parametrize("causal", [False, True])
+@pytest.mark.parametrize("shape", SHAPES)
+def test_backward_matches_autograd(shape, causal):
+    B, H, H_kv, N, D, bq, bk = shape
+    q, k, v = _qkv(B, H, H_kv, N, D)
+    do = torch.randn(B, H, N, D)
+    o_ref, dq_ref, dk_ref, dv_ref = _autograd_reference(q, k, v, do, causal)
+    o, lse = flash_attention_forward(q, k, v, causal, None, bq, bk)
+    for grads in (
+        naive_attention_backward(q, k, v, do, causal),
+        flash_attention_backward(q, k, v, o, lse, do, causal, None, bq, bk),
+    ):
+        for got, want in zip(grads, (dq_ref, dk_ref, dv_ref)):
+            torch.testing.assert_close(got, want, atol=1e-4, rtol=1e-4)
+    # the autograd.Function wrapper
+    q2, k2, v2 = (t.clone().requires_grad_() for t in (q, k, v))
+    o = flash_attention_torch(q2, k2, v2, causal, None, bq, bk)
+    o.backward(do)
+    torch.testing.assert_close(o.detach(), o_ref, atol=1e-5, rtol=1e-5)
+    for got, want in zip((q2.grad, k2.grad, v2.grad), (dq_ref, dk_ref, dv_ref)):
+        torch.testing.assert_close(got, want, atol=1e-4, rtol=1e-4)
+
+
+@pytest.mark.parametrize("causal", [False, True])
+@pytest.mark.parametrize("n,h,h_kv", [(1, 1, 1), (7, 2, 1), (10, 2, 2)])
+def test_gradcheck_float64(n, h, h_kv, causal):
+    q, k, v = (t.requires_grad_() for t in _qkv(1, h, h_kv, n, 4, dtype=torch.float64))
+    assert torch.autograd.gradcheck(lambda a, b, c: FlashAttentionTorch.apply(a, b, c, causal, None, 4, 3), (q, k, v))
+
+
+def test_half_precision_against_fp32_reference():
+    q, k, v = _qkv(1, 2, 2, 100, 32)
+    ref = _sdpa(q, k, v, True)
+    o, lse = flash_attention_forward(q.half(), k.half(), v.half(), True, None, 32, 32)
+    assert o.dtype == torch.float16 and lse.dtype == torch.float32
+    torch.testing.assert_close(o.float(), ref, atol=1e-2, rtol=1e-2)
+
+
+def test_large_logits_stay_finite():
+    q, k, v = _qkv(1, 1, 1, 65, 16)
+    o, _ = flash_attention_forward(q * 100, k * 100, v, True, None, 16, 16)  # scores in the thousands
+    assert torch.isfinite(o).all()
+    torch.testing.assert_close(o, _sdpa(q * 100, k * 100, v, True), atol=1e-4, rtol=1e-4)
+
+
+def test_bad_inputs_raise_clear_errors():
+    q, k, v = _qkv(1, 3, 2, 8, 4)
+    with pytest.raises(ValueError, match="multiple of key/value heads"):
+        flash_attention_forward(q, k, v)
+    q, k, v = _qkv(1, 2, 2, 8, 4, N_kv=5)
+    with pytest.raises(ValueError, match="causal attention needs equal"):
+        naive_attention(q, k, v, causal=True)
+    with pytest.raises(ValueError, match="shape \\(B, heads, seq_len, head_dim\\)"):
+        flash_attention_forward(q[0], k, v)
+    with pytest.raises(ValueError, match="block_q must be a positive integer"):
+        flash_attention_forward(q, k, v, block_q=0)
+    with pytest.raises(ValueError, match="head_dim of q"):
+        naive_attention(q, k[..., :2], v[..., :2])
