@@ -1,0 +1,793 @@
+"""Flash attention in Triton: forward, backward, the autograd Function, input validation and autotuning.
+
+This is the module the lessons 15-22 build up and that chapter 2's GPT-2 imports as its ``attn_impl="triton"``::
+
+    from triton_flash_attention_scratch.triton_flash import flash_attention
+    o = flash_attention(q, k, v, causal=True)          # q (B, H, N, D), k/v (B, H_kv, N, D), H % H_kv == 0
+
+The maths (same symbols as part 1, ``attention_torch.py``). For one (batch, head) and scores ``S = Q Kᵀ · sm_scale``:
+
+    P = softmax(S)            O = P V            L_i = log Σ_j exp(S_ij)        (the logsumexp, natural log)
+
+Forward (one program per query block of BLOCK_M rows and per batch·head) walks over key blocks with the *online
+softmax*: a running row maximum ``m_i``, running normaliser ``l_i`` and unnormalised output ``acc``::
+
+    m_new = max(m_i, rowmax(S_ij))      p = exp(S_ij - m_new)      α = exp(m_i - m_new)
+    l_i  ← α l_i + rowsum(p)            acc ← α acc + p V_j         m_i ← m_new
+    O_i = acc / l_i                     L_i = m_i + log l_i
+
+Everything is done in base 2: ``exp(x) = exp2(x · log2 e)``, so the scale ``sm_scale · log2 e`` is folded into
+the scores once and the kernel only calls the cheap ``exp2``. The saved ``L`` is converted back to natural log.
+
+Backward (three kernels), with ``dO`` the incoming gradient and ``P_ij = exp(S_ij - L_i)`` recomputed from ``L``:
+
+    D_i  = rowsum(dO_i ∘ O_i)                               (preprocess kernel)
+    dV_j = Σ_i P_ijᵀ dO_i                                    dP = dO Vᵀ
+    dS   = P ∘ (dP - D)                                      (softmax backward, using Σ_j P_ij dP_ij = D_i)
+    dK_j = sm_scale · Σ_i dS_ijᵀ Q_i   (dK/dV kernel: one program per key block, loops over query blocks)
+    dQ_i = sm_scale · Σ_j dS_ij K_j    (dQ kernel: one program per query block, loops over key blocks)
+
+Grouped-query attention: query head ``h`` reads K/V head ``h // (H / H_kv)``; the dK/dV program of a K/V head
+loops over the ``H / H_kv`` query heads of its group, so gradients are summed without atomics.
+
+Causal attention runs in two stages: the blocks strictly left of the diagonal need no mask; only the diagonal
+block is masked; blocks right of the diagonal are never visited. Every load and store is masked, so any sequence
+length works (the last block is partial), and head dims that are not a power of two are padded to one.
+
+Runs compiled on a CUDA GPU, and on the CPU under Triton's interpreter (``TRITON_INTERPRET=1``, set below when
+there is no CUDA). The interpreter is exact for fp32 and fp16 but computes bf16 ``tl.dot`` wrongly, so bf16 is
+refused there with a clear error. Autotuning searches a pruned config space on GPU and uses one config under the
+interpreter (where timing means nothing and multi-config autotuning is not supported).
+"""
+
+from __future__ import annotations
+
+import itertools
+import math
+import os
+
+import torch
+
+if not torch.cuda.is_available():  # must happen before `import triton` defines any kernel
+    os.environ.setdefault("TRITON_INTERPRET", "1")
+
+import triton
+import triton.language as tl
+
+INTERPRET = os.environ.get("TRITON_INTERPRET", "0") == "1"
+LOG2E = 1.4426950408889634  # log2(e):  exp(x) = exp2(x * LOG2E)
+LN2 = 0.6931471805599453  # ln(2):     log(x) = log2(x) * LN2
+MAX_HEAD_DIM = 256
+SUPPORTED_DTYPES = (torch.float16, torch.bfloat16, torch.float32)
+
+
+# ============================================================================================ forward kernel
+@triton.jit
+def _attn_fwd_inner(
+    acc,
+    l_i,
+    m_i,
+    q,
+    k_base,
+    v_base,
+    stride_kn,
+    stride_vn,
+    offs_m,
+    offs_d,
+    lo,
+    hi,
+    N_CTX,
+    qk_scale,
+    HEAD_DIM: tl.constexpr,
+    BLOCK_N: tl.constexpr,
+    MASK_DIAG: tl.constexpr,
+    INPUT_PRECISION: tl.constexpr,
+):
+    """Online softmax over the key blocks [lo, hi). ``MASK_DIAG`` applies the causal mask (diagonal block only)."""
+    offs_n = tl.arange(0, BLOCK_N)
+    d_ok = offs_d[None, :] < HEAD_DIM
+    for start_n in tl.range(lo, hi, BLOCK_N):
+        cols = start_n + offs_n  # key positions of this block
+        kv_mask = (cols[:, None] < N_CTX) & d_ok
+        k = tl.load(k_base + cols[:, None] * stride_kn + offs_d[None, :], mask=kv_mask, other=0.0)  # (BLOCK_N, D)
+        qk = tl.dot(q, tl.trans(k), input_precision=INPUT_PRECISION) * qk_scale  # (BLOCK_M, BLOCK_N), log2 units
+        valid = cols[None, :] < N_CTX  # the last key block may be partial
+        if MASK_DIAG:
+            valid = valid & (offs_m[:, None] >= cols[None, :])
+        qk = tl.where(valid, qk, float("-inf"))
+        m_new = tl.maximum(m_i, tl.max(qk, 1))
+        p = tl.exp2(qk - m_new[:, None])  # (BLOCK_M, BLOCK_N)
+        alpha = tl.exp2(m_i - m_new)  # rescales what was accumulated under the old maximum
+        l_i = l_i * alpha + tl.sum(p, 1)
+        v = tl.load(v_base + cols[:, None] * stride_vn + offs_d[None, :], mask=kv_mask, other=0.0)  # (BLOCK_N, D)
+        acc = acc * alpha[:, None]
+        acc = tl.dot(p.to(v.dtype), v, acc, input_precision=INPUT_PRECISION)  # fp32 accumulation
+        m_i = m_new
+    return acc, l_i, m_i
+
+
+@triton.jit
+def _attn_fwd(
+    Q,
+    K,
+    V,
+    O,
+    LSE,
+    stride_qb,
+    stride_qh,
+    stride_qn,
+    stride_kb,
+    stride_kh,
+    stride_kn,
+    stride_vb,
+    stride_vh,
+    stride_vn,
+    stride_ob,
+    stride_oh,
+    stride_on,
+    H,
+    H_KV,
+    N_CTX,
+    sm_scale,
+    HEAD_DIM: tl.constexpr,
+    BLOCK_D: tl.constexpr,
+    CAUSAL: tl.constexpr,
+    INPUT_PRECISION: tl.constexpr,
+    BLOCK_M: tl.constexpr,
+    BLOCK_N: tl.constexpr,
+):
+    """One program = BLOCK_M query rows of one (batch, head). Writes O (input dtype) and L (fp32, natural log)."""
+    start_m = tl.program_id(0) * BLOCK_M
+    off_bh = tl.program_id(1)
+    off_b = off_bh // H
+    off_h = off_bh % H
+    off_hkv = off_h // (H // H_KV)  # grouped-query attention: several query heads share one K/V head
+
+    offs_m = start_m + tl.arange(0, BLOCK_M)
+    offs_d = tl.arange(0, BLOCK_D)
+    row_ok = offs_m < N_CTX
+    d_ok = offs_d < HEAD_DIM
+    io_mask = row_ok[:, None] & d_ok[None, :]
+
+    q_ptrs = Q + off_b * stride_qb + off_h * stride_qh + offs_m[:, None] * stride_qn + offs_d[None, :]
+    q = tl.load(q_ptrs, mask=io_mask, other=0.0)  # (BLOCK_M, BLOCK_D), stays in registers for the whole loop
+    k_base = K + off_b * stride_kb + off_hkv * stride_kh
+    v_base = V + off_b * stride_vb + off_hkv * stride_vh
+
+    m_i = tl.full([BLOCK_M], float("-inf"), dtype=tl.float32)
+    l_i = tl.zeros([BLOCK_M], dtype=tl.float32)
+    acc = tl.zeros([BLOCK_M, BLOCK_D], dtype=tl.float32)
+    qk_scale = sm_scale * 1.4426950408889634  # sm_scale · log2(e): scores in log2 units, so exp2 replaces exp
+
+    if CAUSAL:
+        # stage 1: key blocks strictly left of the diagonal block, no mask needed (needs BLOCK_M % BLOCK_N == 0)
+        acc, l_i, m_i = _attn_fwd_inner(
+            acc, l_i, m_i, q, k_base, v_base, stride_kn, stride_vn, offs_m, offs_d,
+            0, start_m, N_CTX, qk_scale, HEAD_DIM, BLOCK_N, False, INPUT_PRECISION,
+        )  # fmt: skip
+        # stage 2: the diagonal block, with the causal mask
+        hi = tl.minimum(start_m + BLOCK_M, N_CTX)
+        acc, l_i, m_i = _attn_fwd_inner(
+            acc, l_i, m_i, q, k_base, v_base, stride_kn, stride_vn, offs_m, offs_d,
+            start_m, hi, N_CTX, qk_scale, HEAD_DIM, BLOCK_N, True, INPUT_PRECISION,
+        )  # fmt: skip
+    else:
+        acc, l_i, m_i = _attn_fwd_inner(
+            acc, l_i, m_i, q, k_base, v_base, stride_kn, stride_vn, offs_m, offs_d,
+            0, N_CTX, N_CTX, qk_scale, HEAD_DIM, BLOCK_N, False, INPUT_PRECISION,
+        )  # fmt: skip
+
+    acc = acc / l_i[:, None]
+    lse = (m_i + tl.log2(l_i)) * 0.6931471805599453  # back to natural log: L = ln 2 · (m + log2 l)
+    o_ptrs = O + off_b * stride_ob + off_h * stride_oh + offs_m[:, None] * stride_on + offs_d[None, :]
+    tl.store(o_ptrs, acc.to(O.dtype.element_ty), mask=io_mask)
+    tl.store(LSE + off_bh * N_CTX + offs_m, lse, mask=row_ok)
+
+
+# ============================================================================================ backward kernels
+@triton.jit
+def _attn_bwd_preprocess(
+    O,
+    DO,
+    DELTA,
+    stride_ob,
+    stride_oh,
+    stride_on,
+    stride_dob,
+    stride_doh,
+    stride_don,
+    H,
+    N_CTX,
+    HEAD_DIM: tl.constexpr,
+    BLOCK_D: tl.constexpr,
+    BLOCK_M: tl.constexpr,
+):
+    """D_i = Σ_d dO_id · O_id (fp32), one program per BLOCK_M rows of one (batch, head)."""
+    off_bh = tl.program_id(1)
+    off_b = off_bh // H
+    off_h = off_bh % H
+    offs_m = tl.program_id(0) * BLOCK_M + tl.arange(0, BLOCK_M)
+    offs_d = tl.arange(0, BLOCK_D)
+    row_ok = offs_m < N_CTX
+    mask = row_ok[:, None] & (offs_d[None, :] < HEAD_DIM)
+    o = tl.load(O + off_b * stride_ob + off_h * stride_oh + offs_m[:, None] * stride_on + offs_d[None, :], mask=mask)
+    do = tl.load(
+        DO + off_b * stride_dob + off_h * stride_doh + offs_m[:, None] * stride_don + offs_d[None, :], mask=mask
+    )
+    delta = tl.sum(o.to(tl.float32) * do.to(tl.float32), axis=1)
+    tl.store(DELTA + off_bh * N_CTX + offs_m, delta, mask=row_ok)
+
+
+@triton.jit
+def _attn_bwd_dkdv_inner(
+    dk,
+    dv,
+    k,
+    v,
+    q_base,
+    do_base,
+    lse_base,
+    delta_base,
+    stride_qn,
+    stride_don,
+    offs_n,
+    offs_d,
+    lo,
+    hi,
+    N_CTX,
+    qk_scale,
+    HEAD_DIM: tl.constexpr,
+    BLOCK_M: tl.constexpr,
+    MASK_DIAG: tl.constexpr,
+    INPUT_PRECISION: tl.constexpr,
+):
+    """Accumulate dK, dV of one key block over the query blocks [lo, hi). Works with transposed tiles (N, M)."""
+    d_ok = offs_d[None, :] < HEAD_DIM
+    for start_m in tl.range(lo, hi, BLOCK_M):
+        offs_m = start_m + tl.arange(0, BLOCK_M)
+        row_ok = offs_m < N_CTX
+        io_mask = row_ok[:, None] & d_ok
+        q = tl.load(q_base + offs_m[:, None] * stride_qn + offs_d[None, :], mask=io_mask, other=0.0)  # (M, D)
+        lse = tl.load(lse_base + offs_m, mask=row_ok, other=0.0) * 1.4426950408889634  # L in log2 units
+        qkT = tl.dot(k, tl.trans(q), input_precision=INPUT_PRECISION)  # (BLOCK_N, BLOCK_M) = (Q Kᵀ)ᵀ
+        pT = tl.exp2(qkT * qk_scale - lse[None, :])  # Pᵀ recomputed from the saved logsumexp
+        valid = row_ok[None, :]
+        if MASK_DIAG:
+            valid = valid & (offs_m[None, :] >= offs_n[:, None])
+        pT = tl.where(valid, pT, 0.0)
+        do = tl.load(do_base + offs_m[:, None] * stride_don + offs_d[None, :], mask=io_mask, other=0.0)  # (M, D)
+        dv = tl.dot(pT.to(do.dtype), do, dv, input_precision=INPUT_PRECISION)  # dV += Pᵀ dO
+        delta = tl.load(delta_base + offs_m, mask=row_ok, other=0.0)
+        dpT = tl.dot(v, tl.trans(do), input_precision=INPUT_PRECISION)  # (dO Vᵀ)ᵀ, (BLOCK_N, BLOCK_M)
+        dsT = pT * (dpT - delta[None, :])  # dSᵀ = Pᵀ ∘ (dPᵀ - D)
+        dk = tl.dot(dsT.to(q.dtype), q, dk, input_precision=INPUT_PRECISION)  # dK += dSᵀ Q   (× sm_scale later)
+    return dk, dv
+
+
+@triton.jit
+def _attn_bwd_dkdv(
+    Q,
+    K,
+    V,
+    DO,
+    LSE,
+    DELTA,
+    DK,
+    DV,
+    stride_qb,
+    stride_qh,
+    stride_qn,
+    stride_kb,
+    stride_kh,
+    stride_kn,
+    stride_vb,
+    stride_vh,
+    stride_vn,
+    stride_dob,
+    stride_doh,
+    stride_don,
+    stride_dkb,
+    stride_dkh,
+    stride_dkn,
+    stride_dvb,
+    stride_dvh,
+    stride_dvn,
+    H,
+    H_KV,
+    N_CTX,
+    sm_scale,
+    HEAD_DIM: tl.constexpr,
+    BLOCK_D: tl.constexpr,
+    CAUSAL: tl.constexpr,
+    INPUT_PRECISION: tl.constexpr,
+    BLOCK_M: tl.constexpr,
+    BLOCK_N: tl.constexpr,
+):
+    """One program = BLOCK_N keys of one (batch, K/V head); loops over the query heads of its GQA group."""
+    start_n = tl.program_id(0) * BLOCK_N
+    off_bhkv = tl.program_id(1)
+    off_b = off_bhkv // H_KV
+    off_hkv = off_bhkv % H_KV
+    group = H // H_KV
+
+    offs_n = start_n + tl.arange(0, BLOCK_N)
+    offs_d = tl.arange(0, BLOCK_D)
+    kv_mask = (offs_n[:, None] < N_CTX) & (offs_d[None, :] < HEAD_DIM)
+    k = tl.load(
+        K + off_b * stride_kb + off_hkv * stride_kh + offs_n[:, None] * stride_kn + offs_d[None, :], mask=kv_mask
+    )
+    v = tl.load(
+        V + off_b * stride_vb + off_hkv * stride_vh + offs_n[:, None] * stride_vn + offs_d[None, :], mask=kv_mask
+    )
+    dk = tl.zeros([BLOCK_N, BLOCK_D], dtype=tl.float32)
+    dv = tl.zeros([BLOCK_N, BLOCK_D], dtype=tl.float32)
+    qk_scale = sm_scale * 1.4426950408889634
+
+    for g in range(group):
+        off_h = off_hkv * group + g
+        q_base = Q + off_b * stride_qb + off_h * stride_qh
+        do_base = DO + off_b * stride_dob + off_h * stride_doh
+        lse_base = LSE + (off_b * H + off_h) * N_CTX
+        delta_base = DELTA + (off_b * H + off_h) * N_CTX
+        if CAUSAL:
+            # queries before start_n see none of these keys: skipped. The query blocks overlapping the key block
+            # are masked (needs BLOCK_N % BLOCK_M == 0); every later query sees all of them: no mask.
+            hi = tl.minimum(start_n + BLOCK_N, N_CTX)
+            dk, dv = _attn_bwd_dkdv_inner(
+                dk, dv, k, v, q_base, do_base, lse_base, delta_base, stride_qn, stride_don, offs_n, offs_d,
+                start_n, hi, N_CTX, qk_scale, HEAD_DIM, BLOCK_M, True, INPUT_PRECISION,
+            )  # fmt: skip
+            dk, dv = _attn_bwd_dkdv_inner(
+                dk, dv, k, v, q_base, do_base, lse_base, delta_base, stride_qn, stride_don, offs_n, offs_d,
+                start_n + BLOCK_N, N_CTX, N_CTX, qk_scale, HEAD_DIM, BLOCK_M, False, INPUT_PRECISION,
+            )  # fmt: skip
+        else:
+            dk, dv = _attn_bwd_dkdv_inner(
+                dk, dv, k, v, q_base, do_base, lse_base, delta_base, stride_qn, stride_don, offs_n, offs_d,
+                0, N_CTX, N_CTX, qk_scale, HEAD_DIM, BLOCK_M, False, INPUT_PRECISION,
+            )  # fmt: skip
+
+    dk = dk * sm_scale  # S = sm_scale · Q Kᵀ, so dK picks up the scale once here
+    dk_ptrs = DK + off_b * stride_dkb + off_hkv * stride_dkh + offs_n[:, None] * stride_dkn + offs_d[None, :]
+    dv_ptrs = DV + off_b * stride_dvb + off_hkv * stride_dvh + offs_n[:, None] * stride_dvn + offs_d[None, :]
+    tl.store(dk_ptrs, dk.to(DK.dtype.element_ty), mask=kv_mask)
+    tl.store(dv_ptrs, dv.to(DV.dtype.element_ty), mask=kv_mask)
+
+
+@triton.jit
+def _attn_bwd_dq_inner(
+    dq,
+    q,
+    do,
+    lse,
+    delta,
+    k_base,
+    v_base,
+    stride_kn,
+    stride_vn,
+    offs_m,
+    offs_d,
+    lo,
+    hi,
+    N_CTX,
+    qk_scale,
+    HEAD_DIM: tl.constexpr,
+    BLOCK_N: tl.constexpr,
+    MASK_DIAG: tl.constexpr,
+    INPUT_PRECISION: tl.constexpr,
+):
+    """Accumulate dQ of one query block over the key blocks [lo, hi)."""
+    d_ok = offs_d[None, :] < HEAD_DIM
+    for start_n in tl.range(lo, hi, BLOCK_N):
+        offs_n = start_n + tl.arange(0, BLOCK_N)
+        col_ok = offs_n < N_CTX
+        kv_mask = col_ok[:, None] & d_ok
+        k = tl.load(k_base + offs_n[:, None] * stride_kn + offs_d[None, :], mask=kv_mask, other=0.0)  # (N, D)
+        v = tl.load(v_base + offs_n[:, None] * stride_vn + offs_d[None, :], mask=kv_mask, other=0.0)  # (N, D)
+        qk = tl.dot(q, tl.trans(k), input_precision=INPUT_PRECISION)  # (BLOCK_M, BLOCK_N)
+        p = tl.exp2(qk * qk_scale - lse[:, None])
+        valid = col_ok[None, :]
+        if MASK_DIAG:
+            valid = valid & (offs_m[:, None] >= offs_n[None, :])
+        p = tl.where(valid, p, 0.0)
+        dp = tl.dot(do, tl.trans(v), input_precision=INPUT_PRECISION)  # dP = dO Vᵀ
+        ds = p * (dp - delta[:, None])  # dS = P ∘ (dP - D)
+        dq = tl.dot(ds.to(k.dtype), k, dq, input_precision=INPUT_PRECISION)  # dQ += dS K   (× sm_scale later)
+    return dq
+
+
+@triton.jit
+def _attn_bwd_dq(
+    Q,
+    K,
+    V,
+    DO,
+    LSE,
+    DELTA,
+    DQ,
+    stride_qb,
+    stride_qh,
+    stride_qn,
+    stride_kb,
+    stride_kh,
+    stride_kn,
+    stride_vb,
+    stride_vh,
+    stride_vn,
+    stride_dob,
+    stride_doh,
+    stride_don,
+    stride_dqb,
+    stride_dqh,
+    stride_dqn,
+    H,
+    H_KV,
+    N_CTX,
+    sm_scale,
+    HEAD_DIM: tl.constexpr,
+    BLOCK_D: tl.constexpr,
+    CAUSAL: tl.constexpr,
+    INPUT_PRECISION: tl.constexpr,
+    BLOCK_M: tl.constexpr,
+    BLOCK_N: tl.constexpr,
+):
+    """One program = BLOCK_M query rows of one (batch, head); loops over key blocks."""
+    start_m = tl.program_id(0) * BLOCK_M
+    off_bh = tl.program_id(1)
+    off_b = off_bh // H
+    off_h = off_bh % H
+    off_hkv = off_h // (H // H_KV)
+
+    offs_m = start_m + tl.arange(0, BLOCK_M)
+    offs_d = tl.arange(0, BLOCK_D)
+    row_ok = offs_m < N_CTX
+    io_mask = row_ok[:, None] & (offs_d[None, :] < HEAD_DIM)
+    q = tl.load(Q + off_b * stride_qb + off_h * stride_qh + offs_m[:, None] * stride_qn + offs_d[None, :], mask=io_mask)
+    do = tl.load(
+        DO + off_b * stride_dob + off_h * stride_doh + offs_m[:, None] * stride_don + offs_d[None, :], mask=io_mask
+    )
+    lse = tl.load(LSE + off_bh * N_CTX + offs_m, mask=row_ok, other=0.0) * 1.4426950408889634
+    delta = tl.load(DELTA + off_bh * N_CTX + offs_m, mask=row_ok, other=0.0)
+    k_base = K + off_b * stride_kb + off_hkv * stride_kh
+    v_base = V + off_b * stride_vb + off_hkv * stride_vh
+    dq = tl.zeros([BLOCK_M, BLOCK_D], dtype=tl.float32)
+    qk_scale = sm_scale * 1.4426950408889634
+
+    if CAUSAL:
+        # key blocks left of the diagonal: no mask (needs BLOCK_M % BLOCK_N == 0); the diagonal block: masked
+        dq = _attn_bwd_dq_inner(
+            dq, q, do, lse, delta, k_base, v_base, stride_kn, stride_vn, offs_m, offs_d,
+            0, start_m, N_CTX, qk_scale, HEAD_DIM, BLOCK_N, False, INPUT_PRECISION,
+        )  # fmt: skip
+        hi = tl.minimum(start_m + BLOCK_M, N_CTX)
+        dq = _attn_bwd_dq_inner(
+            dq, q, do, lse, delta, k_base, v_base, stride_kn, stride_vn, offs_m, offs_d,
+            start_m, hi, N_CTX, qk_scale, HEAD_DIM, BLOCK_N, True, INPUT_PRECISION,
+        )  # fmt: skip
+    else:
+        dq = _attn_bwd_dq_inner(
+            dq, q, do, lse, delta, k_base, v_base, stride_kn, stride_vn, offs_m, offs_d,
+            0, N_CTX, N_CTX, qk_scale, HEAD_DIM, BLOCK_N, False, INPUT_PRECISION,
+        )  # fmt: skip
+
+    dq = dq * sm_scale
+    dq_ptrs = DQ + off_b * stride_dqb + off_h * stride_dqh + offs_m[:, None] * stride_dqn + offs_d[None, :]
+    tl.store(dq_ptrs, dq.to(DQ.dtype.element_ty), mask=io_mask)
+
+
+# ============================================================================================ autotuning
+# Under the interpreter: one small config (multi-config autotuning needs a GPU, and timing on the CPU means
+# nothing). Small blocks also make short test sequences cover several blocks, partial tails and both causal stages.
+INTERPRET_CONFIGS = {
+    "fwd": triton.Config({"BLOCK_M": 32, "BLOCK_N": 16}, num_warps=4, num_stages=1),
+    "dkdv": triton.Config({"BLOCK_M": 16, "BLOCK_N": 32}, num_warps=4, num_stages=1),
+    "dq": triton.Config({"BLOCK_M": 32, "BLOCK_N": 16}, num_warps=4, num_stages=1),
+}
+PREPROCESS_BLOCK_M = 64
+AUTOTUNE_KEY = ["N_CTX", "HEAD_DIM", "CAUSAL"]
+
+
+def config_space(kernel: str) -> list[triton.Config]:
+    """The full GPU search space of ``kernel`` ("fwd", "dkdv" or "dq") before pruning.
+
+    Query tiles (BLOCK_M) × key tiles (BLOCK_N) × pipeline depth (num_stages) × warps. The forward and dQ
+    kernels keep a query tile in registers and stream keys; the dK/dV kernel keeps a key tile and streams queries.
+    """
+    if kernel == "fwd":
+        tiles = [(m, n) for m in (64, 128) for n in (32, 64, 128)]
+    elif kernel == "dkdv":
+        tiles = [(m, n) for m in (16, 32, 64) for n in (64, 128)]
+    elif kernel == "dq":
+        tiles = [(m, n) for m in (64, 128) for n in (16, 32, 64)]
+    else:
+        raise ValueError(f"unknown kernel {kernel!r}; choose fwd, dkdv or dq")
+    return [
+        triton.Config({"BLOCK_M": m, "BLOCK_N": n}, num_warps=w, num_stages=s)
+        for (m, n), s, w in itertools.product(tiles, (2, 3, 4), (4, 8))
+    ]
+
+
+def config_is_valid(kernel: str, cfg: triton.Config, n_ctx: int, head_dim: int) -> bool:
+    """Is ``cfg`` a legal and sensible config of ``kernel`` for this problem?
+
+    * legal: the causal two-stage split needs the streamed tile to divide the resident one (fwd/dQ:
+      BLOCK_M % BLOCK_N == 0; dK/dV: BLOCK_N % BLOCK_M == 0), and
+      large head dims with large tiles and deep pipelines overflow shared memory;
+    * sensible: tiles much longer than the sequence only compute padding.
+    """
+    m, n = cfg.kwargs["BLOCK_M"], cfg.kwargs["BLOCK_N"]
+    resident, streamed = (n, m) if kernel == "dkdv" else (m, n)
+    if resident % streamed:
+        return False
+    block_d = padded_head_dim(head_dim)
+    # shared memory of the streamed tiles: roughly num_stages × (two tiles of streamed × D) × 2 bytes
+    if cfg.num_stages * 2 * streamed * block_d * 2 > 160 * 1024:
+        return False
+    if block_d >= 256 and (resident > 64 or cfg.num_stages > 2):
+        return False
+    if block_d >= 128 and resident >= 128 and cfg.num_warps < 8:
+        return False
+    n_pow2 = max(16, triton.next_power_of_2(n_ctx))
+    return max(m, n) <= max(n_pow2, 64)
+
+
+def _make_pruner(kernel: str):
+    def prune(configs, named_args, **kwargs):
+        args = {**named_args, **kwargs}
+        n_ctx, head_dim = int(args["N_CTX"]), int(args["HEAD_DIM"])
+        kept = [c for c in configs if config_is_valid(kernel, c, n_ctx, head_dim)]
+        # never prune everything: fall back to the smallest tiles
+        return kept or [min(configs, key=lambda c: (c.kwargs["BLOCK_M"] * c.kwargs["BLOCK_N"], c.num_stages))]
+
+    return prune
+
+
+def _autotuned(kernel_fn, kernel: str):
+    configs = [INTERPRET_CONFIGS[kernel]] if INTERPRET else config_space(kernel)
+    prune = None if INTERPRET else {"early_config_prune": _make_pruner(kernel)}
+    return triton.autotune(configs=configs, key=AUTOTUNE_KEY, prune_configs_by=prune)(kernel_fn)
+
+
+_attn_fwd_tuned = _autotuned(_attn_fwd, "fwd")
+_attn_bwd_dkdv_tuned = _autotuned(_attn_bwd_dkdv, "dkdv")
+_attn_bwd_dq_tuned = _autotuned(_attn_bwd_dq, "dq")
+
+
+def best_configs() -> dict[str, dict]:
+    """The configs the autotuner picked so far, per kernel: ``{kernel: {key: config string}}``."""
+    out = {}
+    for name, tuned in (("fwd", _attn_fwd_tuned), ("dkdv", _attn_bwd_dkdv_tuned), ("dq", _attn_bwd_dq_tuned)):
+        out[name] = {str(k): str(c) for k, c in tuned.cache.items()}
+    return out
+
+
+# ============================================================================================ validation
+def padded_head_dim(head_dim: int) -> int:
+    """Head dims are padded to a power of two ≥ 16 inside the kernels (``tl.dot`` needs tiles of at least 16)."""
+    return max(16, triton.next_power_of_2(head_dim))
+
+
+def _check_tensor(name: str, t: object) -> torch.Tensor:
+    if not isinstance(t, torch.Tensor):
+        raise TypeError(f"{name} must be a torch.Tensor, got {type(t).__name__}")
+    return t
+
+
+def validate_attention_inputs(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor) -> None:
+    """Raise a clear error for anything the kernels cannot run on — *before* any launch.
+
+    A bad launch does not raise: compiled it reads out of bounds or produces garbage; under the interpreter it
+    can crash the whole Python process. So device, dtype, shapes, head dim and strides are all checked here.
+    """
+    for name, t in (("q", q), ("k", k), ("v", v)):
+        _check_tensor(name, t)
+        if t.dim() != 4:
+            raise ValueError(f"{name} must have 4 dims (batch, heads, seq_len, head_dim), got shape {tuple(t.shape)}")
+    if not (q.dtype == k.dtype == v.dtype):
+        raise TypeError(f"q, k, v must share one dtype, got {q.dtype}, {k.dtype}, {v.dtype}")
+    if q.dtype not in SUPPORTED_DTYPES:
+        raise TypeError(f"unsupported dtype {q.dtype}; the kernels support float16, bfloat16 and float32")
+    if INTERPRET and q.dtype == torch.bfloat16:
+        raise TypeError(
+            "bfloat16 needs a CUDA GPU: Triton's CPU interpreter computes bf16 tl.dot incorrectly. "
+            "Use float16 or float32 on the CPU (or run on a GPU)."
+        )
+    if not (q.device == k.device == v.device):
+        raise ValueError(f"q, k, v must be on one device, got {q.device}, {k.device}, {v.device}")
+    if INTERPRET and q.device.type != "cpu":
+        raise ValueError(f"TRITON_INTERPRET=1 runs the kernels on the CPU: move the tensors to cpu (got {q.device})")
+    if not INTERPRET and q.device.type != "cuda":
+        raise ValueError(
+            f"compiled Triton kernels need CUDA tensors, got {q.device}; "
+            "set TRITON_INTERPRET=1 before importing triton to run them on the CPU"
+        )
+    B, H, N, D = q.shape
+    Bk, H_kv, Nk, Dk = k.shape
+    if k.shape != v.shape:
+        raise ValueError(f"k and v must have the same shape, got {tuple(k.shape)} and {tuple(v.shape)}")
+    if Bk != B or Nk != N or Dk != D:
+        raise ValueError(
+            f"k/v shape {tuple(k.shape)} does not match q shape {tuple(q.shape)}: batch, seq_len and head_dim "
+            "must be equal (self-attention)"
+        )
+    if min(B, H, N, D, H_kv) < 1:
+        raise ValueError(f"empty input: q shape {tuple(q.shape)}, k shape {tuple(k.shape)}")
+    if H % H_kv:
+        raise ValueError(f"number of query heads {H} must be a multiple of the number of key/value heads {H_kv}")
+    if D > MAX_HEAD_DIM:
+        raise ValueError(f"head_dim {D} is not supported: the kernels support head dims up to {MAX_HEAD_DIM}")
+    for name, t in (("q", q), ("k", k), ("v", v)):
+        if t.stride(-1) != 1:
+            raise ValueError(f"{name} must be contiguous in its last dim (stride(-1) == 1), got strides {t.stride()}")
+        extent = sum((s - 1) * st for s, st in zip(t.shape, t.stride()))
+        if extent >= 2**31:
+            raise ValueError(f"{name} spans {extent} elements; the kernels use 32-bit offsets (limit 2**31)")
+
+
+def _input_precision(dtype: torch.dtype) -> str:
+    # fp32 inputs: exact fp32 products ("ieee"), not TF32, so fp32 results match PyTorch to ~1e-6 on GPU as well
+    return "ieee" if dtype == torch.float32 else "tf32"
+
+
+def _launch(tuned, raw, grid, config: dict | None, *args, **kwargs):
+    """Run the autotuned kernel, or ``raw`` with one explicit config ``{"BLOCK_M", "BLOCK_N", num_warps, num_stages}``."""
+    if config is None:
+        tuned[grid](*args, **kwargs)
+        return
+    cfg = dict(config)
+    meta = {"BLOCK_M": cfg.pop("BLOCK_M"), "BLOCK_N": cfg.pop("BLOCK_N")}
+    launch_opts = {"num_warps": cfg.pop("num_warps", 4), "num_stages": cfg.pop("num_stages", 2)}
+    if cfg:
+        raise ValueError(f"unknown config keys {sorted(cfg)}")
+    raw[grid](*args, **kwargs, **meta, **launch_opts)
+
+
+# ============================================================================================ Python entry points
+def attention_forward(
+    q: torch.Tensor,
+    k: torch.Tensor,
+    v: torch.Tensor,
+    causal: bool = False,
+    sm_scale: float | None = None,
+    config: dict | None = None,
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """Flash-attention forward: returns ``o`` (B, H, N, D) in the input dtype and ``lse`` (B, H, N) fp32, natural log.
+
+    ``config`` fixes the tiles instead of autotuning, e.g. ``{"BLOCK_M": 64, "BLOCK_N": 32, "num_stages": 3}``
+    (the causal split needs BLOCK_M % BLOCK_N == 0).
+    """
+    validate_attention_inputs(q, k, v)
+    B, H, N, D = q.shape
+    H_kv = k.shape[1]
+    sm_scale = 1.0 / math.sqrt(D) if sm_scale is None else float(sm_scale)
+    if config is not None and config["BLOCK_M"] % config["BLOCK_N"]:
+        raise ValueError(f"forward config needs BLOCK_M % BLOCK_N == 0, got {config}")
+    o = torch.empty_like(q, memory_format=torch.contiguous_format)
+    lse = torch.empty((B, H, N), device=q.device, dtype=torch.float32)
+    grid = lambda META: (triton.cdiv(N, META["BLOCK_M"]), B * H)
+    _launch(
+        _attn_fwd_tuned, _attn_fwd, grid, config,
+        q, k, v, o, lse,
+        q.stride(0), q.stride(1), q.stride(2),
+        k.stride(0), k.stride(1), k.stride(2),
+        v.stride(0), v.stride(1), v.stride(2),
+        o.stride(0), o.stride(1), o.stride(2),
+        H, H_kv, N, sm_scale,
+        HEAD_DIM=D, BLOCK_D=padded_head_dim(D), CAUSAL=bool(causal), INPUT_PRECISION=_input_precision(q.dtype),
+    )  # fmt: skip
+    return o, lse
+
+
+def attention_backward(
+    q: torch.Tensor,
+    k: torch.Tensor,
+    v: torch.Tensor,
+    o: torch.Tensor,
+    lse: torch.Tensor,
+    do: torch.Tensor,
+    causal: bool = False,
+    sm_scale: float | None = None,
+    dkdv_config: dict | None = None,
+    dq_config: dict | None = None,
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """Flash-attention backward from the saved ``o`` and ``lse``: returns ``(dq, dk, dv)`` in the input dtype."""
+    validate_attention_inputs(q, k, v)
+    B, H, N, D = q.shape
+    H_kv = k.shape[1]
+    for name, t in (("o", o), ("do", do)):
+        _check_tensor(name, t)
+        if t.shape != q.shape or t.dtype != q.dtype or t.device != q.device:
+            raise ValueError(
+                f"{name} must match q (shape {tuple(q.shape)}, {q.dtype}, {q.device}), "
+                f"got {tuple(t.shape)}, {t.dtype}, {t.device}"
+            )
+    _check_tensor("lse", lse)
+    if lse.shape != (B, H, N) or lse.dtype != torch.float32 or lse.device != q.device or not lse.is_contiguous():
+        raise ValueError(f"lse must be a contiguous float32 tensor of shape {(B, H, N)} on {q.device}")
+    if dkdv_config is not None and dkdv_config["BLOCK_N"] % dkdv_config["BLOCK_M"]:
+        raise ValueError(f"dK/dV config needs BLOCK_N % BLOCK_M == 0, got {dkdv_config}")
+    if dq_config is not None and dq_config["BLOCK_M"] % dq_config["BLOCK_N"]:
+        raise ValueError(f"dQ config needs BLOCK_M % BLOCK_N == 0, got {dq_config}")
+    sm_scale = 1.0 / math.sqrt(D) if sm_scale is None else float(sm_scale)
+    o = o if o.stride(-1) == 1 else o.contiguous()
+    do = do if do.stride(-1) == 1 else do.contiguous()
+    block_d = padded_head_dim(D)
+    precision = _input_precision(q.dtype)
+
+    delta = torch.empty((B, H, N), device=q.device, dtype=torch.float32)
+    _attn_bwd_preprocess[(triton.cdiv(N, PREPROCESS_BLOCK_M), B * H)](
+        o, do, delta,
+        o.stride(0), o.stride(1), o.stride(2),
+        do.stride(0), do.stride(1), do.stride(2),
+        H, N, HEAD_DIM=D, BLOCK_D=block_d, BLOCK_M=PREPROCESS_BLOCK_M,
+    )  # fmt: skip
+
+    dq = torch.empty_like(q, memory_format=torch.contiguous_format)
+    dk = torch.empty_like(k, memory_format=torch.contiguous_format)
+    dv = torch.empty_like(v, memory_format=torch.contiguous_format)
+    common = dict(HEAD_DIM=D, BLOCK_D=block_d, CAUSAL=bool(causal), INPUT_PRECISION=precision)
+    grid_kv = lambda META: (triton.cdiv(N, META["BLOCK_N"]), B * H_kv)
+    _launch(
+        _attn_bwd_dkdv_tuned, _attn_bwd_dkdv, grid_kv, dkdv_config,
+        q, k, v, do, lse, delta, dk, dv,
+        q.stride(0), q.stride(1), q.stride(2),
+        k.stride(0), k.stride(1), k.stride(2),
+        v.stride(0), v.stride(1), v.stride(2),
+        do.stride(0), do.stride(1), do.stride(2),
+        dk.stride(0), dk.stride(1), dk.stride(2),
+        dv.stride(0), dv.stride(1), dv.stride(2),
+        H, H_kv, N, sm_scale, **common,
+    )  # fmt: skip
+    grid_q = lambda META: (triton.cdiv(N, META["BLOCK_M"]), B * H)
+    _launch(
+        _attn_bwd_dq_tuned, _attn_bwd_dq, grid_q, dq_config,
+        q, k, v, do, lse, delta, dq,
+        q.stride(0), q.stride(1), q.stride(2),
+        k.stride(0), k.stride(1), k.stride(2),
+        v.stride(0), v.stride(1), v.stride(2),
+        do.stride(0), do.stride(1), do.stride(2),
+        dq.stride(0), dq.stride(1), dq.stride(2),
+        H, H_kv, N, sm_scale, **common,
+    )  # fmt: skip
+    return dq, dk, dv
+
+
+class FlashAttentionFunction(torch.autograd.Function):
+    """``torch.autograd.Function`` tying the Triton forward and backward together.
+
+    forward saves ``q, k, v, o`` and the logsumexp ``L`` (B·H·N floats) — never the N×N attention matrix;
+    backward recomputes ``P`` block by block from ``L``.
+    """
+
+    @staticmethod
+    def forward(ctx, q, k, v, causal, sm_scale):
+        o, lse = attention_forward(q, k, v, causal=causal, sm_scale=sm_scale)
+        ctx.save_for_backward(q, k, v, o, lse)
+        ctx.causal = causal
+        ctx.sm_scale = sm_scale
+        return o
+
+    @staticmethod
+    def backward(ctx, do):
+        q, k, v, o, lse = ctx.saved_tensors
+        dq, dk, dv = attention_backward(q, k, v, o, lse, do, causal=ctx.causal, sm_scale=ctx.sm_scale)
+        return dq, dk, dv, None, None
+
+
+def flash_attention(
+    q: torch.Tensor,
+    k: torch.Tensor,
+    v: torch.Tensor,
+    causal: bool = False,
+    sm_scale: float | None = None,
+) -> torch.Tensor:
+    """Differentiable flash attention. q (B, H, N, D); k, v (B, H_kv, N, D) with H % H_kv == 0 (GQA).
+
+    Same result as ``F.scaled_dot_product_attention(q, k, v, is_causal=causal, scale=sm_scale)`` (with K/V heads
+    repeated for GQA). Inputs whose last dim is not contiguous are copied first; everything else is validated
+    before any kernel launch.
+    """
+    q, k, v = (
+        t.contiguous() if isinstance(t, torch.Tensor) and t.dim() and t.stride(-1) != 1 else t for t in (q, k, v)
+    )
+    return FlashAttentionFunction.apply(q, k, v, bool(causal), sm_scale)
