@@ -630,7 +630,7 @@ def _input_precision(dtype: torch.dtype) -> str:
 
 
 def _launch(tuned, raw, grid, config: dict | None, *args, **kwargs):
-    """Run the autotuned kernel, or ``raw`` with one explicit config ``{"BLOCK_M", "BLOCK_N", num_warps, num_stages}``."""
+    """Run the autotuned kernel, or ``raw`` with one explicit config (BLOCK_M, BLOCK_N, num_warps, num_stages)."""
     if config is None:
         tuned[grid](*args, **kwargs)
         return
@@ -791,3 +791,28 @@ def flash_attention(
         t.contiguous() if isinstance(t, torch.Tensor) and t.dim() and t.stride(-1) != 1 else t for t in (q, k, v)
     )
     return FlashAttentionFunction.apply(q, k, v, bool(causal), sm_scale)
+
+
+# ============================================================================================ lesson helpers
+def resolve_kernel_device(name: str = "auto") -> torch.device:
+    """The device the kernels run on: CUDA when compiled, the CPU under the interpreter (``auto`` picks it)."""
+    from pytorch_basis.common import resolve_device
+
+    want = "cpu" if INTERPRET else "cuda"
+    dev = torch.device(want) if name == "auto" else resolve_device(name)
+    if dev.type != want:
+        mode = "Triton's interpreter (no CUDA here)" if INTERPRET else "compiled Triton kernels"
+        raise ValueError(f"--device {name}: {mode} run on {want}; use --device {want} or auto")
+    return dev
+
+
+def attention_flops(B: int, H: int, N: int, D: int, causal: bool, mode: str = "fwd") -> float:
+    """FLOPs of attention: 2 matmuls of 2·N²·D each per head forward (4·B·H·N²·D), halved when causal.
+
+    The backward does 5 such matmuls against the forward's 2, so it counts 2.5× the forward; "fwd_bwd" is 3.5×.
+    """
+    flops = 4.0 * B * H * N * N * D * (0.5 if causal else 1.0)
+    factor = {"fwd": 1.0, "bwd": 2.5, "fwd_bwd": 3.5}
+    if mode not in factor:
+        raise ValueError(f"mode must be one of {sorted(factor)}, got {mode!r}")
+    return flops * factor[mode]
