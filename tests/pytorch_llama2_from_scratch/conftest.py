@@ -1,0 +1,59 @@
+"""Shared fixtures for the LLaMA-2 chapter tests: tiny Hugging Face reference models with random weights.
+
+* ``make_hf_llama(**config)`` -> ``LlamaForCausalLM`` in eval mode, fp32, eager attention, random weights with
+  ``initializer_range=0.2`` (large enough that a wrong RoPE permutation shows up far above 1e-5) and
+  randomised RMSNorm weights (so swapped norms would show too).
+* ``hf_llama_dir`` -> ``(directory, hf_model)``: a GQA tiny model written with ``save_pretrained``.
+* ``TINY_HF_CONFIG``-like defaults: vocab 96, hidden 64, 2 layers, 4 heads, intermediate 96, 64 positions.
+"""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+transformers = pytest.importorskip("transformers")
+
+DEFAULT_CONFIG = dict(
+    vocab_size=96,
+    hidden_size=64,
+    intermediate_size=96,
+    num_hidden_layers=2,
+    num_attention_heads=4,
+    num_key_value_heads=2,
+    max_position_embeddings=64,
+    rms_norm_eps=1e-5,
+    initializer_range=0.2,
+    rope_theta=10000.0,
+    bos_token_id=1,
+    eos_token_id=2,
+    tie_word_embeddings=False,
+)
+
+
+def _make_hf_llama(seed: int = 0, **overrides):
+    from transformers import LlamaConfig, LlamaForCausalLM
+
+    config = LlamaConfig(**{**DEFAULT_CONFIG, **overrides}, attn_implementation="eager")
+    torch.manual_seed(seed)
+    model = LlamaForCausalLM(config).float().eval()
+    with torch.no_grad():  # HF initialises norms to ones; make them random so a swapped norm is visible
+        for name, p in model.named_parameters():
+            if name.endswith("norm.weight"):
+                p.copy_(1.0 + 0.2 * torch.randn_like(p))
+    return model
+
+
+@pytest.fixture(scope="session")
+def make_hf_llama():
+    """Factory: ``make_hf_llama(num_key_value_heads=1, seed=3)`` -> a random tiny ``LlamaForCausalLM``."""
+    return _make_hf_llama
+
+
+@pytest.fixture(scope="session")
+def hf_llama_dir(tmp_path_factory):
+    """``(directory, hf_model)``: a tiny GQA LLaMA saved with ``save_pretrained`` (config.json + safetensors)."""
+    model = _make_hf_llama(seed=0)
+    directory = tmp_path_factory.mktemp("hf_llama")
+    model.save_pretrained(directory)
+    return directory, model

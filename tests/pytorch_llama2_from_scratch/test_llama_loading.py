@@ -1,0 +1,207 @@
+"""Weight loading: HF layout (safetensors / .bin, sharded or not) and Meta layout (1 or 2 shards) give the logits
+of the Hugging Face reference; broken checkpoints name their keys; tokenizers load from tokenizer.json."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+import torch
+
+from pytorch_llama2_from_scratch.loading import (
+    CheckpointError,
+    args_from_hf_config,
+    detect_layout,
+    load_checkpoint,
+    load_hf_checkpoint,
+    load_meta_checkpoint,
+    load_tokenizer,
+    save_meta_checkpoint,
+)
+
+HEADS = {"mha": 4, "gqa": 2, "mqa": 1}
+
+
+def _tokens(vocab: int, b: int = 2, t: int = 24) -> torch.Tensor:
+    return torch.randint(0, vocab, (b, t), generator=torch.Generator().manual_seed(7))
+
+
+@torch.no_grad()
+def _assert_same_logits(model, hf_model, use_cache: bool = True):
+    tokens = _tokens(hf_model.config.vocab_size)
+    ref = hf_model(tokens).logits
+    ours = model(tokens, use_cache=use_cache)
+    assert ours.shape == ref.shape and ours.dtype == torch.float32
+    torch.testing.assert_close(ours, ref, atol=1e-5, rtol=1e-5)
+
+
+@pytest.mark.parametrize("kind", list(HEADS))
+def test_hf_layout_matches_transformers(kind, make_hf_llama, tmp_path):
+    hf = make_hf_llama(num_key_value_heads=HEADS[kind], rope_theta=500.0 if kind == "gqa" else 10000.0)
+    hf.save_pretrained(tmp_path)
+    model, args = load_hf_checkpoint(tmp_path, max_batch_size=2)
+    assert (args.n_heads, args.n_kv_heads, args.hidden_dim) == (4, HEADS[kind], 96)
+    assert args.max_seq_len == hf.config.max_position_embeddings
+    _assert_same_logits(model, hf, use_cache=True)
+    _assert_same_logits(model, hf, use_cache=False)
+
+
+@pytest.mark.parametrize(("kind", "n_shards"), [("mha", 1), ("gqa", 2), ("mqa", 1), ("mha", 2)])
+def test_meta_layout_matches_transformers(kind, n_shards, make_hf_llama, tmp_path):
+    """A Meta checkpoint written from the HF weights with our inverse permutation, possibly split in 2 ranks."""
+    hf = make_hf_llama(num_key_value_heads=HEADS[kind], seed=1)
+    args = args_from_hf_config(hf.config.to_dict())
+    save_meta_checkpoint(hf, args, tmp_path, n_shards=n_shards, include_rope_freqs=True)
+    files = sorted(p.name for p in tmp_path.glob("consolidated.*.pth"))
+    assert files == [f"consolidated.{i:02d}.pth" for i in range(n_shards)]
+    if n_shards == 2:  # really split: column-parallel rows and row-parallel columns halved
+        shard = torch.load(tmp_path / "consolidated.01.pth", weights_only=True)
+        assert shard["layers.0.attention.wq.weight"].shape == (32, 64)
+        assert shard["layers.0.attention.wo.weight"].shape == (64, 32)
+        assert shard["tok_embeddings.weight"].shape == (96, 32)
+        assert "rope.freqs" in shard
+    assert detect_layout(tmp_path) == "meta"
+    model, loaded_args = load_checkpoint(tmp_path, max_seq_len=64, max_batch_size=2)
+    assert loaded_args.hidden_dim == 96 and loaded_args.n_kv_heads == HEADS[kind]
+    _assert_same_logits(model, hf)
+
+
+def test_bin_shards_and_index(hf_llama_dir, tmp_path):
+    """The older pytorch_model-0000N-of-0000M.bin + index json layout."""
+    src, hf = hf_llama_dir
+    (tmp_path / "config.json").write_text((src / "config.json").read_text())
+    state = hf.state_dict()
+    names = list(state)
+    halves = {"pytorch_model-00001-of-00002.bin": names[::2], "pytorch_model-00002-of-00002.bin": names[1::2]}
+    weight_map = {}
+    for fname, keys in halves.items():
+        torch.save({k: state[k] for k in keys}, tmp_path / fname)
+        weight_map.update({k: fname for k in keys})
+    (tmp_path / "pytorch_model.bin.index.json").write_text(json.dumps({"metadata": {}, "weight_map": weight_map}))
+    model, _ = load_checkpoint(tmp_path, max_batch_size=2)
+    _assert_same_logits(model, hf)
+
+
+def test_sharded_safetensors(make_hf_llama, tmp_path):
+    hf = make_hf_llama(seed=2)
+    hf.save_pretrained(tmp_path, max_shard_size="100KB")
+    assert (tmp_path / "model.safetensors.index.json").exists()
+    model, _ = load_hf_checkpoint(tmp_path, max_batch_size=2)
+    _assert_same_logits(model, hf)
+
+
+def test_dtype_and_defaults(hf_llama_dir):
+    src, hf = hf_llama_dir
+    model, _ = load_hf_checkpoint(src, dtype=torch.float16, max_seq_len=32)
+    assert model.tok_embeddings.weight.dtype == torch.float16
+    assert model.layers[0].attention.cache_k.dtype == torch.float16
+    assert model.layers[0].attention.cache_k.shape == (1, 32, 2, 16)
+    assert not model.training
+    tokens = _tokens(96, b=1, t=12)
+    with torch.no_grad():
+        ref = hf(tokens).logits
+        ours = model(tokens)
+    # fp16 weights against the fp32 reference: errors relative to the logit scale stay at the 1e-3 level
+    err = (ours - ref).abs().max() / ref.abs().max()
+    assert err < 1e-2, err
+
+
+# ------------------------------------------------------------------------------------------------ errors
+def _resave(src, dst, edit):
+    from safetensors.torch import load_file, save_file
+
+    state = load_file(str(src / "model.safetensors"))
+    edit(state)
+    dst.mkdir(exist_ok=True)
+    save_file(state, str(dst / "model.safetensors"))
+    (dst / "config.json").write_text((src / "config.json").read_text())
+    return dst
+
+
+def test_missing_key_is_named(hf_llama_dir, tmp_path):
+    src, _ = hf_llama_dir
+    bad = _resave(src, tmp_path / "bad", lambda s: s.pop("model.layers.1.mlp.up_proj.weight"))
+    with pytest.raises(CheckpointError, match=r"missing keys \(1\): model\.layers\.1\.mlp\.up_proj\.weight"):
+        load_hf_checkpoint(bad)
+
+
+def test_unexpected_key_is_named(hf_llama_dir, tmp_path):
+    src, _ = hf_llama_dir
+    bad = _resave(src, tmp_path / "bad", lambda s: s.update({"model.layers.0.self_attn.q_proj.bias": torch.zeros(64)}))
+    with pytest.raises(CheckpointError, match=r"unexpected keys \(1\): model\.layers\.0\.self_attn\.q_proj\.bias"):
+        load_hf_checkpoint(bad)
+
+
+def test_shape_mismatch_is_named(hf_llama_dir, tmp_path):
+    src, _ = hf_llama_dir
+    bad = _resave(src, tmp_path / "bad", lambda s: None)
+    config = json.loads((bad / "config.json").read_text())
+    config["vocab_size"] = 100
+    (bad / "config.json").write_text(json.dumps(config))
+    expected = r"model\.embed_tokens\.weight: checkpoint \(96, 64\) vs model \(100, 64\)"
+    with pytest.raises(CheckpointError, match=expected):
+        load_hf_checkpoint(bad)
+
+
+def test_meta_missing_key_and_bad_dirs(make_hf_llama, tmp_path):
+    hf = make_hf_llama(seed=3)
+    args = args_from_hf_config(hf.config.to_dict())
+    save_meta_checkpoint(hf, args, tmp_path / "meta")
+    state = torch.load(tmp_path / "meta" / "consolidated.00.pth", weights_only=True)
+    del state["layers.0.ffn_norm.weight"]
+    torch.save(state, tmp_path / "meta" / "consolidated.00.pth")
+    with pytest.raises(CheckpointError, match=r"missing keys \(1\): layers\.0\.ffn_norm\.weight"):
+        load_meta_checkpoint(tmp_path / "meta")
+    (tmp_path / "empty").mkdir()
+    with pytest.raises(FileNotFoundError, match="neither a Hugging Face checkpoint"):
+        load_checkpoint(tmp_path / "empty")
+    with pytest.raises(FileNotFoundError, match="does not exist"):
+        load_checkpoint(tmp_path / "nope")
+    with pytest.raises(FileNotFoundError, match="no Hugging Face weights"):
+        (tmp_path / "cfg").mkdir()
+        (tmp_path / "cfg" / "config.json").write_text(json.dumps(hf.config.to_dict()))
+        load_hf_checkpoint(tmp_path / "cfg")
+
+
+def test_unsupported_config_is_rejected(hf_llama_dir):
+    _, hf = hf_llama_dir
+    config = hf.config.to_dict()
+    with pytest.raises(ValueError, match="attention_bias"):
+        args_from_hf_config({**config, "attention_bias": True})
+    with pytest.raises(ValueError, match="rope type 'linear'"):
+        args_from_hf_config({**config, "rope_parameters": {"rope_type": "linear", "factor": 2.0}})
+    with pytest.raises(ValueError, match="model_type 'gpt2'"):
+        args_from_hf_config({**config, "model_type": "gpt2"})
+
+
+# ------------------------------------------------------------------------------------------------ tokenizers
+def test_tokenizer_json(tmp_path):
+    from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
+
+    tok = Tokenizer(models.BPE(unk_token="<unk>"))
+    tok.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
+    tok.decoder = decoders.ByteLevel()
+    trainer = trainers.BpeTrainer(vocab_size=200, special_tokens=["<unk>", "<s>", "</s>"], show_progress=False)
+    text = ["To be, or not to be, that is the question:", "Whether 'tis nobler in the mind to suffer"] * 20
+    tok.train_from_iterator(text, trainer)
+    tok.save(str(tmp_path / "tokenizer.json"))
+    (tmp_path / "tokenizer_config.json").write_text(json.dumps({"bos_token": "<s>", "eos_token": {"content": "</s>"}}))
+
+    loaded = load_tokenizer(tmp_path)
+    assert (loaded.bos_id, loaded.eos_id) == (tok.token_to_id("<s>"), tok.token_to_id("</s>"))
+    ids = loaded.encode("to be or not", bos=True, eos=True)
+    assert ids[0] == loaded.bos_id and ids[-1] == loaded.eos_id
+    assert ids[1:-1] == tok.encode("to be or not").ids
+    assert loaded.decode(ids) == "to be or not"  # special tokens are skipped
+    assert loaded.vocab_size == tok.get_vocab_size()
+
+
+def test_tokenizer_errors(tmp_path):
+    with pytest.raises(FileNotFoundError, match="expected tokenizer.model"):
+        load_tokenizer(tmp_path)
+    try:
+        import sentencepiece  # noqa: F401
+    except ImportError:
+        (tmp_path / "tokenizer.model").write_bytes(b"not really")
+        with pytest.raises(ImportError, match="sentencepiece"):
+            load_tokenizer(tmp_path)
