@@ -1,0 +1,552 @@
+"""Train GPT-2 from scratch: the full training program of chapter 2 (and the repository's main job).
+
+Everything of the chapter in one loop: the GPT module (``model.py``), AdamW with decoupled weight decay on the
+2-D tensors, warmup + cosine learning rate, gradient accumulation up to a batch size given in tokens, gradient
+clipping, DDP over ``torchrun`` ranks, a validation loss at a fixed cadence, HellaSwag, samples from the model,
+a log, checkpoints that resume a run exactly, and a plot.
+
+Presets (``--preset``):
+
+* ``cpu`` (default): a 6-layer, 384-wide GPT on tiny Shakespeare; a few minutes on a laptop CPU.
+* ``gpt2-124M``: the GPT-2 small reproduction of "Let's reproduce GPT-2 (124M)": 524,288-token batches (2**19,
+  ~0.5M as in GPT-3 Small), max lr 6e-4, 715 warmup steps, 19,073 steps = one epoch of FineWeb-Edu
+  ``sample-10BT`` prepared with ``fineweb.py``; bf16 autocast, ``torch.compile``, flash attention, vocab 50304.
+
+Run (from the repo root)::
+
+    python pytorch_gpt2_from_scratch/train_gpt2.py                       # the cpu preset
+    python pytorch_gpt2_from_scratch/train_gpt2.py --resume              # continue it from out/.../ckpt.pt
+    torchrun --standalone --nproc_per_node=2 pytorch_gpt2_from_scratch/train_gpt2.py    # 2 processes, gloo on CPU
+    torchrun --standalone --nproc_per_node=8 pytorch_gpt2_from_scratch/train_gpt2.py --preset gpt2-124M
+
+Outputs go to ``out/train_gpt2/<preset>/``: ``log.txt`` (one line per event), ``log.jsonl`` (the same as JSON, read
+by the plot), ``ckpt.pt`` (latest checkpoint), ``loss.png``. Ctrl-C stops at the end of the current step and saves
+a checkpoint first; a second Ctrl-C aborts at once.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import math
+import signal
+import sys
+import threading
+import time
+from dataclasses import asdict, dataclass, field, fields
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # repo root: import the chapter modules
+
+import numpy as np
+import torch
+import torch.distributed as dist
+
+from pytorch_basis.common import (
+    DownloadError,
+    add_device_argument,
+    data_dir,
+    out_dir,
+    run_cli,
+    seed_everything,
+    synchronize,
+    tiny_shakespeare_path,
+)
+from pytorch_gpt2_from_scratch.data import DataLoaderLite, gpt2_encoding
+from pytorch_gpt2_from_scratch.fineweb import ShardedDataLoader, iter_text_documents, list_shards, tokenize_document
+from pytorch_gpt2_from_scratch.hellaswag import evaluate as hellaswag_evaluate
+from pytorch_gpt2_from_scratch.hellaswag import hellaswag_path, iter_examples
+from pytorch_gpt2_from_scratch.model import GPT, GPTConfig
+from pytorch_gpt2_from_scratch.training import (
+    autocast_context,
+    cleanup_distributed,
+    configure_optimizers,
+    get_lr,
+    grad_accum_steps_for,
+    load_checkpoint,
+    ramped_grad_accum_steps,
+    restore_model,
+    restore_rng_state,
+    save_checkpoint,
+    setup_distributed,
+    train_step,
+    wrap_ddp,
+)
+
+# Reference figures (FineWeb-Edu validation loss / HellaSwag acc_norm, 10,042 examples), as quoted in
+# "Let's reproduce GPT-2 (124M)" (Karpathy, 2024, build-nanogpt) and its llm.c counterpart: the OpenAI GPT-2
+# 124M checkpoint scores val 3.2924 and HellaSwag 0.2955; GPT-3 Small (125M) 0.337 (GPT-3 paper, zero-shot).
+REF_GPT2_VAL_LOSS = 3.2924
+REF_GPT2_HELLASWAG = 0.2955
+REF_GPT3_HELLASWAG = 0.337
+
+
+# --------------------------------------------------------------------------------------------- configuration
+@dataclass
+class TrainConfig:
+    preset: str = "cpu"
+    model: str = "cpu-small"  # a GPTConfig preset name
+    pad_vocab_to: int | None = None  # 64 -> 50304 rows (faster kernels on GPUs)
+    attn_impl: str = "sdpa"
+    data: str | None = None  # shard directory or text/jsonl file; None: the preset's dataset
+    val_fraction: float = 0.1  # text-file data: the first 10% of the tokens are the validation split
+    batch_size: int = 8  # micro-batch B (sequences per forward, per process)
+    seq_len: int = 128  # T
+    total_batch_size: int = 8 * 128 * 2  # tokens per optimizer step (all micro-steps, all ranks)
+    batch_ramp_steps: int = 0  # > 0: linear batch-size ramp over this many steps (GPT-3)
+    max_lr: float = 1e-3
+    min_lr_ratio: float = 0.1
+    warmup_steps: int = 20
+    max_steps: int = 300
+    weight_decay: float = 0.1
+    grad_clip: float = 1.0
+    eval_every: int = 50
+    val_steps: int = 8  # micro-batches per validation estimate
+    hellaswag_every: int = 0  # 0: only at the end
+    hellaswag_limit: int | None = 500  # None: all 10,042 examples
+    sample_every: int = 100
+    sample_prompt: str = "ROMEO:"
+    num_samples: int = 2
+    sample_length: int = 48
+    checkpoint_every: int = 100
+    log_every: int = 10
+    dtype: str = "auto"  # auto (bf16 on CUDA, fp32 elsewhere) | fp32 | bf16
+    compile: bool = False
+    device: str = "auto"
+    seed: int = 1337
+    out: str | None = None  # output folder; None: out/train_gpt2/<preset>
+    resume: str | None = None  # checkpoint path, or "auto" for <out>/ckpt.pt
+    stop_after: int | None = None  # stop (and checkpoint) when this many steps are done, as Ctrl-C would
+    hellaswag: bool = True
+    progress: bool = True
+
+
+PRESETS: dict[str, dict] = {
+    # ~15 tokens/parameter is far from converged; the point is to watch every part of the loop work on a laptop.
+    "cpu": dict(),
+    "gpt2-124M": dict(
+        model="gpt2",
+        pad_vocab_to=64,
+        data=None,  # $LLM_SCRATCH_DATA/edu_fineweb10B, written by fineweb.py
+        batch_size=64,
+        seq_len=1024,
+        total_batch_size=524_288,  # 2**19 tokens
+        max_lr=6e-4,
+        warmup_steps=715,  # 375M tokens, as in GPT-3
+        max_steps=19_073,  # 10e9 / 524,288: one epoch of sample-10BT
+        eval_every=250,
+        val_steps=20,
+        hellaswag_every=250,
+        hellaswag_limit=None,
+        sample_every=250,
+        sample_prompt="Hello, I'm a language model,",
+        num_samples=4,
+        sample_length=32,
+        checkpoint_every=5000,
+        log_every=1,
+        compile=True,
+    ),
+}
+
+
+def make_config(preset: str = "cpu", **overrides) -> TrainConfig:
+    """The preset's ``TrainConfig`` with ``overrides`` (``None`` values keep the preset's setting)."""
+    if preset not in PRESETS:
+        raise ValueError(f"unknown preset {preset!r}; choose from {', '.join(PRESETS)}")
+    names = {f.name for f in fields(TrainConfig)}
+    unknown = set(overrides) - names
+    if unknown:
+        raise ValueError(f"unknown training option(s) {sorted(unknown)}")
+    values = {**PRESETS[preset], **{k: v for k, v in overrides.items() if v is not None}}
+    return TrainConfig(preset=preset, **values)
+
+
+# --------------------------------------------------------------------------------------------- data
+def default_data(cfg: TrainConfig) -> Path:
+    if cfg.preset == "gpt2-124M":
+        return data_dir() / "edu_fineweb10B"
+    return tiny_shakespeare_path()
+
+
+def make_loaders(cfg: TrainConfig, rank: int, world: int):
+    """Train and validation loaders from a shard directory (``fineweb.py``) or a text/jsonl file."""
+    data = Path(cfg.data) if cfg.data else default_data(cfg)
+    B, T = cfg.batch_size, cfg.seq_len
+    if data.is_dir():
+        train = ShardedDataLoader(B, T, list_shards(data, "train"), rank, world)
+        val = ShardedDataLoader(B, T, list_shards(data, "val"), rank, world)
+        return train, val, f"{data} (shards)"
+    if data.is_file():
+        tokens = np.concatenate([tokenize_document(d) for d in iter_text_documents([data])]).astype(np.int64)
+        n_val = int(len(tokens) * cfg.val_fraction)
+        need = B * T * world + 1
+        if n_val < need or len(tokens) - n_val < need:
+            raise ValueError(
+                f"{data} has {len(tokens)} tokens: the {cfg.val_fraction:.0%} validation split ({n_val}) or the "
+                f"training split must hold at least B*T*world+1 = {need} tokens; use a smaller --batch-size/--seq-len"
+            )
+        val = DataLoaderLite(B, T, tokens[:n_val], rank, world)
+        train = DataLoaderLite(B, T, tokens[n_val:], rank, world)
+        return train, val, f"{data} ({len(tokens) - n_val:,} train / {n_val:,} val tokens)"
+    raise FileNotFoundError(
+        f"training data {data} not found: pass --data <shard dir or text file>, or prepare FineWeb-Edu with "
+        "`python pytorch_gpt2_from_scratch/fineweb.py`"
+    )
+
+
+# --------------------------------------------------------------------------------------------- evaluation
+@torch.no_grad()
+def estimate_val_loss(model, loader, steps: int, device, autocast_dtype) -> float:
+    """Mean loss over ``steps`` validation micro-batches from the start of the split, averaged over ranks."""
+    was_training = model.training
+    model.eval()
+    loader.reset()
+    total = torch.zeros((), device=device)
+    for _ in range(steps):
+        x, y = loader.next_batch()
+        with autocast_context(device, autocast_dtype):
+            _, loss = model(x.to(device), y.to(device))
+        total += loss.detach().float() / steps
+    if dist.is_available() and dist.is_initialized():
+        dist.all_reduce(total, op=dist.ReduceOp.SUM)
+        total /= dist.get_world_size()
+    model.train(was_training)
+    return total.item()
+
+
+def sample_text(model: GPT, cfg: TrainConfig, device: torch.device, seed: int) -> list[str]:
+    """``num_samples`` continuations of the prompt (top-k 50) from a generator seeded with ``seed``."""
+    from pytorch_gpt2_from_scratch.sampling import generate
+
+    enc = gpt2_encoding()
+    prompt = torch.tensor(enc.encode(cfg.sample_prompt), dtype=torch.long)
+    idx = prompt.unsqueeze(0).repeat(cfg.num_samples, 1).to(device)  # (T0,) -> (num_samples, T0)
+    gen = torch.Generator(device=device).manual_seed(seed)
+    was_training = model.training
+    model.eval()
+    out = generate(model, idx, max_new_tokens=cfg.sample_length, top_k=50, generator=gen)
+    model.train(was_training)
+    return [enc.decode(row.tolist()) for row in out]
+
+
+# --------------------------------------------------------------------------------------------- plot
+def plot_history(history: list[dict], path: Path, title: str) -> Path:
+    """Train/val loss and HellaSwag against the GPT-2 / GPT-3 124M reference lines, as a PNG."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    train = [(h["step"], h["train_loss"]) for h in history if "train_loss" in h]
+    val = [(h["step"], h["val_loss"]) for h in history if "val_loss" in h]
+    hs = [(h["step"], h["hellaswag"]) for h in history if "hellaswag" in h]
+    fig, (ax1, ax2) = plt.subplots(1, 2, figsize=(12, 4.2))
+    if train:
+        ax1.plot(*zip(*train), lw=0.8, alpha=0.7, label="train loss")
+    if val:
+        ax1.plot(*zip(*val), "o-", ms=3, label="val loss")
+    ax1.axhline(REF_GPT2_VAL_LOSS, color="r", ls="--", lw=1, label=f"GPT-2 124M val ({REF_GPT2_VAL_LOSS}, FineWeb-Edu)")
+    ax1.set_xlabel("step")
+    ax1.set_ylabel("loss")
+    ax1.set_ylim(bottom=min([REF_GPT2_VAL_LOSS - 0.3] + [v for _, v in val]))
+    ax1.legend()
+    ax1.set_title(title)
+    if hs:
+        ax2.plot(*zip(*hs), "o-", ms=3, label="ours (acc_norm)")
+    else:
+        ax2.text(0.5, 0.5, "HellaSwag not evaluated\n(dataset not available)", ha="center", transform=ax2.transAxes)
+    ax2.axhline(REF_GPT2_HELLASWAG, color="r", ls="--", lw=1, label=f"GPT-2 124M ({REF_GPT2_HELLASWAG})")
+    ax2.axhline(REF_GPT3_HELLASWAG, color="g", ls="--", lw=1, label=f"GPT-3 124M ({REF_GPT3_HELLASWAG})")
+    ax2.axhline(0.25, color="gray", ls=":", lw=1, label="chance (0.25)")
+    ax2.set_xlabel("step")
+    ax2.set_ylabel("HellaSwag accuracy")
+    ax2.legend()
+    fig.tight_layout()
+    fig.savefig(path, dpi=80)
+    plt.close(fig)
+    return path
+
+
+# --------------------------------------------------------------------------------------------- the loop
+class StopFlag:
+    """Ctrl-C / SIGTERM ask the loop to stop at the next step boundary (a second Ctrl-C aborts at once)."""
+
+    def __init__(self) -> None:
+        self.requested = False
+        self._old: dict = {}
+
+    def _handler(self, signum, frame) -> None:
+        if self.requested:
+            raise KeyboardInterrupt
+        self.requested = True
+        print("\nstop requested: finishing this step and saving a checkpoint (Ctrl-C again to abort)", flush=True)
+
+    def __enter__(self) -> StopFlag:
+        if threading.current_thread() is threading.main_thread():
+            for sig in (signal.SIGINT, signal.SIGTERM):
+                self._old[sig] = signal.signal(sig, self._handler)
+        return self
+
+    def __exit__(self, *exc) -> None:
+        for sig, old in self._old.items():
+            signal.signal(sig, old)
+
+
+def _agreed(flag: bool, device) -> bool:
+    """``True`` on every rank if any rank's ``flag`` is set (so all ranks stop at the same step)."""
+    if not (dist.is_available() and dist.is_initialized()):
+        return flag
+    t = torch.tensor([int(flag)], device=device)
+    dist.all_reduce(t, op=dist.ReduceOp.MAX)
+    return bool(t.item())
+
+
+@dataclass
+class TrainResult:
+    steps_done: int
+    history: list[dict] = field(default_factory=list)
+    samples: list[str] = field(default_factory=list)
+    out: Path | None = None
+    checkpoint: Path | None = None
+    plot: Path | None = None
+    interrupted: bool = False
+    model: torch.nn.Module | None = None
+
+
+def train(cfg: TrainConfig) -> TrainResult:
+    env = setup_distributed(cfg.device)
+    try:
+        return _train(cfg, env)
+    finally:
+        cleanup_distributed(env)
+
+
+def _train(cfg: TrainConfig, env) -> TrainResult:  # noqa: C901 - the training loop reads best in one piece
+    from tqdm.auto import tqdm
+
+    device, master = env.device, env.master
+    out = Path(cfg.out) if cfg.out else out_dir("train_gpt2", cfg.preset)
+    out.mkdir(parents=True, exist_ok=True)
+    ckpt_path = out / "ckpt.pt"
+    log_txt, log_jsonl = out / "log.txt", out / "log.jsonl"
+
+    def log(msg: str) -> None:
+        if master:
+            tqdm.write(msg)
+            with open(log_txt, "a") as f:
+                f.write(msg + "\n")
+
+    if cfg.dtype == "auto":
+        use_bf16 = device.type == "cuda" and torch.cuda.is_bf16_supported()
+        autocast_dtype = torch.bfloat16 if use_bf16 else None
+    elif cfg.dtype in ("fp32", "bf16"):
+        autocast_dtype = torch.bfloat16 if cfg.dtype == "bf16" else None
+    else:
+        raise ValueError(f"--dtype must be auto, fp32 or bf16, got {cfg.dtype!r}")
+    if device.type == "cuda":
+        torch.set_float32_matmul_precision("high")  # TF32 matmuls
+
+    seed_everything(cfg.seed)  # the same initial weights on every rank (DDP also broadcasts rank 0's)
+    model_config = GPTConfig.preset(cfg.model, pad_vocab_to=cfg.pad_vocab_to, attn_impl=cfg.attn_impl)
+    if cfg.seq_len > model_config.block_size:
+        raise ValueError(f"--seq-len {cfg.seq_len} exceeds the model's block_size {model_config.block_size}")
+    raw_model = GPT(model_config).to(device)
+    optimizer = configure_optimizers(
+        raw_model, weight_decay=cfg.weight_decay, learning_rate=cfg.max_lr, device_type=device.type, verbose=False
+    )
+    train_loader, val_loader, data_desc = make_loaders(cfg, env.rank, env.world_size)
+    grad_accum = grad_accum_steps_for(cfg.total_batch_size, cfg.batch_size, cfg.seq_len, env.world_size)
+
+    start_step, history = 0, []
+    if cfg.resume:
+        path = ckpt_path if cfg.resume == "auto" else Path(cfg.resume)
+        ckpt = load_checkpoint(path, map_location=device)
+        restore_model(raw_model, ckpt, model_config)
+        optimizer.load_state_dict(ckpt["optimizer"])
+        train_loader.load_state_dict(ckpt["loader"])
+        restore_rng_state(ckpt["rng"])
+        start_step = int(ckpt["step"])
+        history = [h for h in ckpt["extra"].get("history", []) if h["step"] < start_step]
+        del ckpt
+        log(f"resumed from {path} at step {start_step}")
+        if master:  # the log on disk may hold steps after the checkpoint (a crash): rewrite it from the history
+            log_jsonl.write_text("".join(json.dumps(h) + "\n" for h in history))
+    elif master:
+        log_jsonl.write_text("")
+        log_txt.write_text("")
+
+    model = torch.compile(raw_model) if cfg.compile else raw_model
+    model = wrap_ddp(model, env)
+    eval_model = model.module if env.ddp else model  # compiled (if asked) but outside DDP: forward only
+
+    n_params = raw_model.num_params()
+    log(f"preset {cfg.preset}: model {cfg.model} ({n_params:,} parameters), data {data_desc}")
+    log(f"device {device}, {env.world_size} process(es), autocast {autocast_dtype}, compile {cfg.compile}")
+    log(
+        f"total batch {cfg.total_batch_size:,} tokens = B {cfg.batch_size} x T {cfg.seq_len} x {env.world_size} "
+        f"rank(s) x {grad_accum} micro-steps; {cfg.max_steps} steps, max lr {cfg.max_lr}"
+    )
+
+    hellaswag_file = None
+    if cfg.hellaswag:  # every rank resolves the file (the download is atomic); if any rank cannot, all skip
+        try:
+            hellaswag_file = hellaswag_path("val")
+        except DownloadError as e:
+            log(f"HellaSwag skipped: {str(e).splitlines()[0]}")
+        if _agreed(hellaswag_file is None, device):
+            hellaswag_file = None
+
+    def record(entry: dict) -> None:
+        history.append(entry)
+        if master:
+            with open(log_jsonl, "a") as f:
+                f.write(json.dumps(entry) + "\n")
+
+    def checkpoint(step: int) -> Path | None:
+        if not master:
+            return None
+        return save_checkpoint(
+            ckpt_path,
+            model=raw_model,
+            optimizer=optimizer,
+            step=step,
+            config=model_config,
+            loader_state=train_loader.state_dict(),
+            extra={"history": history, "train_config": asdict(cfg)},
+        )
+
+    result = TrainResult(steps_done=start_step, out=out, model=raw_model)
+    bar = tqdm(total=cfg.max_steps, initial=start_step, desc="train", disable=not (master and cfg.progress))
+    with StopFlag() as stop:
+        for step in range(start_step, cfg.max_steps + 1):
+            last = step == cfg.max_steps
+            # 1. stop requests (Ctrl-C on any rank, or --stop-after) and periodic checkpoints
+            stopping = _agreed(stop.requested or (cfg.stop_after is not None and step >= cfg.stop_after), device)
+            if step > start_step and (stopping or last or step % cfg.checkpoint_every == 0):
+                result.checkpoint = checkpoint(step)
+                log(f"step {step}: checkpoint saved to {ckpt_path}")
+            if stopping and not last:
+                result.interrupted = True
+                break
+            # 2. evaluation: validation loss, HellaSwag, samples (at step 0 too: the untrained baseline)
+            if step % cfg.eval_every == 0 or last:
+                val = estimate_val_loss(eval_model, val_loader, cfg.val_steps, device, autocast_dtype)
+                record({"step": step, "val_loss": val})
+                log(f"step {step:5d} | val loss {val:.4f}")
+            due = (cfg.hellaswag_every and step % cfg.hellaswag_every == 0) or last
+            if hellaswag_file is not None and due:
+                res = hellaswag_evaluate(
+                    raw_model,
+                    iter_examples(hellaswag_file),
+                    device=device,
+                    limit=cfg.hellaswag_limit,
+                    rank=env.rank,
+                    world_size=env.world_size,
+                    autocast_dtype=autocast_dtype,
+                )
+                record({"step": step, "hellaswag": res.acc_norm, "hellaswag_acc": res.acc, "n": res.num_total})
+                log(f"step {step:5d} | HellaSwag acc_norm {res.acc_norm:.4f} ({res.num_correct_norm}/{res.num_total})")
+            if master and cfg.num_samples and ((step > 0 and step % cfg.sample_every == 0) or last):
+                samples = sample_text(raw_model, cfg, device, seed=cfg.seed + step)
+                for i, s in enumerate(samples):
+                    log(f"step {step:5d} | sample {i}: {s!r}")
+                record({"step": step, "samples": samples})
+                result.samples = samples
+            if last:
+                break
+            # 3. one optimizer step
+            t0 = time.perf_counter()
+            lr = get_lr(
+                step,
+                max_lr=cfg.max_lr,
+                warmup_steps=cfg.warmup_steps,
+                max_steps=cfg.max_steps,
+                min_lr_ratio=cfg.min_lr_ratio,
+            )
+            accum = ramped_grad_accum_steps(step, full_steps=grad_accum, ramp_steps=cfg.batch_ramp_steps)
+            stats = train_step(
+                model,
+                optimizer,
+                train_loader.next_batch,
+                grad_accum_steps=accum,
+                lr=lr,
+                device=device,
+                grad_clip=cfg.grad_clip,
+                autocast_dtype=autocast_dtype,
+            )
+            synchronize(device)
+            dt = time.perf_counter() - t0
+            if not math.isfinite(stats.loss):
+                log(f"step {step}: loss is {stats.loss}; stopping (lower --max-lr?)")
+                result.interrupted = True
+                break
+            entry = {
+                "step": step,
+                "train_loss": stats.loss,
+                "lr": lr,
+                "norm": stats.grad_norm,
+                "dt_ms": dt * 1000,
+                "tok_per_s": stats.tokens / dt,
+                "batch_tokens": stats.tokens,
+            }
+            record(entry)
+            result.steps_done = step + 1
+            bar.update(1)
+            bar.set_postfix(loss=f"{stats.loss:.3f}")
+            if step % cfg.log_every == 0 or step == cfg.max_steps - 1:
+                log(
+                    f"step {step:5d} | loss {stats.loss:.6f} | lr {lr:.4e} | norm {stats.grad_norm:.4f} | "
+                    f"dt {dt * 1000:.0f} ms | tok/s {stats.tokens / dt:,.0f}"
+                )
+    bar.close()
+    if master:
+        result.plot = plot_history(history, out / "loss.png", f"{cfg.preset}: {cfg.model}")
+        log(f"wrote {out / 'loss.png'}, {log_txt}, {log_jsonl}")
+    result.history = history
+    return result
+
+
+# --------------------------------------------------------------------------------------------- CLI
+def parse_args(argv=None) -> argparse.Namespace:
+    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    p.add_argument("--preset", default="cpu", choices=list(PRESETS))
+    p.add_argument("--model", default=None, help="GPTConfig preset (cpu-small, gpt2, gpt2-medium, tiny, ...)")
+    p.add_argument("--data", default=None, help="a fineweb.py shard directory or a .txt/.jsonl file")
+    p.add_argument("--batch-size", type=int, default=None, help="micro-batch B per process")
+    p.add_argument("--seq-len", type=int, default=None, help="sequence length T")
+    p.add_argument("--total-batch-size", type=int, default=None, help="tokens per optimizer step")
+    p.add_argument("--batch-ramp-steps", type=int, default=None, help="linear batch-size ramp length (0: off)")
+    p.add_argument("--max-lr", type=float, default=None)
+    p.add_argument("--warmup-steps", type=int, default=None)
+    p.add_argument("--max-steps", type=int, default=None)
+    p.add_argument("--weight-decay", type=float, default=None)
+    p.add_argument("--eval-every", type=int, default=None)
+    p.add_argument("--val-steps", type=int, default=None)
+    p.add_argument("--hellaswag-every", type=int, default=None)
+    p.add_argument("--hellaswag-limit", type=int, default=None)
+    p.add_argument("--no-hellaswag", dest="hellaswag", action="store_false", default=None)
+    p.add_argument("--sample-every", type=int, default=None)
+    p.add_argument("--checkpoint-every", type=int, default=None)
+    p.add_argument("--log-every", type=int, default=None)
+    p.add_argument("--dtype", default=None, choices=["auto", "fp32", "bf16"])
+    p.add_argument("--compile", action=argparse.BooleanOptionalAction, default=None)
+    p.add_argument("--seed", type=int, default=None)
+    p.add_argument("--out", default=None, help="output folder (default: out/train_gpt2/<preset>)")
+    p.add_argument(
+        "--resume",
+        nargs="?",
+        const="auto",
+        default=None,
+        help="continue from a checkpoint (default path: <out>/ckpt.pt)",
+    )
+    p.add_argument("--stop-after", type=int, default=None, help="stop and checkpoint after this many steps")
+    add_device_argument(p, default=None)
+    return p.parse_args(argv)
+
+
+def main(preset: str = "cpu", **overrides) -> TrainResult:
+    return train(make_config(preset, **overrides))
+
+
+if __name__ == "__main__":
+    run_cli(lambda: main(**vars(parse_args())))
