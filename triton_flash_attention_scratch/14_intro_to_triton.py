@@ -27,15 +27,13 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # repo root: impor
 import torch
 
 from pytorch_basis.common import add_device_argument, seed_everything
-from triton_flash_attention_scratch.triton_flash import resolve_kernel_device
+from triton_flash_attention_scratch.triton_flash import do_bench_ms, resolve_kernel_device
 from triton_flash_attention_scratch.triton_intro import INTERPRET, matmul, softmax, vector_add
 
 
 def benchmark(fn, *, bytes_moved: float = 0.0, flops: float = 0.0) -> dict:
     """Median time of ``fn`` on the GPU (``do_bench`` flushes L2 between runs) and the derived GB/s or TFLOP/s."""
-    import triton.testing
-
-    ms = triton.testing.do_bench(fn)
+    ms = do_bench_ms(fn)
     return {"ms": ms, "GB/s": bytes_moved / ms * 1e-6, "TFLOP/s": flops / ms * 1e-9}
 
 

@@ -553,11 +553,18 @@ _attn_bwd_dkdv_tuned = _autotuned(_attn_bwd_dkdv, "dkdv")
 _attn_bwd_dq_tuned = _autotuned(_attn_bwd_dq, "dq")
 
 
+def describe_config(cfg: triton.Config) -> str:
+    """``BLOCK_M=64 BLOCK_N=32 warps=4 stages=3``: the parts of a config this module tunes."""
+    return (
+        f"BLOCK_M={cfg.kwargs['BLOCK_M']} BLOCK_N={cfg.kwargs['BLOCK_N']} warps={cfg.num_warps} stages={cfg.num_stages}"
+    )
+
+
 def best_configs() -> dict[str, dict]:
-    """The configs the autotuner picked so far, per kernel: ``{kernel: {key: config string}}``."""
+    """The configs the autotuner picked so far (GPU only), per kernel: ``{kernel: {key: description}}``."""
     out = {}
     for name, tuned in (("fwd", _attn_fwd_tuned), ("dkdv", _attn_bwd_dkdv_tuned), ("dq", _attn_bwd_dq_tuned)):
-        out[name] = {str(k): str(c) for k, c in tuned.cache.items()}
+        out[name] = {str(k): describe_config(c) for k, c in tuned.cache.items()}
     return out
 
 
@@ -816,3 +823,12 @@ def attention_flops(B: int, H: int, N: int, D: int, causal: bool, mode: str = "f
     if mode not in factor:
         raise ValueError(f"mode must be one of {sorted(factor)}, got {mode!r}")
     return flops * factor[mode]
+
+
+def do_bench_ms(fn, warmup: int = 25, rep: int = 100) -> float:
+    """Median milliseconds of ``fn()`` on the GPU with ``triton.testing.do_bench`` (L2 flushed between runs)."""
+    if INTERPRET:
+        raise RuntimeError("timing needs a CUDA GPU: under the interpreter kernels run as NumPy code on the CPU")
+    import triton.testing
+
+    return float(triton.testing.do_bench(fn, warmup=warmup, rep=rep, return_mode="median"))

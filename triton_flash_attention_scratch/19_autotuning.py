@@ -1,0 +1,98 @@
+"""Step 19 — Triton autotuning: a config space keyed by sequence length, head dim and causality, pruned.
+
+What this step adds: the best tile sizes depend on the GPU and on the problem, so the kernels are wrapped in
+``triton.autotune``. On the first call with a new *key* — here ``(N_CTX, HEAD_DIM, CAUSAL)`` — Triton compiles and
+times every config of the space and caches the fastest; later calls with the same key reuse it.
+
+* the space (``config_space``): query tile BLOCK_M × key tile BLOCK_N × ``num_stages`` (software pipelining, next
+  step) × ``num_warps``. 36 configs per kernel;
+* pruning (``config_is_valid``, run as ``early_config_prune`` before any compilation) removes configs that are
+  *illegal* — the causal two-stage split needs the streamed tile to divide the resident one, large head dims with
+  large tiles overflow shared memory — and *pointless*: tiles longer than the sequence only compute padding.
+  Fewer candidates also means a shorter tuning pause on the first call;
+* under the interpreter (no CUDA) there is a single config: timings of NumPy emulation mean nothing, and a
+  multi-config ``triton.autotune`` needs a GPU to benchmark on.
+
+On CUDA this lesson also runs forward + backward for a few shapes and prints the configs the autotuner chose.
+
+Run:  python triton_flash_attention_scratch/19_autotuning.py
+"""
+
+import argparse
+import sys
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # repo root: import the chapter modules
+
+import torch
+
+from pytorch_basis.common import add_device_argument, seed_everything
+from triton_flash_attention_scratch.triton_flash import (
+    AUTOTUNE_KEY,
+    INTERPRET,
+    INTERPRET_CONFIGS,
+    best_configs,
+    config_is_valid,
+    config_space,
+    describe_config,
+    flash_attention,
+    resolve_kernel_device,
+)
+
+PROBLEMS = [(128, 32), (1024, 64), (4096, 64), (4096, 128), (16384, 128), (4096, 256)]
+
+
+def pruned_counts(problems=PROBLEMS) -> dict[str, dict[tuple[int, int], int]]:
+    """How many configs of each kernel's space survive pruning, per (N, D)."""
+    return {
+        kernel: {(n, d): sum(config_is_valid(kernel, c, n, d) for c in config_space(kernel)) for n, d in problems}
+        for kernel in ("fwd", "dkdv", "dq")
+    }
+
+
+def main(tune_seq_lens: tuple[int, ...] = (1024, 4096), head_dim: int = 64, device: str = "auto", seed: int = 0):
+    seed_everything(seed)
+    dev = resolve_kernel_device(device)
+    print(f"autotune key: {AUTOTUNE_KEY}")
+    counts = pruned_counts()
+    print(f"\nconfigs kept after pruning (of {len(config_space('fwd'))} per kernel):")
+    print(f"{'(N, D)':<14}" + "".join(f"{k:>7}" for k in counts))
+    for problem in PROBLEMS:
+        print(f"{str(problem):<14}" + "".join(f"{counts[k][problem]:>7}" for k in counts))
+
+    example = [c for c in config_space("fwd") if config_is_valid("fwd", c, 4096, 64)][:3]
+    print("\ne.g. forward configs kept for N=4096, D=64: " + "; ".join(describe_config(c) for c in example))
+    out = {"counts": counts, "chosen": {}}
+    if INTERPRET:
+        print("\nunder the interpreter there is one config per kernel and no benchmarking:")
+        for kernel, cfg in INTERPRET_CONFIGS.items():
+            print(f"  {kernel:<5} {describe_config(cfg)}")
+        print("autotuning itself needs a CUDA GPU")
+        return out
+
+    for n in tune_seq_lens:
+        for causal in (False, True):
+            q, k, v = (torch.randn(4, 16, n, head_dim, device=dev, dtype=torch.float16, requires_grad=True)
+                       for _ in range(3))  # fmt: skip
+            flash_attention(q, k, v, causal=causal).sum().backward()  # first call with this key: tunes
+    out["chosen"] = best_configs()
+    print("\nconfigs chosen by the autotuner (key = N_CTX, HEAD_DIM, CAUSAL, then argument dtypes):")
+    for kernel, table in out["chosen"].items():
+        for key, cfg in table.items():
+            print(f"  {kernel:<5} {key}: {cfg}")
+    return out
+
+
+def parse_args():
+    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0], formatter_class=argparse.RawTextHelpFormatter)
+    p.add_argument("--tune-seq-lens", type=int, nargs="+", default=[1024, 4096], help="GPU only")
+    p.add_argument("--head-dim", type=int, default=64)
+    p.add_argument("--seed", type=int, default=0)
+    add_device_argument(p)
+    args = p.parse_args()
+    args.tune_seq_lens = tuple(args.tune_seq_lens)
+    return args
+
+
+if __name__ == "__main__":
+    main(**vars(parse_args()))
