@@ -1,0 +1,382 @@
+"""Text generation with the KV cache: batched sampling, streaming, beam search, and a command-line tool (lesson 11).
+
+Two entry points, both driving :class:`pytorch_llama2_from_scratch.model.Transformer`:
+
+* :func:`generate` / :func:`stream_generate` decode a **batch of prompts of different lengths** with any
+  per-token strategy of :mod:`pytorch_llama2_from_scratch.sampling` (greedy, temperature, random, top-k, top-p,
+  min-p, repetition penalty). Prompts are *left*-padded so that every row's last prompt token sits in the same
+  column ``L - 1``; the padding is hidden by an attention mask and every row gets its own positions
+  ``0, 1, ...`` starting at its first real token, so a padded row computes exactly what it would compute alone.
+  One forward over the prompts fills the cache (prefill), then each step feeds one token per row (decode). A row
+  stops at its own EOS; the loop stops when every row has stopped or ``max_new_tokens`` is reached.
+* :func:`beam_search` keeps the ``num_beams`` most likely partial continuations of one prompt, with Hugging
+  Face's rules for length penalty, early stopping and EOS, so that its sequences and scores equal
+  ``LlamaForCausalLM.generate(num_beams=k, do_sample=False, ...)``.
+
+Command line (any checkpoint ``loading.load_checkpoint`` understands, e.g. the one lesson 12 trains)::
+
+    python pytorch_llama2_from_scratch/generate.py --checkpoint out/llama2/tiny_shakespeare \\
+        --prompt "ROMEO:" --prompt "JULIET:" --strategy top_p --top-p 0.9 --temperature 0.8
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from collections.abc import Callable, Iterator, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+import torch.nn.functional as F
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # repo root, when run as a script
+
+from pytorch_basis.common import add_device_argument, resolve_device, run_cli, seed_everything
+from pytorch_llama2_from_scratch.sampling import (
+    STRATEGIES,
+    SamplingConfig,
+    check_num_beams,
+    next_token,
+)
+
+NEG_INF = -1.0e9  # Hugging Face's "impossible" score; kept identical so that ties break the same way
+
+
+# --------------------------------------------------------------------------------------------- helpers
+def _device_of(model: torch.nn.Module) -> torch.device:
+    return next(model.parameters()).device
+
+
+def _check_prompts(prompts: Sequence[Sequence[int]]) -> list[list[int]]:
+    if isinstance(prompts, torch.Tensor):
+        prompts = prompts.tolist()
+    if not prompts or isinstance(prompts[0], int):
+        raise ValueError("prompts must be a non-empty list of token-id lists, e.g. [[1, 306, 763]]")
+    prompts = [list(map(int, p)) for p in prompts]
+    if any(len(p) == 0 for p in prompts):
+        raise ValueError("every prompt needs at least one token (add the BOS token for an unconditional sample)")
+    return prompts
+
+
+def _check_capacity(model: torch.nn.Module, batch: int, total_len: int, use_cache: bool) -> None:
+    args = model.args
+    if total_len > args.max_seq_len:
+        raise ValueError(
+            f"prompt + max_new_tokens = {total_len} tokens exceeds the model's max_seq_len {args.max_seq_len}"
+        )
+    if use_cache and batch > args.max_batch_size:
+        raise ValueError(f"batch of {batch} sequences exceeds the KV cache's max_batch_size {args.max_batch_size}")
+
+
+def left_pad(prompts: list[list[int]], pad_id: int) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """Left-pad token lists into ``tokens, mask, positions``, each ``(B, L)``.
+
+    ``mask`` is 1 on real tokens and 0 on padding; ``positions`` counts from 0 at each row's first real token
+    (padding gets position 0, it is masked anyway)::
+
+        prompt lengths 3 and 5, L = 5:   tokens    [p p a b c]   mask [0 0 1 1 1]   positions [0 0 0 1 2]
+                                                   [a b c d e]        [1 1 1 1 1]             [0 1 2 3 4]
+    """
+    L = max(len(p) for p in prompts)
+    tokens = torch.full((len(prompts), L), pad_id, dtype=torch.long)
+    mask = torch.zeros((len(prompts), L), dtype=torch.long)
+    for i, p in enumerate(prompts):
+        tokens[i, L - len(p) :] = torch.tensor(p)
+        mask[i, L - len(p) :] = 1
+    positions = (mask.cumsum(-1) - 1).clamp(min=0)
+    return tokens, mask, positions
+
+
+def reorder_cache(model: torch.nn.Module, index: torch.Tensor) -> None:
+    """Row ``i`` of every KV-cache buffer becomes old row ``index[i]`` (beam search keeps the survivors' caches)."""
+    for name, buf in model.named_buffers():
+        if "cache" in name:
+            buf[: index.numel()] = buf[index]
+
+
+# --------------------------------------------------------------------------------------------- sampling loop
+@torch.inference_mode()
+def stream_generate(
+    model: torch.nn.Module,
+    prompts: Sequence[Sequence[int]],
+    max_new_tokens: int,
+    sampling: SamplingConfig | None = None,
+    eos_id: int | None = None,
+    pad_id: int = 0,
+    use_cache: bool = True,
+    generator: torch.Generator | None = None,
+) -> Iterator[torch.Tensor]:
+    """Yield, after every decoding step, the ``(B,)`` tokens chosen for each row (``-1`` for rows already done).
+
+    A row is done after it produced ``eos_id`` (the EOS token itself is yielded). ``use_cache=False`` recomputes
+    the whole sequence at every step (the slow baseline of lesson 13); the tokens are the same.
+    """
+    sampling = sampling or SamplingConfig()
+    prompts = _check_prompts(prompts)
+    if max_new_tokens < 0:
+        raise ValueError(f"max_new_tokens must be >= 0, got {max_new_tokens}")
+    device = _device_of(model)
+    tokens, mask, positions = (t.to(device) for t in left_pad(prompts, pad_id))
+    B, L = tokens.shape
+    _check_capacity(model, B, L + max_new_tokens, use_cache)
+    lengths = mask.sum(-1)  # (B,) real tokens per row: the position of the next token
+    done = torch.zeros(B, dtype=torch.bool, device=device)
+
+    # prefill: one forward over the padded prompts; the logits of the last column predict each row's next token
+    if use_cache:
+        logits = model(tokens, start_pos=0, use_cache=True, attention_mask=mask, positions=positions)
+    else:
+        logits = model(tokens, use_cache=False, attention_mask=mask, positions=positions)
+    for step in range(max_new_tokens):
+        x = next_token(logits[:, -1], sampling, tokens, mask, generator)  # (B,)
+        x = x.masked_fill(done, pad_id)
+        yield x.masked_fill(done, -1)
+        done |= (x == eos_id) if eos_id is not None else torch.zeros_like(done)
+        tokens = torch.cat([tokens, x[:, None]], dim=1)  # (B, L + step + 1)
+        mask = torch.cat([mask, (~done | (x == eos_id)).long()[:, None]], dim=1)
+        pos = (lengths + step)[:, None]  # (B, 1): each row's own next position
+        positions = torch.cat([positions, pos], dim=1)
+        if bool(done.all()) or step == max_new_tokens - 1:
+            break
+        # decode: feed only the new token; the cache holds keys/values of everything before it
+        if use_cache:
+            logits = model(x[:, None], start_pos=L + step, use_cache=True, attention_mask=mask, positions=pos)
+        else:
+            logits = model(tokens, use_cache=False, attention_mask=mask, positions=positions)
+
+
+def generate(
+    model: torch.nn.Module,
+    prompts: Sequence[Sequence[int]],
+    max_new_tokens: int,
+    sampling: SamplingConfig | None = None,
+    eos_id: int | None = None,
+    pad_id: int = 0,
+    use_cache: bool = True,
+    generator: torch.Generator | None = None,
+    on_token: Callable[[int, int], None] | None = None,
+) -> list[list[int]]:
+    """Generate continuations for a batch of prompts; returns the new tokens of each row (EOS included if hit).
+
+    ``on_token(row, token_id)`` is called as soon as a token is chosen (streaming to a terminal or a socket).
+    """
+    out: list[list[int]] = [[] for _ in prompts]
+    for step_tokens in stream_generate(model, prompts, max_new_tokens, sampling, eos_id, pad_id, use_cache, generator):
+        for row, tok in enumerate(step_tokens.tolist()):
+            if tok >= 0:
+                out[row].append(tok)
+                if on_token is not None:
+                    on_token(row, tok)
+    return out
+
+
+# --------------------------------------------------------------------------------------------- beam search
+@dataclass
+class Hypothesis:
+    """A finished beam: its generated tokens (EOS included when it ended on EOS) and its length-normalised score
+    ``sum_t log p(y_t | y_<t, prompt) / len(tokens) ** length_penalty``."""
+
+    tokens: list[int]
+    score: float
+
+
+@torch.inference_mode()
+def beam_search(
+    model: torch.nn.Module,
+    prompt: Sequence[int],
+    num_beams: int,
+    max_new_tokens: int,
+    eos_id: int | None = None,
+    length_penalty: float = 1.0,
+    early_stopping: bool | str = False,
+    num_return_sequences: int | None = None,
+    use_cache: bool = True,
+) -> list[Hypothesis]:
+    """Beam search for one prompt; returns the best ``num_return_sequences`` (default ``num_beams``) hypotheses.
+
+    When to use it: when you want the single most likely *sequence* rather than a sample - translation,
+    summarisation, short answers. It finds better sequences than greedy (which commits to the best *token*), costs
+    ``num_beams`` times more compute, and on open-ended text it produces bland, repetitive output.
+
+    The algorithm (Hugging Face's version, so the results match ``generate(num_beams=k, do_sample=False)``):
+
+    1. Every running beam ``b`` has a score ``s_b = sum of log-probabilities of its tokens``. All ``k x V``
+       extensions are scored ``s_b + log p(v | beam b)`` and the best ``2k`` are kept (``2k`` so that ``k`` beams
+       that do not end in EOS always remain).
+    2. Among these, an extension that ends in EOS (or reaches ``max_new_tokens``) *and* ranks in the top ``k`` is a
+       finished hypothesis with score ``s / n ** length_penalty`` (``n`` generated tokens, EOS included); the
+       ``k`` best finished ones are kept. ``length_penalty > 0`` favours longer sequences, ``< 0`` shorter ones.
+    3. The ``k`` best extensions that did not finish become the new running beams.
+    4. Stop when the ``k`` finished slots are full and either ``early_stopping=True``, or the best running beam
+       cannot beat the worst finished one any more: its score divided by the current length ** length_penalty
+       (``early_stopping=False``, a heuristic) or by the longest possible length ** length_penalty when that is
+       the best case (``early_stopping="never"``, exact for ``length_penalty > 0``).
+    """
+    num_beams = check_num_beams(num_beams)
+    if early_stopping not in (True, False, "never"):
+        raise ValueError(f"early_stopping must be True, False or 'never', got {early_stopping!r}")
+    n_return = num_beams if num_return_sequences is None else num_return_sequences
+    if not 1 <= n_return <= num_beams:
+        raise ValueError(f"num_return_sequences must be in [1, num_beams={num_beams}], got {n_return}")
+    prompt = _check_prompts([prompt])[0]
+    if max_new_tokens < 1:
+        raise ValueError(f"max_new_tokens must be >= 1, got {max_new_tokens}")
+    P, k = len(prompt), num_beams
+    _check_capacity(model, k, P + max_new_tokens, use_cache)
+    device = _device_of(model)
+
+    seqs = torch.tensor([prompt] * k, device=device)  # (k, P) running beams, all starting as the prompt
+    scores = torch.full((k,), NEG_INF, device=device)
+    scores[0] = 0.0  # only beam 0 is live at first, so the k beams do not pick the same tokens
+    finished: list[tuple[float, list[int]]] = []  # (normalised score, generated tokens), best first, at most k
+    can_improve = True
+
+    logits = model(seqs, start_pos=0, use_cache=use_cache)[:, -1].float()  # (k, V)
+    V = logits.size(-1)
+    for step in range(max_new_tokens):
+        n_gen = step + 1  # tokens generated once this step's token is appended
+        cand = (F.log_softmax(logits, dim=-1) + scores[:, None]).view(-1)  # (k * V,)
+        cand_scores, cand_idx = torch.topk(cand, 2 * k)  # best first
+        beam_of, token_of = cand_idx // V, cand_idx % V
+        hits_stop = (token_of == eos_id) if eos_id is not None else torch.zeros_like(token_of, dtype=torch.bool)
+        if n_gen == max_new_tokens:
+            hits_stop = torch.ones_like(hits_stop)
+
+        # 2. finished hypotheses: only from the top k, and only while the finished list can still change
+        if can_improve and not (len(finished) == k and early_stopping is True):
+            for r in range(k):
+                if hits_stop[r]:
+                    tokens = seqs[beam_of[r], P:].tolist() + [int(token_of[r])]
+                    finished.append((float(cand_scores[r]) / n_gen**length_penalty, tokens))
+            finished = sorted(finished, key=lambda h: -h[0])[:k]
+        if bool(hits_stop.all()):
+            break
+
+        # 3. the k best unfinished extensions continue
+        keep = (~hits_stop).nonzero().squeeze(-1)[:k]
+        beam_idx, scores = beam_of[keep], cand_scores[keep]
+        seqs = torch.cat([seqs[beam_idx], token_of[keep][:, None]], dim=1)  # (k, P + n_gen)
+
+        # 4. stopping rules
+        if len(finished) == k:
+            best_len = max_new_tokens if (early_stopping == "never" and length_penalty > 0) else n_gen
+            can_improve = can_improve and float(scores[0]) / best_len**length_penalty > finished[-1][0]
+            if not can_improve or early_stopping is True:
+                break
+
+        if use_cache:
+            reorder_cache(model, beam_idx)
+            logits = model(seqs[:, -1:], start_pos=P + step, use_cache=True)[:, -1].float()
+        else:
+            logits = model(seqs, use_cache=False)[:, -1].float()
+    return [Hypothesis(tokens=t, score=s) for s, t in finished[:n_return]]
+
+
+# --------------------------------------------------------------------------------------------- command line
+def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
+    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0], formatter_class=argparse.RawTextHelpFormatter)
+    p.add_argument("--checkpoint", required=True, help="checkpoint folder (Hugging Face or Meta layout)")
+    p.add_argument("--prompt", action="append", help="a prompt; repeat for a batch (default: one empty prompt)")
+    p.add_argument("--strategy", choices=STRATEGIES, default="top_p", help="decoding strategy (default: %(default)s)")
+    p.add_argument("--max-new-tokens", type=int, default=100)
+    p.add_argument("--temperature", type=float, default=0.8, help="for the sampling strategies")
+    p.add_argument("--top-k", type=int, default=50)
+    p.add_argument("--top-p", type=float, default=0.9)
+    p.add_argument("--min-p", type=float, default=0.05)
+    p.add_argument("--repetition-penalty", type=float, default=1.0, help="1.0 = off")
+    p.add_argument("--num-beams", type=int, default=4, help="for --strategy beam")
+    p.add_argument("--length-penalty", type=float, default=1.0, help="for --strategy beam")
+    p.add_argument("--early-stopping", choices=["false", "true", "never"], default="false", help="for --strategy beam")
+    p.add_argument("--no-cache", action="store_true", help="recompute the whole sequence every step (slow)")
+    p.add_argument("--no-stream", action="store_true", help="print when done instead of token by token")
+    p.add_argument("--seed", type=int, default=1337)
+    add_device_argument(p)
+    return p.parse_args(argv)
+
+
+class _Streamer:
+    """Print each row's text as it grows: decode all of the row's tokens and print the new suffix (a token can be
+    part of a multi-byte character, so decoding tokens one at a time would print garbage)."""
+
+    def __init__(self, decode: Callable[[list[int]], str], eos_id: int | None, n_rows: int):
+        self.decode, self.eos_id = decode, eos_id
+        self.tokens: list[list[int]] = [[] for _ in range(n_rows)]
+        self.printed = [""] * n_rows
+
+    def __call__(self, row: int, token: int) -> None:
+        if token == self.eos_id:
+            return
+        self.tokens[row].append(token)
+        text = self.decode(self.tokens[row])
+        if text.startswith(self.printed[row]) and not text.endswith("\ufffd"):
+            print(text[len(self.printed[row]) :], end="", flush=True)
+            self.printed[row] = text
+
+
+def main(
+    checkpoint: str,
+    prompt: list[str] | None = None,
+    strategy: str = "top_p",
+    max_new_tokens: int = 100,
+    temperature: float = 0.8,
+    top_k: int = 50,
+    top_p: float = 0.9,
+    min_p: float = 0.05,
+    repetition_penalty: float = 1.0,
+    num_beams: int = 4,
+    length_penalty: float = 1.0,
+    early_stopping: str = "false",
+    no_cache: bool = False,
+    no_stream: bool = False,
+    seed: int = 1337,
+    device: str = "auto",
+) -> dict:
+    """Load a checkpoint and its tokenizer, generate, print; returns ``{"prompts", "completions", "tokens"}``."""
+    from pytorch_llama2_from_scratch.loading import load_checkpoint, load_tokenizer
+
+    generator = seed_everything(seed)
+    dev = resolve_device(device)
+    model, _ = load_checkpoint(checkpoint)
+    model = model.to(dev).eval()
+    tok = load_tokenizer(checkpoint)
+    prompts = prompt or [""]
+    ids = [tok.encode(p) for p in prompts]
+    eos_id = getattr(tok, "eos_id", None)
+    print(f"checkpoint {checkpoint} | strategy {strategy} | {len(prompts)} prompt(s) | device {dev}")
+
+    if strategy == "beam":
+        stop = {"false": False, "true": True, "never": "never"}[early_stopping]
+        outs = []
+        for p_ids in ids:
+            hyps = beam_search(
+                model, p_ids, num_beams, max_new_tokens, eos_id, length_penalty, stop, 1, use_cache=not no_cache
+            )
+            outs.append(hyps[0].tokens)
+    else:
+        sampling = SamplingConfig.from_strategy(strategy, temperature, top_k, top_p, min_p, repetition_penalty)
+        stream = not no_stream and len(prompts) == 1
+        if stream:
+            print(prompts[0], end="", flush=True)
+        outs = generate(
+            model,
+            ids,
+            max_new_tokens,
+            sampling,
+            eos_id=eos_id,
+            pad_id=getattr(tok, "pad_id", None) or 0,
+            use_cache=not no_cache,
+            generator=generator if dev.type == "cpu" else None,
+            on_token=_Streamer(tok.decode, eos_id, 1) if stream else None,
+        )
+        if stream:
+            print()
+    completions = [tok.decode([t for t in o if t != eos_id]) for o in outs]
+    if strategy == "beam" or no_stream or len(prompts) > 1:
+        for p, c in zip(prompts, completions):
+            print(f"--- {p!r}\n{p}{c}")
+    return {"prompts": prompts, "completions": completions, "tokens": outs}
+
+
+if __name__ == "__main__":
+    run_cli(lambda: main(**vars(parse_args())))

@@ -1,0 +1,163 @@
+"""generate / beam_search against Hugging Face ``LlamaForCausalLM.generate`` on a tiny random model.
+
+The reference model comes from the chapter conftest (random weights, ``initializer_range=0.2``), is saved with
+``save_pretrained`` and loaded with our HF loader, so both sides hold the same weights.
+"""
+
+import pytest
+import torch
+
+from pytorch_llama2_from_scratch.generate import beam_search, generate, left_pad, stream_generate
+from pytorch_llama2_from_scratch.loading import load_hf_checkpoint
+from pytorch_llama2_from_scratch.sampling import SamplingConfig
+
+PAD = 0
+PROMPTS = [[1, 17, 42, 5], [1, 8], [1, 60, 33, 21, 9, 70, 11], [1, 3, 90]]
+
+
+@pytest.fixture(scope="module")
+def pair(tmp_path_factory, make_hf_llama):
+    """(ours, hf) with identical weights; our cache holds 8 rows of 64 slots."""
+    hf = make_hf_llama(seed=11)
+    directory = tmp_path_factory.mktemp("hf_gen")
+    hf.save_pretrained(directory)
+    ours, _ = load_hf_checkpoint(directory, max_batch_size=8)
+    return ours, hf
+
+
+def hf_greedy(hf, prompt, n, eos=None):
+    out = hf.generate(
+        torch.tensor([prompt]),
+        attention_mask=torch.ones(1, len(prompt), dtype=torch.long),
+        max_new_tokens=n,
+        do_sample=False,
+        eos_token_id=eos,
+        pad_token_id=PAD,
+    )
+    return out[0, len(prompt) :].tolist()
+
+
+def test_greedy_matches_hf(pair):
+    ours, hf = pair
+    got = generate(ours, PROMPTS, max_new_tokens=12)  # one padded batch
+    for prompt, row in zip(PROMPTS, got):
+        assert row == hf_greedy(hf, prompt, 12)
+
+
+def test_padded_batch_equals_each_prompt_alone(pair):
+    ours, _ = pair
+    cfg = SamplingConfig(repetition_penalty=1.3)  # greedy + a penalty that reads the (padded) history
+    batch = generate(ours, PROMPTS, max_new_tokens=10, sampling=cfg)
+    alone = [generate(ours, [p], max_new_tokens=10, sampling=cfg)[0] for p in PROMPTS]
+    assert batch == alone
+    # and the slow path (no KV cache, full re-forward every step) picks the same tokens
+    assert generate(ours, PROMPTS, max_new_tokens=10, sampling=cfg, use_cache=False) == batch
+
+
+def test_padded_batch_logits_equal_hf_padded_batch(pair):
+    """Our prefill on a left-padded batch gives HF's logits at every real token."""
+    ours, hf = pair
+    tokens, mask, positions = left_pad(PROMPTS, PAD)
+    with torch.no_grad():
+        got = ours(tokens, attention_mask=mask, positions=positions)
+        ref = hf(tokens, attention_mask=mask).logits
+    torch.testing.assert_close(got[mask.bool()], ref[mask.bool()], atol=1e-5, rtol=1e-5)
+
+
+def test_sampling_is_reproducible_and_batch_independent_of_cache(pair):
+    ours, _ = pair
+    cfg = SamplingConfig.from_strategy("top_p", temperature=0.9, top_p=0.8)
+    a = generate(ours, PROMPTS, 8, cfg, generator=torch.Generator().manual_seed(5))
+    b = generate(ours, PROMPTS, 8, cfg, generator=torch.Generator().manual_seed(5), use_cache=False)
+    assert a == b and all(len(r) == 8 for r in a)
+
+
+def test_each_sequence_stops_at_its_own_eos(pair):
+    ours, hf = pair
+    free = generate(ours, PROMPTS, max_new_tokens=12)
+    # an EOS that one row emits early and the others later or never
+    eos = free[0][2]
+    got = generate(ours, PROMPTS, max_new_tokens=12, eos_id=eos)
+    for row_free, row in zip(free, got):
+        if eos in row_free:
+            cut = row_free.index(eos) + 1
+            assert row == row_free[:cut]  # stops right after its own EOS, EOS included
+        else:
+            assert row == row_free
+    assert len(got[0]) == 3 and len({len(r) for r in got}) > 1
+    for prompt, row in zip(PROMPTS, got):
+        assert row == hf_greedy(hf, prompt, 12, eos=eos)[: len(row)]
+
+
+def test_streaming_yields_tokens_as_they_come(pair):
+    ours, _ = pair
+    seen = []
+    out = generate(ours, PROMPTS[:2], 5, on_token=lambda row, tok: seen.append((row, tok)))
+    assert [t for r, t in seen if r == 0] == out[0] and [t for r, t in seen if r == 1] == out[1]
+    steps = list(stream_generate(ours, PROMPTS[:2], 5))
+    assert len(steps) == 5 and torch.stack(steps).T.tolist() == out
+
+
+def _liked_token(hf, prompt, n):
+    """A token the model produces after a few steps: as EOS it makes beams actually finish early."""
+    free = hf_greedy(hf, prompt, n)
+    return free[min(3, n - 1)]
+
+
+@pytest.mark.parametrize(
+    "num_beams, length_penalty, early_stopping",
+    [(3, 1.0, False), (4, 0.5, True), (3, 1.0, "never"), (3, 0.0, "never"), (2, -1.0, False)],
+)
+def test_beam_search_matches_hf(pair, num_beams, length_penalty, early_stopping):
+    ours, hf = pair
+    prompt, n = PROMPTS[0], 10
+    eos = _liked_token(hf, prompt, n)
+    ref = hf.generate(
+        torch.tensor([prompt]),
+        attention_mask=torch.ones(1, len(prompt), dtype=torch.long),
+        max_new_tokens=n,
+        num_beams=num_beams,
+        num_return_sequences=num_beams,
+        do_sample=False,
+        length_penalty=length_penalty,
+        early_stopping=early_stopping,
+        eos_token_id=eos,
+        pad_token_id=PAD,
+        return_dict_in_generate=True,
+        output_scores=True,
+    )
+    hyps = beam_search(ours, prompt, num_beams, n, eos, length_penalty, early_stopping)
+    assert len(hyps) == ref.sequences.shape[0] == num_beams
+    for h, row in zip(hyps, ref.sequences.tolist()):
+        end = len(prompt) + len(h.tokens)
+        assert row[:end] == prompt + h.tokens
+        assert set(row[end:]) <= {PAD, eos}  # HF fills finished rows up to the longest one
+    torch.testing.assert_close(torch.tensor([h.score for h in hyps]), ref.sequences_scores, atol=1e-4, rtol=1e-5)
+    # the EOS really occurred: at least one returned hypothesis ended on it
+    assert any(h.tokens[-1] == eos for h in hyps)
+
+
+def test_beam_search_without_cache_is_the_same(pair):
+    ours, hf = pair
+    eos = _liked_token(hf, PROMPTS[2], 8)
+    a = beam_search(ours, PROMPTS[2], 3, 8, eos)
+    b = beam_search(ours, PROMPTS[2], 3, 8, eos, use_cache=False)
+    assert [h.tokens for h in a] == [h.tokens for h in b]
+
+
+@pytest.mark.parametrize(
+    "call, match",
+    [
+        (lambda m: beam_search(m, [1, 2], 0, 5), "num_beams must be an integer >= 1"),
+        (lambda m: beam_search(m, [1, 2], 9, 5), "exceeds the KV cache's max_batch_size 8"),
+        (lambda m: beam_search(m, [1, 2], 2, 5, early_stopping="sometimes"), "early_stopping"),
+        (lambda m: generate(m, [[1] * 60], 10), "70 tokens exceeds the model's max_seq_len 64"),
+        (lambda m: generate(m, [[1]] * 9, 2), "batch of 9 sequences exceeds"),
+        (lambda m: generate(m, [[1], []], 2), "every prompt needs at least one token"),
+        (lambda m: generate(m, [1, 2, 3], 2), "list of token-id lists"),
+        (lambda m: generate(m, [[1]], 2, SamplingConfig(do_sample=True, temperature=0.0)), "temperature"),
+    ],
+)
+def test_bad_input_raises_clear_errors(pair, call, match):
+    with pytest.raises(ValueError, match=match):
+        call(pair[0])
