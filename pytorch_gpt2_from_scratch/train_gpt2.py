@@ -158,7 +158,13 @@ def make_config(preset: str = "cpu", **overrides) -> TrainConfig:
     if unknown:
         raise ValueError(f"unknown training option(s) {sorted(unknown)}")
     values = {**PRESETS[preset], **{k: v for k, v in overrides.items() if v is not None}}
-    return TrainConfig(preset=preset, **values)
+    cfg = TrainConfig(preset=preset, **values)
+    if not 0 <= cfg.warmup_steps <= cfg.max_steps:
+        raise ValueError(f"need 0 <= --warmup-steps <= --max-steps, got {cfg.warmup_steps} and {cfg.max_steps}")
+    for name in ("eval_every", "sample_every", "checkpoint_every", "log_every", "val_steps"):
+        if getattr(cfg, name) <= 0:
+            raise ValueError(f"--{name.replace('_', '-')} must be positive, got {getattr(cfg, name)}")
+    return cfg
 
 
 # --------------------------------------------------------------------------------------------- data

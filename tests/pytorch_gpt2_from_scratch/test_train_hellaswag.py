@@ -1,0 +1,135 @@
+"""HellaSwag scoring: our batched acc / acc_norm equal an independent per-ending scoring with GPT2LMHeadModel."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+import torch
+
+from pytorch_gpt2_from_scratch.hellaswag import evaluate, iter_examples, render_example
+from pytorch_gpt2_from_scratch.model import GPT
+
+# Hand-written examples in the dataset's JSONL format (fields of hellaswag_val.jsonl).
+EXAMPLES = [
+    {"ind": 1, "activity_label": "Cooking", "ctx_a": "A man cracks two eggs into a bowl.", "ctx_b": "he",
+     "ctx": "A man cracks two eggs into a bowl. he", "split": "val", "split_type": "indomain", "label": 2,
+     "endings": ["flies the bowl to the moon.", "paints the eggs blue and sings loudly to them for an hour.",
+                 "whisks them with a fork.", "is a bowl."], "source_id": "handwritten~1"},
+    {"ind": 2, "activity_label": "Running", "ctx_a": "A woman ties her shoes at the start line.", "ctx_b": "she",
+     "ctx": "A woman ties her shoes at the start line. she", "split": "val", "split_type": "indomain",
+     "label": 0, "endings": ["starts running when the whistle blows.", "eats the shoes.",
+                             "turns into a tree", "reads a very long book about the history of laces."],
+     "source_id": "handwritten~2"},
+    {"ind": 3, "activity_label": "Gardening", "ctx_a": "The gardener kneels by the flower bed.", "ctx_b": "he",
+     "ctx": "The gardener kneels by the flower bed. he", "split": "val", "split_type": "zeroshot", "label": 1,
+     "endings": ["sells the garden.", "pulls the weeds out of the soil.", "swims.",
+                 "calls a helicopter to water each rose individually."], "source_id": "handwritten~3"},
+    {"ind": 4, "activity_label": "Music", "ctx_a": "A girl sits down at the piano.", "ctx_b": "she",
+     "ctx": "A girl sits down at the piano. she", "split": "val", "split_type": "zeroshot", "label": 3,
+     "endings": ["is a piano.", "drives away in it.", "cuts it in half with scissors and glue.",
+                 "begins to play a slow song."], "source_id": "handwritten~4"},
+    {"ind": 5, "activity_label": "Painting", "ctx_a": "Two people hold rollers next to a wall.", "ctx_b": "they",
+     "ctx": "Two people hold rollers next to a wall. they", "split": "val", "split_type": "indomain", "label": 0,
+     "endings": ["paint the wall white.", "roll away.", "are the wall and the rollers at the same time.",
+                 "eat."], "source_id": "handwritten~5"},
+]  # fmt: skip
+
+
+@pytest.fixture(scope="module")
+def enc():
+    from pytorch_gpt2_from_scratch.data import TokenizerUnavailableError, gpt2_encoding
+
+    try:
+        return gpt2_encoding()
+    except TokenizerUnavailableError as e:
+        pytest.skip(f"GPT-2 BPE files unavailable offline (set TIKTOKEN_CACHE_DIR): {e}")
+
+
+@pytest.fixture(scope="module")
+def models(tmp_path_factory):
+    """A random GPT2LMHeadModel (large init so the endings score differently) and ours loaded from its files."""
+    from transformers import GPT2Config, GPT2LMHeadModel
+
+    torch.manual_seed(0)
+    cfg = GPT2Config(n_layer=2, n_head=2, n_embd=32, n_positions=64, vocab_size=50257, initializer_range=0.4)
+    hf = GPT2LMHeadModel(cfg).eval()
+    folder = tmp_path_factory.mktemp("hf_gpt2")
+    hf.save_pretrained(folder)
+    ours = GPT.from_pretrained(str(folder), attn_impl="manual").eval()
+    return hf, ours
+
+
+def reference_scores(hf, enc, example):
+    """Per ending: summed and mean negative log-likelihood of its tokens, one unpadded sequence at a time."""
+    ctx = enc.encode(example["ctx"])
+    sums, avgs = [], []
+    for ending in example["endings"]:
+        end = enc.encode(" " + ending)
+        ids = torch.tensor([ctx + end])
+        with torch.no_grad():
+            logp = torch.log_softmax(hf(ids).logits[0].double(), dim=-1)  # (L, V)
+        nll = [-logp[len(ctx) + i - 1, tok].item() for i, tok in enumerate(end)]
+        sums.append(sum(nll))
+        avgs.append(sum(nll) / len(nll))
+    return sums, avgs
+
+
+def test_render_example(enc):
+    tokens, mask, label = render_example(EXAMPLES[0], enc)
+    ctx = enc.encode(EXAMPLES[0]["ctx"])
+    assert tokens.shape == mask.shape and tokens.shape[0] == 4 and label == 2
+    for i, ending in enumerate(EXAMPLES[0]["endings"]):
+        end = enc.encode(" " + ending)
+        assert tokens[i, : len(ctx) + len(end)].tolist() == ctx + end
+        assert mask[i].tolist() == [0] * len(ctx) + [1] * len(end) + [0] * (tokens.shape[1] - len(ctx) - len(end))
+
+
+@pytest.mark.parametrize("batch_examples", [1, 3])
+def test_acc_matches_gpt2lmheadmodel(enc, models, tmp_path, batch_examples):
+    hf, ours = models
+    path = tmp_path / "hellaswag_val.jsonl"
+    path.write_text("".join(json.dumps(e) + "\n" for e in EXAMPLES))
+    ref_pred, ref_pred_norm = [], []
+    for ex in EXAMPLES:
+        sums, avgs = reference_scores(hf, enc, ex)
+        ref_pred.append(min(range(4), key=sums.__getitem__))
+        ref_pred_norm.append(min(range(4), key=avgs.__getitem__))
+    res = evaluate(ours, iter_examples(path), batch_examples=batch_examples)
+    assert res.num_total == len(EXAMPLES)
+    assert res.preds == ref_pred and res.preds_norm == ref_pred_norm
+    labels = [e["label"] for e in EXAMPLES]
+    assert res.acc == sum(p == lab for p, lab in zip(ref_pred, labels)) / len(EXAMPLES)
+    assert res.acc_norm == sum(p == lab for p, lab in zip(ref_pred_norm, labels)) / len(EXAMPLES)
+
+
+def test_losses_match_reference(enc, models):
+    from pytorch_gpt2_from_scratch.hellaswag import completion_losses
+
+    hf, ours = models
+    for ex in EXAMPLES[:2]:
+        tokens, mask, _ = render_example(ex, enc)
+        with torch.no_grad():
+            logits, _ = ours(tokens)
+        sum_loss, avg_loss = completion_losses(logits, tokens, mask)
+        sums, avgs = reference_scores(hf, enc, ex)
+        torch.testing.assert_close(sum_loss.double(), torch.tensor(sums, dtype=torch.double), atol=1e-3, rtol=1e-5)
+        torch.testing.assert_close(avg_loss.double(), torch.tensor(avgs, dtype=torch.double), atol=1e-4, rtol=1e-5)
+
+
+def test_rank_split_covers_every_example(enc, models, tmp_path):
+    _, ours = models
+    path = tmp_path / "hs.jsonl"
+    path.write_text("".join(json.dumps(e) + "\n" for e in EXAMPLES))
+    full = evaluate(ours, iter_examples(path))
+    parts = [evaluate(ours, iter_examples(path), rank=r, world_size=2) for r in range(2)]
+    assert sum(p.num_total for p in parts) == full.num_total
+    assert sum(p.num_correct_norm for p in parts) == full.num_correct_norm
+    assert parts[0].preds_norm == full.preds_norm[0::2] and parts[1].preds_norm == full.preds_norm[1::2]
+
+
+def test_bad_file_is_rejected(tmp_path):
+    path = tmp_path / "bad.jsonl"
+    path.write_text(json.dumps({"ctx": "x", "endings": ["a", "b"], "label": 0}) + "\n")
+    with pytest.raises(ValueError, match="not a HellaSwag example"):
+        list(iter_examples(path))

@@ -1,0 +1,124 @@
+"""fineweb.py: local text -> uint16 shards (val first), resumable preparation, and ShardedDataLoader."""
+
+from __future__ import annotations
+
+import sys
+
+import numpy as np
+import pytest
+import torch
+
+from pytorch_gpt2_from_scratch.data import DataLoaderLite
+from pytorch_gpt2_from_scratch.fineweb import (
+    ShardedDataLoader,
+    iter_hf_documents,
+    iter_text_documents,
+    list_shards,
+    prepare_shards,
+)
+
+DOCS = [
+    "The quick brown fox jumps over the lazy dog.",
+    "Shards are cut at a fixed size; a document may straddle two of them.",
+    "Ünïcödé survives the round trip: 東京, emoji 🙂, tabs\tand\nnewlines.",
+    "Short.",
+    "The last document ends the stream, and the final shard is shorter than the others.",
+] * 3
+
+
+@pytest.fixture(scope="module")
+def enc():
+    from pytorch_gpt2_from_scratch.data import TokenizerUnavailableError, gpt2_encoding
+
+    try:
+        return gpt2_encoding()
+    except TokenizerUnavailableError as e:
+        pytest.skip(f"GPT-2 BPE files unavailable offline (set TIKTOKEN_CACHE_DIR): {e}")
+
+
+@pytest.fixture
+def corpus(tmp_path):
+    path = tmp_path / "corpus.txt"
+    path.write_text("\n\n\n".join(DOCS), encoding="utf-8")
+    return path
+
+
+def expected_stream(enc) -> np.ndarray:
+    # independent of fineweb.py: tiktoken on "<|endoftext|>" + document, special token allowed
+    ids = [enc.encode("<|endoftext|>" + d, allowed_special="all") for d in DOCS]
+    return np.concatenate([np.asarray(i, dtype=np.int64) for i in ids])
+
+
+@pytest.mark.parametrize("workers", [1, 2])
+def test_text_to_shards(enc, corpus, tmp_path, workers):
+    docs = list(iter_text_documents([corpus], doc_separator="\n\n\n"))
+    assert docs == DOCS
+    res = prepare_shards(iter(docs), tmp_path / "shards", shard_size=64, prefix="toy", source="toy",
+                         num_workers=workers, chunksize=2, progress=False)  # fmt: skip
+    stream = expected_stream(enc)
+    n_full, rest = divmod(len(stream), 64)
+    assert len(res.shards) == n_full + (rest > 0)
+    assert res.shards[0].name == "toy_val_000000.npy"
+    assert all("_train_" in p.name for p in res.shards[1:])
+    assert list_shards(tmp_path / "shards", "val") == res.shards[:1]
+    assert list_shards(tmp_path / "shards", "train") == res.shards[1:]
+    arrays = [np.load(p) for p in res.shards]
+    assert all(a.dtype == np.uint16 for a in arrays)
+    assert [len(a) for a in arrays] == [64] * n_full + ([rest] if rest else [])
+    got = np.concatenate(arrays).astype(np.int64)
+    np.testing.assert_array_equal(got, stream)
+    assert enc.decode(got.tolist()) == "".join("<|endoftext|>" + d for d in DOCS)
+    assert res.num_tokens == len(stream) and res.num_documents == len(DOCS)
+
+
+def test_preparation_resumes_after_interruption(enc, tmp_path):
+    full = prepare_shards(iter(DOCS), tmp_path / "a", shard_size=40, source="s", progress=False)
+    part = prepare_shards(iter(DOCS), tmp_path / "b", shard_size=40, source="s", stop_after_shards=3,
+                          progress=False)  # fmt: skip
+    assert len(part.shards) == 3
+    rest = prepare_shards(iter(DOCS), tmp_path / "b", shard_size=40, source="s", progress=False)
+    assert rest.resumed_from_shard == 3
+    assert [p.name for p in rest.shards] == [p.name for p in full.shards]
+    for a, b in zip(full.shards, rest.shards):
+        np.testing.assert_array_equal(np.load(a), np.load(b))
+    with pytest.raises(ValueError, match="shard_size"):
+        prepare_shards(iter(DOCS), tmp_path / "b", shard_size=50, source="s", progress=False)
+
+
+def test_sharded_loader_equals_loader_over_the_concatenation():
+    rng = np.random.default_rng(0)
+    shards = [rng.integers(0, 50257, size=n).astype(np.uint16) for n in (70, 45, 90)]
+    whole = np.concatenate(shards).astype(np.int64)
+    B, T, P = 2, 5, 2
+    mine = [ShardedDataLoader(B, T, shards, r, P) for r in range(P)]
+    ref = [DataLoaderLite(B, T, torch.from_numpy(whole), r, P) for r in range(P)]
+    for step in range(40):  # several passes over all shards (ring wrap included)
+        if step == 17:  # resume mid-way from a state_dict
+            state = mine[0].state_dict()
+            mine = [ShardedDataLoader(B, T, shards, r, P) for r in range(P)]
+            for m in mine:
+                m.load_state_dict(state)
+        for m, r in zip(mine, ref):
+            (x, y), (rx, ry) = m.next_batch(), r.next_batch()
+            torch.testing.assert_close(x, rx)
+            torch.testing.assert_close(y, ry)
+
+
+def test_sharded_loader_reads_npy_files(tmp_path):
+    a = np.arange(100, dtype=np.uint16)
+    np.save(tmp_path / "x_val_000000.npy", a)
+    loader = ShardedDataLoader(2, 8, list_shards(tmp_path, "val"))
+    x, y = loader.next_batch()
+    torch.testing.assert_close(x.flatten(), torch.arange(16))
+    torch.testing.assert_close(y.flatten(), torch.arange(1, 17))
+    np.save(tmp_path / "y_val_000001.npy", a.astype(np.int32))
+    with pytest.raises(ValueError, match="not a token shard"):
+        ShardedDataLoader(2, 8, list_shards(tmp_path, "val")[1:])
+    with pytest.raises(FileNotFoundError, match="no 'train' shards"):
+        list_shards(tmp_path, "train")
+
+
+def test_hf_source_without_datasets_gives_clear_error(monkeypatch):
+    monkeypatch.setitem(sys.modules, "datasets", None)  # makes `import datasets` raise ImportError
+    with pytest.raises(RuntimeError, match="pip install datasets"):
+        next(iter_hf_documents())
