@@ -70,8 +70,8 @@ def main(
     peaks = []
     for N in seq_lens:
         q, k, v = (torch.randn(B, H, N, D, device=dev) for _ in range(3))
-        naive = peak_memory_bytes(lambda: naive_attention(q, k, v, causal=True), dev)  # noqa: B023
-        tiled = peak_memory_bytes(lambda: flash_attention_forward(q, k, v, True, None, block, block), dev)  # noqa: B023
+        naive = peak_memory_bytes(lambda q=q, k=k, v=v: naive_attention(q, k, v, causal=True), dev)
+        tiled = peak_memory_bytes(lambda q=q, k=k, v=v: flash_attention_forward(q, k, v, True, None, block, block), dev)
         peaks.append({"N": N, "naive": naive, "tiled": tiled})
         print(f"{N:>7} {naive / 1024:>11.0f} {tiled / 1024:>11.0f} {B * H * N * N * 4 / 1024:>19.0f}")
     for a, b in zip(peaks, peaks[1:]):

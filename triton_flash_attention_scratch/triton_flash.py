@@ -825,10 +825,14 @@ def attention_flops(B: int, H: int, N: int, D: int, causal: bool, mode: str = "f
     return flops * factor[mode]
 
 
-def do_bench_ms(fn, warmup: int = 25, rep: int = 100) -> float:
-    """Median milliseconds of ``fn()`` on the GPU with ``triton.testing.do_bench`` (L2 flushed between runs)."""
+def do_bench_ms(fn, warmup: int = 25, rep: int = 100, grad_to_none=None) -> float:
+    """Median milliseconds of ``fn()`` on the GPU with ``triton.testing.do_bench`` (L2 flushed between runs).
+
+    ``grad_to_none``: tensors whose ``.grad`` is reset before each run, so timed backward passes do not also time
+    the accumulation into old gradients.
+    """
     if INTERPRET:
         raise RuntimeError("timing needs a CUDA GPU: under the interpreter kernels run as NumPy code on the CPU")
     import triton.testing
 
-    return float(triton.testing.do_bench(fn, warmup=warmup, rep=rep, return_mode="median"))
+    return float(triton.testing.do_bench(fn, warmup=warmup, rep=rep, grad_to_none=grad_to_none, return_mode="median"))
