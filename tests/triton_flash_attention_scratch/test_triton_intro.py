@@ -1,0 +1,66 @@
+"""Lesson 14's Triton kernels (vector add, fused softmax, tiled matmul) vs PyTorch, including partial tiles."""
+
+import pytest
+import torch
+
+from triton_flash_attention_scratch.triton_intro import matmul, softmax, vector_add
+
+DEV = "cuda" if torch.cuda.is_available() else "cpu"
+
+
+@pytest.mark.parametrize("n,block", [(1, 16), (1000, 256), (4096, 1024), (0, 64)])
+def test_vector_add_matches_torch(n, block):
+    x, y = torch.randn(n, device=DEV), torch.randn(n, device=DEV)
+    torch.testing.assert_close(vector_add(x, y, block=block), x + y, atol=0, rtol=0)
+
+
+def test_vector_add_keeps_shape_and_fp16():
+    x, y = torch.randn(3, 7, device=DEV).half(), torch.randn(3, 7, device=DEV).half()
+    torch.testing.assert_close(vector_add(x, y, block=16), x + y, atol=0, rtol=0)
+
+
+@pytest.mark.parametrize("rows,cols", [(1, 1), (37, 100), (5, 128), (3, 1000)])
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float16])
+def test_softmax_matches_torch(rows, cols, dtype):
+    x = (torch.randn(rows, cols, device=DEV) * 10).to(dtype)  # large values: needs the max subtraction
+    ref = torch.softmax(x.float(), dim=-1)
+    atol = 1e-6 if dtype == torch.float32 else 1e-3
+    torch.testing.assert_close(softmax(x).float(), ref, atol=atol, rtol=0)
+
+
+def test_softmax_of_a_strided_view():
+    x = torch.randn(20, 30, device=DEV)[::2, 5:]  # row stride 60, rows of 25
+    torch.testing.assert_close(softmax(x), torch.softmax(x, -1), atol=1e-6, rtol=0)
+
+
+@pytest.mark.parametrize("m,k,n", [(1, 1, 1), (70, 50, 90), (64, 64, 64), (33, 100, 17)])
+def test_matmul_matches_torch_fp32(m, k, n):
+    a, b = torch.randn(m, k, device=DEV), torch.randn(k, n, device=DEV)
+    torch.testing.assert_close(matmul(a, b), a @ b, atol=1e-4, rtol=1e-5)
+
+
+def test_matmul_fp16_transposed_input_and_small_tiles():
+    a = torch.randn(40, 72, device=DEV).half()
+    b = torch.randn(24, 72, device=DEV).half().t()  # (72, 24), column-major: strides are honoured
+    ref = a.float() @ b.float()
+    got = matmul(a, b, block_m=16, block_n=16, block_k=16, group_m=2)
+    torch.testing.assert_close(got.float(), ref, atol=1e-2 * ref.abs().max().item(), rtol=0)
+
+
+def test_bad_inputs_raise_clear_errors():
+    with pytest.raises(ValueError, match="x and y must match"):
+        vector_add(torch.randn(3, device=DEV), torch.randn(4, device=DEV))
+    with pytest.raises(ValueError, match="power of two"):
+        vector_add(torch.randn(3, device=DEV), torch.randn(3, device=DEV), block=100)
+    with pytest.raises(ValueError, match="2-D tensor"):
+        softmax(torch.randn(2, 3, 4, device=DEV))
+    with pytest.raises(TypeError, match="floating-point"):
+        softmax(torch.ones(2, 3, dtype=torch.int64, device=DEV))
+    with pytest.raises(ValueError, match=r"\(M, K\) @ \(K, N\)"):
+        matmul(torch.randn(3, 4, device=DEV), torch.randn(5, 6, device=DEV))
+    with pytest.raises(TypeError, match="share a float16/bfloat16/float32 dtype"):
+        matmul(torch.randn(3, 4, device=DEV), torch.randn(4, 6, device=DEV).double())
+    with pytest.raises(ValueError, match="block_k must be a power of two >= 16"):
+        matmul(torch.randn(3, 4, device=DEV), torch.randn(4, 6, device=DEV), block_k=8)
+    with pytest.raises(ValueError, match="needs (cpu|cuda) tensors"):
+        vector_add(torch.empty(3, device="meta"), torch.empty(3, device="meta"))
