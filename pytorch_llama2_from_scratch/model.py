@@ -524,7 +524,6 @@ class Transformer(nn.Module):
             raise ValueError(f"batch size {b} exceeds max_batch_size {self.args.max_batch_size} of the KV cache")
         device = tokens.device
         n_keys = end if use_cache else t  # S: number of key slots attended over
-        q_slots = torch.arange(start_pos if use_cache else 0, n_keys, device=device)  # (T,) slot of each query
 
         key_ok = None
         if attention_mask is not None:
@@ -544,19 +543,21 @@ class Transformer(nn.Module):
                 pos_all = (key_ok.long().cumsum(-1) - 1).clamp(min=0)  # (B, S)
                 positions = pos_all[:, n_keys - t :] + (0 if use_cache else start_pos)
             else:
-                positions = torch.arange(start_pos, end, device=device)  # (T,) shared by all rows
+                positions = None  # start_pos .. end-1 for every row: a slice of the table, no gather
         else:
             if positions.shape not in ((b, t), (t,)):
                 raise ValueError(f"positions must have shape ({b}, {t}) or ({t},), got {tuple(positions.shape)}")
             positions = positions.to(device=device, dtype=torch.long)
             if positions.numel() and (int(positions.min()) < 0 or int(positions.max()) >= self.args.max_seq_len):
                 raise ValueError(f"positions must lie in [0, max_seq_len={self.args.max_seq_len})")
-        freqs_cis = self.freqs_cis(device)[positions]  # (T, hd/2) or (B, T, hd/2)
+        table = self.freqs_cis(device)
+        freqs_cis = table[start_pos:end] if positions is None else table[positions]  # (T, hd/2) or (B, T, hd/2)
 
         # Boolean mask, True = may attend: key slot j <= query slot s, and j is a real token (or j == s).
         mask = None
         if key_ok is not None or t > 1:
-            k_slots = torch.arange(n_keys, device=device)
+            q_slots = torch.arange(n_keys - t, n_keys, device=device)  # (T,) slot of each query
+            k_slots = torch.arange(n_keys, device=device)  # (S,)
             causal = k_slots[None, :] <= q_slots[:, None]  # (T, S)
             if key_ok is None:
                 mask = causal[None, None]  # (1, 1, T, S)
