@@ -47,8 +47,10 @@ def main(seed: int = 0, seq_len: int = 8) -> dict:
     big = ModelArgs.preset("llama2-7b")
     table = big.vocab_size * big.dim
     print(f"output matrix tied to the embedding: {tied}")
-    print(f"Llama-2 7B: embedding {big.vocab_size} x {big.dim} = {table / 1e6:.1f} M parameters "
-          f"({table * 2 / 2**20:.0f} MiB in fp16), and the same again for the output matrix")
+    print(
+        f"Llama-2 7B: embedding {big.vocab_size} x {big.dim} = {table / 1e6:.1f} M parameters "
+        f"({table * 2 / 2**20:.0f} MiB in fp16), and the same again for the output matrix"
+    )
     return {"lookup_vs_onehot_err": err, "position_spread": spread, "tied": tied, "embed_params_7b": table}
 
 

@@ -64,13 +64,17 @@ def main(seed: int = 0, dim: int = 512, eps: float = 1e-5, repeats: int = 50) ->
     norm.float()
     naive_err = (naive.float() - reference).abs().max().item()
     stable_err = (stable - reference).abs().max().item()
-    print(f"fp16 input of magnitude ~1e3: naive fp16 RMSNorm max error {naive_err:.2f} (x^2 overflowed), "
-          f"float32-inside RMSNorm max error {stable_err:.3f}")
+    print(
+        f"fp16 input of magnitude ~1e3: naive fp16 RMSNorm max error {naive_err:.2f} (x^2 overflowed), "
+        f"float32-inside RMSNorm max error {stable_err:.3f}"
+    )
 
     big = torch.randn(64, 128, dim)
     t_rms, t_ln = _time(norm, big, repeats), _time(ln, big, repeats)
-    print(f"CPU time on {tuple(big.shape)}: RMSNorm {t_rms:.0f} us, LayerNorm {t_ln:.0f} us "
-          f"(python RMSNorm vs fused LayerNorm kernel)")
+    print(
+        f"CPU time on {tuple(big.shape)}: RMSNorm {t_rms:.0f} us, LayerNorm {t_ln:.0f} us "
+        f"(python RMSNorm vs fused LayerNorm kernel)"
+    )
     return {
         "err_formula": err_formula,
         "err_torch": err_torch,

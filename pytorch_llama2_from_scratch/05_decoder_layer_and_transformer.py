@@ -45,12 +45,15 @@ def main(seed: int = 0, batch: int = 2, seq_len: int = 10) -> dict:
     watch += ["layers.0", f"layers.{args.n_layers - 1}", "norm", "output"]
     modules = dict(model.named_modules())
     for name in watch:
-        hooks.append(modules[name].register_forward_hook(lambda m, i, o, name=name: shapes.__setitem__(name, tuple(o.shape))))
+        record = lambda m, i, o, name=name: shapes.__setitem__(name, tuple(o.shape))
+        hooks.append(modules[name].register_forward_hook(record))
     logits = model(tokens, use_cache=False)
     for h in hooks:
         h.remove()
-    print(f"tokens {tuple(tokens.shape)} -> logits {tuple(logits.shape)}   (B={batch}, T={seq_len}, D={args.dim}, "
-          f"H={args.n_heads}, KV={args.n_kv_heads}, hd={args.head_dim}, F={args.ffn_hidden}, V={args.vocab_size})")
+    print(
+        f"tokens {tuple(tokens.shape)} -> logits {tuple(logits.shape)}   (B={batch}, T={seq_len}, D={args.dim}, "
+        f"H={args.n_heads}, KV={args.n_kv_heads}, hd={args.head_dim}, F={args.ffn_hidden}, V={args.vocab_size})"
+    )
     for name in watch:
         print(f"  {name:<28} -> {shapes[name]}")
 

@@ -57,8 +57,16 @@ def greedy_tokens(model: Transformer, prompt: torch.Tensor, n_new: int, use_cach
 def main(seed: int = 0, prompt_len: int = 16, new_tokens: int = 64, device: str = "cpu") -> dict:
     seed_everything(seed)
     dev = resolve_device(device)
-    args = ModelArgs(dim=128, n_layers=4, n_heads=8, n_kv_heads=4, vocab_size=512, multiple_of=64,
-                     max_seq_len=prompt_len + max(new_tokens, 24), max_batch_size=2)
+    args = ModelArgs(
+        dim=128,
+        n_layers=4,
+        n_heads=8,
+        n_kv_heads=4,
+        vocab_size=512,
+        multiple_of=64,
+        max_seq_len=prompt_len + max(new_tokens, 24),
+        max_batch_size=2,
+    )
     model = Transformer(args).to(dev).eval()
     tokens = torch.randint(0, args.vocab_size, (2, prompt_len + 24), device=dev)
     full = model(tokens, use_cache=False)  # reference: no cache at all
@@ -74,14 +82,17 @@ def main(seed: int = 0, prompt_len: int = 16, new_tokens: int = 64, device: str 
     bounds = [0, 5, 17, 30, tokens.shape[1]]
     chunks = [model(tokens[:, a:b], start_pos=a) for a, b in zip(bounds[:-1], bounds[1:])]
     chunk_err = (torch.cat(chunks, dim=1) - full).abs().max().item()
-    print(f"prefill {prompt_len} + {tokens.shape[1] - prompt_len} decode steps vs full forward: max diff {decode_err:.1e}")
-    print(f"chunked prefill {bounds} vs full forward:            max diff {chunk_err:.1e}")
+    n_dec = tokens.shape[1] - prompt_len
+    print(f"prefill {prompt_len} + {n_dec} decode steps vs full forward: max diff {decode_err:.1e}")
+    print(f"chunked prefill {bounds} vs full forward:   max diff {chunk_err:.1e}")
 
     # the cache is part of the module's buffers
     cache_mib = model.cache_nbytes() / 2**20
     in_state = any("cache" in k for k in model.state_dict())
-    print(f"cache: {cache_mib:.2f} MiB in {2 * args.n_layers} buffers on {model.layers[0].attention.cache_k.device}, "
-          f"in state_dict: {in_state}")
+    print(
+        f"cache: {cache_mib:.2f} MiB in {2 * args.n_layers} buffers on {model.layers[0].attention.cache_k.device}, "
+        f"in state_dict: {in_state}"
+    )
 
     # timing: greedy decode of `new_tokens` tokens, batch 1
     prompt = tokens[:1, :prompt_len]
@@ -95,8 +106,10 @@ def main(seed: int = 0, prompt_len: int = 16, new_tokens: int = 64, device: str 
         times[use_cache] = time.perf_counter() - t0
     same = bool(torch.equal(outs[True], outs[False]))
     speedup = times[False] / times[True]
-    print(f"greedy, {new_tokens} new tokens on {dev}: with cache {new_tokens / times[True]:.0f} tok/s, "
-          f"without {new_tokens / times[False]:.0f} tok/s -> {speedup:.1f}x; identical tokens: {same}")
+    print(
+        f"greedy, {new_tokens} new tokens on {dev}: with cache {new_tokens / times[True]:.0f} tok/s, "
+        f"without {new_tokens / times[False]:.0f} tok/s -> {speedup:.1f}x; identical tokens: {same}"
+    )
     return {
         "decode_err": decode_err,
         "chunk_err": chunk_err,
