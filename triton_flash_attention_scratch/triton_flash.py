@@ -483,6 +483,12 @@ INTERPRET_CONFIGS = {
     "dkdv": triton.Config({"BLOCK_M": 16, "BLOCK_N": 32}, num_warps=4, num_stages=1),
     "dq": triton.Config({"BLOCK_M": 32, "BLOCK_N": 16}, num_warps=4, num_stages=1),
 }
+# A reasonable fixed choice on a GPU (tests and lessons that must not wait for autotuning pass it explicitly).
+GPU_DEFAULT_CONFIGS = {
+    "fwd": {"BLOCK_M": 64, "BLOCK_N": 64, "num_warps": 4, "num_stages": 3},
+    "dkdv": {"BLOCK_M": 32, "BLOCK_N": 64, "num_warps": 4, "num_stages": 2},
+    "dq": {"BLOCK_M": 64, "BLOCK_N": 32, "num_warps": 4, "num_stages": 2},
+}
 PREPROCESS_BLOCK_M = 64
 AUTOTUNE_KEY = ["N_CTX", "HEAD_DIM", "CAUSAL"]
 

@@ -134,12 +134,13 @@ def test_gradients_flow_into_a_loss_like_any_op():
     [
         ({"BLOCK_M": 64, "BLOCK_N": 32}, {"BLOCK_M": 32, "BLOCK_N": 64}, {"BLOCK_M": 64, "BLOCK_N": 16}),
         ({"BLOCK_M": 16, "BLOCK_N": 16}, {"BLOCK_M": 16, "BLOCK_N": 16}, {"BLOCK_M": 16, "BLOCK_N": 16}),
+        tuple(tf.GPU_DEFAULT_CONFIGS[k] for k in ("fwd", "dkdv", "dq")),
     ],
 )
 def test_explicit_configs_give_the_same_result(fwd, dkdv, dq):
     """Tile sizes change only the order of the sums: other configs agree with the reference too."""
     q, k, v, do = _inputs(1, 2, 1, 70, 16, torch.float32)
-    o, lse = tf.attention_forward(q, k, v, causal=True, config={**fwd, "num_stages": 2})
+    o, lse = tf.attention_forward(q, k, v, causal=True, config={"num_stages": 2, **fwd})
     grads = tf.attention_backward(q, k, v, o, lse, do, causal=True, dkdv_config=dkdv, dq_config=dq)
     q32, k32, v32 = (t.clone().requires_grad_() for t in (q, k, v))
     ref = naive_attention(q32, k32, v32, causal=True)
@@ -242,11 +243,14 @@ GPU_MATRIX = [
 @pytest.mark.gpu
 @pytest.mark.parametrize("case", GPU_MATRIX, ids=_ids)
 def test_gpu_matches_sdpa_bf16_fp16_long_sequences(case):
+    """The whole matrix with one fixed config per kernel (autotuning every key would take far too long)."""
     B, H, H_kv, N, D, causal, dtype = case
     q, k, v, do = _inputs(B, H, H_kv, N, D, dtype, device="cuda")
-    q, k, v = (t.requires_grad_() for t in (q, k, v))
-    out = tf.flash_attention(q, k, v, causal=causal)
-    dq, dk, dv = torch.autograd.grad(out, (q, k, v), do)
+    cfg = tf.GPU_DEFAULT_CONFIGS
+    out, lse = tf.attention_forward(q, k, v, causal=causal, config=cfg["fwd"])
+    dq, dk, dv = tf.attention_backward(
+        q, k, v, out, lse, do, causal=causal, dkdv_config=cfg["dkdv"], dq_config=cfg["dq"]
+    )
     q32, k32, v32 = (t.detach().float().requires_grad_() for t in (q, k, v))
     ref = F.scaled_dot_product_attention(q32, k32, v32, is_causal=causal, enable_gqa=True)
     rq, rk, rv = torch.autograd.grad(ref, (q32, k32, v32), do.float())
@@ -259,3 +263,18 @@ def test_gpu_matches_sdpa_bf16_fp16_long_sequences(case):
 def test_gpu_fp32_is_exact_not_tf32():
     q, k, v, _ = _inputs(1, 4, 4, 512, 64, torch.float32, device="cuda")
     _close("O", tf.flash_attention(q, k, v, causal=True), F.scaled_dot_product_attention(q, k, v, is_causal=True), 1e-4)
+
+
+@pytest.mark.gpu
+@pytest.mark.parametrize("causal", [False, True])
+def test_gpu_autotuned_path_matches_sdpa(causal):
+    q, k, v, do = _inputs(2, 4, 4, 1000, 64, torch.float16, device="cuda")
+    q, k, v = (t.requires_grad_() for t in (q, k, v))
+    out = tf.flash_attention(q, k, v, causal=causal)  # the first call autotunes
+    grads = torch.autograd.grad(out, (q, k, v), do)
+    q32, k32, v32 = (t.detach().float().requires_grad_() for t in (q, k, v))
+    ref = F.scaled_dot_product_attention(q32, k32, v32, is_causal=causal)
+    ref_grads = torch.autograd.grad(ref, (q32, k32, v32), do.float())
+    for name, got, want in zip(("O", "dQ", "dK", "dV"), (out, *grads), (ref, *ref_grads)):
+        _close(name, got, want, 2e-2)
+    assert tf.best_configs()["fwd"], "the autotuner cached a choice"
