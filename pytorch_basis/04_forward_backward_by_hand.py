@@ -29,14 +29,13 @@ import torch
 
 from pytorch_basis.autograd_utils import (
     MLP_PARAMS,
-    init_mlp,
+    add_mlp_arguments,
     lesson_parser,
-    make_blobs,
+    make_mlp_problem,
     mlp_backward,
     mlp_forward,
     section,
 )
-from pytorch_basis.common import resolve_device, seed_everything
 
 
 def main(
@@ -49,11 +48,7 @@ def main(
     device: str = "cpu",
     seed: int = 0,
 ) -> dict:
-    g = seed_everything(seed)
-    dev = resolve_device(device)
-    x, y = make_blobs(batch, d_in, n_classes, generator=g)
-    x, y = x.to(dev), y.to(dev)
-    params = init_mlp(d_in, d_hidden, n_classes, generator=g, device=dev)
+    x, y, params = make_mlp_problem(batch, d_in, d_hidden, n_classes, seed=seed, device=device)
 
     section("one forward, two backwards: by hand and by autograd")
     xg = x.clone().requires_grad_()  # so autograd also gives dL/dx
@@ -117,12 +112,7 @@ def main(
 
 def parse_args():
     parser = lesson_parser(__doc__)
-    parser.add_argument("--batch", type=int, default=32)
-    parser.add_argument("--d-in", type=int, default=4)
-    parser.add_argument("--d-hidden", type=int, default=16)
-    parser.add_argument("--n-classes", type=int, default=3)
-    parser.add_argument("--steps", type=int, default=20)
-    parser.add_argument("--lr", type=float, default=0.5)
+    add_mlp_arguments(parser, batch=32, steps=20)
     return parser.parse_args()
 
 

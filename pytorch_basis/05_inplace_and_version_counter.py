@@ -9,7 +9,7 @@ What this step adds: the rules autograd enforces when a tensor is changed in pla
    remembers the version of every tensor it saved; if the version has changed by the time backward runs,
    the saved value is stale and backward raises instead of returning a wrong gradient. Example:
 
-       b = 2a      c = b²   (MulBackward/PowBackward saves b: dc/db = 2b)      b.mul_(3)  → error
+       b = 2a      c = b²   (PowBackward0 saves b at version 0: dc/db = 2b)      b.mul_(3)  → error
 
 3. ``.detach()`` shares the storage *and* the version counter, so an in-place change through it is caught.
    ``.data`` shares the storage but not the counter: the same change goes unnoticed and backward silently

@@ -44,13 +44,8 @@ class SiLUFunction(Function):
         return grad_out * s * (1 + x * (1 - s))
 
 
-class BuggySiLUFunction(Function):
+class BuggySiLUFunction(SiLUFunction):
     """The same forward with a wrong backward (the x(1 - σ) term is missing): gradcheck must catch it."""
-
-    @staticmethod
-    def forward(ctx, x: torch.Tensor) -> torch.Tensor:
-        ctx.save_for_backward(x)
-        return x * torch.sigmoid(x)
 
     @staticmethod
     def backward(ctx, grad_out: torch.Tensor) -> torch.Tensor:

@@ -25,8 +25,14 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # repo root: impor
 
 import torch
 
-from pytorch_basis.autograd_utils import MLP_PARAMS, init_mlp, lesson_parser, make_blobs, mlp_forward, section
-from pytorch_basis.common import resolve_device, seed_everything
+from pytorch_basis.autograd_utils import (
+    MLP_PARAMS,
+    add_mlp_arguments,
+    lesson_parser,
+    make_mlp_problem,
+    mlp_forward,
+    section,
+)
 
 
 def accumulated_grads(
@@ -74,11 +80,7 @@ def main(
     device: str = "cpu",
     seed: int = 0,
 ) -> dict:
-    g = seed_everything(seed)
-    dev = resolve_device(device)
-    x, y = make_blobs(batch, d_in, n_classes, generator=g)
-    x, y = x.to(dev), y.to(dev)
-    params = init_mlp(d_in, d_hidden, n_classes, generator=g, device=dev)
+    x, y, params = make_mlp_problem(batch, d_in, d_hidden, n_classes, seed=seed, device=device)
     start = {k: v.detach().clone() for k, v in params.items()}
 
     section(f"one batch of {batch} vs micro-batches of {micro_batch}")
@@ -86,7 +88,11 @@ def main(
     results = {"full": full}
     for scaling in ("n_k/N", "1/K", "none"):
         results[scaling] = accumulated_grads(params, x, y, micro_batch, scaling)
-        print(f"  scaling {scaling:<6} max |accumulated - full batch| = {max_diff(results[scaling], full):.2e}")
+        ratio = results[scaling]["W1"].norm() / full["W1"].norm()
+        print(
+            f"  scaling {scaling:<6} max |accumulated - full batch| = {max_diff(results[scaling], full):.2e}"
+            f"   |dW1| / |dW1 full batch| = {ratio:.3f}"
+        )
 
     section("unequal micro-batches (the last one is shorter)")
     uneven = micro_batch + 1 if batch % (micro_batch + 1) else micro_batch + 2  # a size that does not divide N
@@ -128,13 +134,8 @@ def main(
 
 def parse_args():
     parser = lesson_parser(__doc__)
-    parser.add_argument("--batch", type=int, default=24, help="the large batch N")
-    parser.add_argument("--micro-batch", type=int, default=8, help="micro-batch size")
-    parser.add_argument("--d-in", type=int, default=4)
-    parser.add_argument("--d-hidden", type=int, default=16)
-    parser.add_argument("--n-classes", type=int, default=3)
-    parser.add_argument("--lr", type=float, default=0.5)
-    parser.add_argument("--steps", type=int, default=5)
+    add_mlp_arguments(parser, batch=24, steps=5)
+    parser.add_argument("--micro-batch", type=int, default=8, help="micro-batch size (default: %(default)s)")
     return parser.parse_args()
 
 

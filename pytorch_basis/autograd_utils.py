@@ -4,8 +4,9 @@
   the message, so a lesson can print the error it demonstrates without crashing (and a test can check it).
 * :func:`section` prints a lesson heading.
 * :func:`lesson_parser` builds the ``argparse`` parser every lesson starts from (``--device``, ``--seed``).
-* A 2-layer MLP written out by hand — :func:`init_mlp`, :func:`mlp_forward`, :func:`mlp_backward` — used by
-  lesson 4 (backward by hand vs autograd) and lesson 11 (gradient accumulation)::
+* A 2-layer MLP written out by hand — :func:`init_mlp`, :func:`mlp_forward`, :func:`mlp_backward`, with a toy
+  data set from :func:`make_blobs` (:func:`make_mlp_problem` builds both) — used by lesson 4 (backward by hand
+  vs autograd) and lesson 11 (gradient accumulation)::
 
       h_pre  = x @ W1 + b1          (B, D) @ (D, H) -> (B, H)
       h      = tanh(h_pre)          (B, H)
@@ -33,7 +34,7 @@ from dataclasses import dataclass
 import torch
 import torch.nn.functional as F
 
-from pytorch_basis.common import add_device_argument
+from pytorch_basis.common import add_device_argument, resolve_device, seed_everything
 
 MLP_PARAMS = ("W1", "b1", "W2", "b2")
 
@@ -144,3 +145,24 @@ def make_blobs(
     y = torch.randint(0, n_classes, (n,), generator=generator)
     x = centres[y] + torch.randn(n, d_in, generator=generator, dtype=dtype)  # (n, D)
     return x, y
+
+
+def make_mlp_problem(
+    batch: int, d_in: int, d_hidden: int, n_classes: int, seed: int = 0, device: str = "cpu"
+) -> tuple[torch.Tensor, torch.Tensor, dict[str, torch.Tensor]]:
+    """Seed everything, then return ``(x (B, D), y (B,), params)`` on ``device``: the setup of lessons 4 and 11."""
+    g = seed_everything(seed)
+    dev = resolve_device(device)
+    x, y = make_blobs(batch, d_in, n_classes, generator=g)
+    params = init_mlp(d_in, d_hidden, n_classes, generator=g, device=dev)
+    return x.to(dev), y.to(dev), params
+
+
+def add_mlp_arguments(parser: argparse.ArgumentParser, batch: int, steps: int, lr: float = 0.5) -> None:
+    """The command-line options of the MLP lessons (sizes, steps, learning rate)."""
+    parser.add_argument("--batch", type=int, default=batch, help="batch size B (default: %(default)s)")
+    parser.add_argument("--d-in", type=int, default=4, help="input features D (default: %(default)s)")
+    parser.add_argument("--d-hidden", type=int, default=16, help="hidden units H (default: %(default)s)")
+    parser.add_argument("--n-classes", type=int, default=3, help="classes C (default: %(default)s)")
+    parser.add_argument("--steps", type=int, default=steps, help="SGD steps (default: %(default)s)")
+    parser.add_argument("--lr", type=float, default=lr, help="learning rate (default: %(default)s)")
