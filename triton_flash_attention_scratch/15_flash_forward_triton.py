@@ -22,7 +22,6 @@ The result is checked against naive attention and the part-1 PyTorch version, fp
 Run:  python triton_flash_attention_scratch/15_flash_forward_triton.py [--seq-len 100 --head-dim 64]
 """
 
-import argparse
 import math
 import sys
 from pathlib import Path
@@ -31,13 +30,14 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # repo root: impor
 
 import torch
 
-from pytorch_basis.common import add_device_argument, seed_everything
+from pytorch_basis.common import seed_everything
 from triton_flash_attention_scratch.attention_torch import flash_attention_forward, naive_attention
 from triton_flash_attention_scratch.triton_flash import (
     INTERPRET,
     INTERPRET_CONFIGS,
     LOG2E,
     attention_forward,
+    lesson_parser,
     resolve_kernel_device,
 )
 
@@ -107,13 +107,7 @@ def main(
 
 
 def parse_args():
-    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0], formatter_class=argparse.RawTextHelpFormatter)
-    p.add_argument("--batch", type=int, default=2)
-    p.add_argument("--heads", type=int, default=2)
-    p.add_argument("--seq-len", type=int, default=100)
-    p.add_argument("--head-dim", type=int, default=64)
-    p.add_argument("--seed", type=int, default=0)
-    add_device_argument(p)
+    p = lesson_parser(__doc__, batch=2, heads=2, seq_len=100, head_dim=64)
     return p.parse_args()
 
 

@@ -15,7 +15,6 @@ that exp(S - L) rebuilds P exactly (each row sums to 1), and compares the memory
 Run:  python triton_flash_attention_scratch/16_logsumexp_in_kernel.py [--seq-len 77 --head-dim 32]
 """
 
-import argparse
 import math
 import sys
 from pathlib import Path
@@ -24,9 +23,9 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # repo root: impor
 
 import torch
 
-from pytorch_basis.common import add_device_argument, seed_everything
+from pytorch_basis.common import seed_everything
 from triton_flash_attention_scratch.attention_torch import flash_attention_forward
-from triton_flash_attention_scratch.triton_flash import attention_forward, resolve_kernel_device
+from triton_flash_attention_scratch.triton_flash import attention_forward, lesson_parser, resolve_kernel_device
 
 
 def main(
@@ -70,14 +69,8 @@ def main(
 
 
 def parse_args():
-    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0], formatter_class=argparse.RawTextHelpFormatter)
-    p.add_argument("--batch", type=int, default=1)
-    p.add_argument("--heads", type=int, default=2)
-    p.add_argument("--seq-len", type=int, default=77)
-    p.add_argument("--head-dim", type=int, default=32)
+    p = lesson_parser(__doc__, batch=1, heads=2, seq_len=77, head_dim=32)
     p.add_argument("--no-causal", dest="causal", action="store_false")
-    p.add_argument("--seed", type=int, default=0)
-    add_device_argument(p)
     return p.parse_args()
 
 

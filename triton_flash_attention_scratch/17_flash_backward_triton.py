@@ -21,7 +21,6 @@ fp16, causal and not, N not a multiple of the tiles; the fraction of tiles a cau
 Run:  python triton_flash_attention_scratch/17_flash_backward_triton.py [--seq-len 90 --head-dim 32]
 """
 
-import argparse
 import math
 import sys
 from pathlib import Path
@@ -30,12 +29,13 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # repo root: impor
 
 import torch
 
-from pytorch_basis.common import add_device_argument, seed_everything
+from pytorch_basis.common import seed_everything
 from triton_flash_attention_scratch.attention_torch import flash_attention_backward, naive_attention
 from triton_flash_attention_scratch.triton_flash import (
     INTERPRET_CONFIGS,
     attention_backward,
     attention_forward,
+    lesson_parser,
     resolve_kernel_device,
 )
 
@@ -97,13 +97,7 @@ def main(
 
 
 def parse_args():
-    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0], formatter_class=argparse.RawTextHelpFormatter)
-    p.add_argument("--batch", type=int, default=1)
-    p.add_argument("--heads", type=int, default=2)
-    p.add_argument("--seq-len", type=int, default=90)
-    p.add_argument("--head-dim", type=int, default=32)
-    p.add_argument("--seed", type=int, default=0)
-    add_device_argument(p)
+    p = lesson_parser(__doc__, batch=1, heads=2, seq_len=90, head_dim=32)
     return p.parse_args()
 
 

@@ -18,7 +18,6 @@ Checks: output and gradients vs ``F.scaled_dot_product_attention(..., enable_gqa
 Run:  python triton_flash_attention_scratch/18_autograd_function_and_gqa.py [--heads 8 --kv-heads 2]
 """
 
-import argparse
 import sys
 from pathlib import Path
 
@@ -27,8 +26,8 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # repo root: impor
 import torch
 import torch.nn.functional as F
 
-from pytorch_basis.common import add_device_argument, seed_everything
-from triton_flash_attention_scratch.triton_flash import flash_attention, resolve_kernel_device
+from pytorch_basis.common import seed_everything
+from triton_flash_attention_scratch.triton_flash import flash_attention, lesson_parser, resolve_kernel_device
 
 
 def bad_inputs(dev: torch.device) -> dict[str, tuple]:
@@ -89,14 +88,7 @@ def main(
 
 
 def parse_args():
-    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0], formatter_class=argparse.RawTextHelpFormatter)
-    p.add_argument("--batch", type=int, default=2)
-    p.add_argument("--heads", type=int, default=8)
-    p.add_argument("--kv-heads", type=int, default=2)
-    p.add_argument("--seq-len", type=int, default=48)
-    p.add_argument("--head-dim", type=int, default=32)
-    p.add_argument("--seed", type=int, default=0)
-    add_device_argument(p)
+    p = lesson_parser(__doc__, batch=2, heads=8, kv_heads=2, seq_len=48, head_dim=32)
     return p.parse_args()
 
 

@@ -22,7 +22,6 @@ lesson checks that the results do not depend on it and prints the shared-memory 
 Run:  python triton_flash_attention_scratch/20_software_pipelining.py [--seq-len 4096 --head-dim 64]  (GPU)
 """
 
-import argparse
 import sys
 from functools import partial
 from pathlib import Path
@@ -31,12 +30,13 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # repo root: impor
 
 import torch
 
-from pytorch_basis.common import add_device_argument, seed_everything
+from pytorch_basis.common import seed_everything
 from triton_flash_attention_scratch.triton_flash import (
     INTERPRET,
     attention_flops,
     attention_forward,
     do_bench_ms,
+    lesson_parser,
     padded_head_dim,
     resolve_kernel_device,
 )
@@ -96,17 +96,8 @@ def main(
 
 
 def parse_args():
-    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0], formatter_class=argparse.RawTextHelpFormatter)
-    p.add_argument("--batch", type=int, default=4)
-    p.add_argument("--heads", type=int, default=16)
-    p.add_argument("--seq-len", type=int, default=4096)
-    p.add_argument("--head-dim", type=int, default=64)
-    p.add_argument("--block-m", type=int, default=128)
-    p.add_argument("--block-n", type=int, default=64)
-    p.add_argument("--num-warps", type=int, default=8)
+    p = lesson_parser(__doc__, batch=4, heads=16, seq_len=4096, head_dim=64, block_m=128, block_n=64, num_warps=8)
     p.add_argument("--stages", type=int, nargs="+", default=[1, 2, 3, 4])
-    p.add_argument("--seed", type=int, default=0)
-    add_device_argument(p)
     args = p.parse_args()
     args.stages = tuple(args.stages)
     return args

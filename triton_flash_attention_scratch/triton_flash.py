@@ -842,3 +842,17 @@ def do_bench_ms(fn, warmup: int = 25, rep: int = 100, grad_to_none=None) -> floa
     import triton.testing
 
     return float(triton.testing.do_bench(fn, warmup=warmup, rep=rep, grad_to_none=grad_to_none, return_mode="median"))
+
+
+def lesson_parser(doc: str, **int_options: int):
+    """The lessons' argparse parser: ``--name`` int options with defaults (``seq_len=90`` -> ``--seq-len 90``),
+    plus ``--seed`` and ``--device``; the description is the first paragraph of the lesson's docstring."""
+    import argparse
+
+    from pytorch_basis.common import add_device_argument
+
+    p = argparse.ArgumentParser(description=doc.split("\n\n")[0], formatter_class=argparse.RawTextHelpFormatter)
+    for name, default in {**int_options, "seed": 0}.items():
+        p.add_argument(f"--{name.replace('_', '-')}", type=int, default=default, help="(default: %(default)s)")
+    add_device_argument(p)
+    return p
