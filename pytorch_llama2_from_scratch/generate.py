@@ -122,12 +122,18 @@ def stream_generate(
     _check_capacity(model, B, L + max_new_tokens, use_cache)
     lengths = mask.sum(-1)  # (B,) real tokens per row: the position of the next token
     done = torch.zeros(B, dtype=torch.bool, device=device)
+    # Without padding, slot == position and nothing needs masking (rows that finished are ignored anyway), so
+    # the model can take its cheaper mask-free path.
+    padded = bool((mask == 0).any())
+
+    def forward(new_tokens, start_pos, mask, positions):
+        extra = {"attention_mask": mask, "positions": positions} if padded else {}
+        if use_cache:
+            return model(new_tokens, start_pos=start_pos, use_cache=True, **extra)
+        return model(new_tokens, use_cache=False, **extra)
 
     # prefill: one forward over the padded prompts; the logits of the last column predict each row's next token
-    if use_cache:
-        logits = model(tokens, start_pos=0, use_cache=True, attention_mask=mask, positions=positions)
-    else:
-        logits = model(tokens, use_cache=False, attention_mask=mask, positions=positions)
+    logits = forward(tokens, 0, mask, positions)
     for step in range(max_new_tokens):
         x = next_token(logits[:, -1], sampling, tokens, mask, generator)  # (B,)
         x = x.masked_fill(done, pad_id)
@@ -139,11 +145,12 @@ def stream_generate(
         positions = torch.cat([positions, pos], dim=1)
         if bool(done.all()) or step == max_new_tokens - 1:
             break
-        # decode: feed only the new token; the cache holds keys/values of everything before it
+        # decode: feed only the new token (the cache holds keys/values of everything before it), or, without
+        # the cache, the whole sequence again
         if use_cache:
-            logits = model(x[:, None], start_pos=L + step, use_cache=True, attention_mask=mask, positions=pos)
+            logits = forward(x[:, None], L + step, mask, pos)
         else:
-            logits = model(tokens, use_cache=False, attention_mask=mask, positions=positions)
+            logits = forward(tokens, 0, mask, positions)
 
 
 def generate(
@@ -291,27 +298,36 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     p.add_argument("--no-cache", action="store_true", help="recompute the whole sequence every step (slow)")
     p.add_argument("--no-stream", action="store_true", help="print when done instead of token by token")
     p.add_argument("--seed", type=int, default=1337)
+    p.add_argument(
+        "--dtype", choices=["float32", "bfloat16", "float16"], default=None, help="default: as stored in the files"
+    )
     add_device_argument(p)
     return p.parse_args(argv)
 
 
-class _Streamer:
-    """Print each row's text as it grows: decode all of the row's tokens and print the new suffix (a token can be
-    part of a multi-byte character, so decoding tokens one at a time would print garbage)."""
+def decode_continuation(tok, prompt_ids: list[int], new_ids: list[int]) -> str:
+    """The text that ``new_ids`` add after the prompt. Decoding them alone can lose a leading space (SentencePiece
+    drops the ``▁`` of the first piece), so decode prompt + continuation and cut the prompt's text off."""
+    new_ids = [t for t in new_ids if t != tok.eos_id]
+    head, full = tok.decode(prompt_ids), tok.decode(list(prompt_ids) + new_ids)
+    return full[len(head) :] if full.startswith(head) else full
 
-    def __init__(self, decode: Callable[[list[int]], str], eos_id: int | None, n_rows: int):
-        self.decode, self.eos_id = decode, eos_id
-        self.tokens: list[list[int]] = [[] for _ in range(n_rows)]
-        self.printed = [""] * n_rows
+
+class _Streamer:
+    """Print a row's text as it grows: decode prompt + tokens so far and print the new suffix (one token can be
+    part of a multi-byte character, and decoding pieces one at a time loses spaces)."""
+
+    def __init__(self, tok, prompt_ids: list[int]):
+        self.tok, self.prompt_ids = tok, prompt_ids
+        self.tokens: list[int] = []
+        self.printed = ""
 
     def __call__(self, row: int, token: int) -> None:
-        if token == self.eos_id:
-            return
-        self.tokens[row].append(token)
-        text = self.decode(self.tokens[row])
-        if text.startswith(self.printed[row]) and not text.endswith("\ufffd"):
-            print(text[len(self.printed[row]) :], end="", flush=True)
-            self.printed[row] = text
+        self.tokens.append(token)
+        text = decode_continuation(self.tok, self.prompt_ids, self.tokens)
+        if text.startswith(self.printed) and not text.endswith("\ufffd"):
+            print(text[len(self.printed) :], end="", flush=True)
+            self.printed = text
 
 
 def main(
@@ -331,18 +347,26 @@ def main(
     no_stream: bool = False,
     seed: int = 1337,
     device: str = "auto",
+    dtype: str | None = None,
 ) -> dict:
     """Load a checkpoint and its tokenizer, generate, print; returns ``{"prompts", "completions", "tokens"}``."""
     from pytorch_llama2_from_scratch.loading import load_checkpoint, load_tokenizer
 
     generator = seed_everything(seed)
     dev = resolve_device(device)
-    model, _ = load_checkpoint(checkpoint)
-    model = model.to(dev).eval()
     tok = load_tokenizer(checkpoint)
     prompts = prompt or [""]
-    ids = [tok.encode(p) for p in prompts]
-    eos_id = getattr(tok, "eos_id", None)
+    ids = [tok.encode(p) for p in prompts]  # with the BOS token
+    eos_id = tok.eos_id
+    # size the KV cache for this request only: rows = prompts (or beams), slots = longest prompt + new tokens
+    rows = num_beams if strategy == "beam" else len(prompts)
+    model, _ = load_checkpoint(
+        checkpoint,
+        max_batch_size=rows,
+        max_seq_len=max(len(i) for i in ids) + max_new_tokens,
+        device=dev,
+        dtype=getattr(torch, dtype) if dtype else None,
+    )
     print(f"checkpoint {checkpoint} | strategy {strategy} | {len(prompts)} prompt(s) | device {dev}")
 
     if strategy == "beam":
@@ -364,19 +388,28 @@ def main(
             max_new_tokens,
             sampling,
             eos_id=eos_id,
-            pad_id=getattr(tok, "pad_id", None) or 0,
+            pad_id=tok.pad_id if tok.pad_id is not None else 0,
             use_cache=not no_cache,
             generator=generator if dev.type == "cpu" else None,
-            on_token=_Streamer(tok.decode, eos_id, 1) if stream else None,
+            on_token=_Streamer(tok, ids[0]) if stream else None,
         )
         if stream:
             print()
-    completions = [tok.decode([t for t in o if t != eos_id]) for o in outs]
+    completions = [decode_continuation(tok, i, o) for i, o in zip(ids, outs)]
     if strategy == "beam" or no_stream or len(prompts) > 1:
         for p, c in zip(prompts, completions):
             print(f"--- {p!r}\n{p}{c}")
     return {"prompts": prompts, "completions": completions, "tokens": outs}
 
 
+def cli(argv: Sequence[str] | None = None) -> None:
+    """``main`` from the command line: a bad checkpoint path or setting prints one line, not a traceback."""
+    try:
+        run_cli(lambda: main(**vars(parse_args(argv))))
+    except (FileNotFoundError, ValueError, ImportError) as e:
+        print(f"error: {e}", file=sys.stderr)
+        raise SystemExit(1) from None
+
+
 if __name__ == "__main__":
-    run_cli(lambda: main(**vars(parse_args())))
+    cli()
