@@ -500,11 +500,15 @@ def _special_token(config: Mapping, key: str) -> str | None:
 def load_tokenizer(directory: str | Path) -> Tokenizer:
     """SentencePiece ``tokenizer.model`` if the ``sentencepiece`` package is installed, else ``tokenizer.json``.
 
+    Meta's downloads keep ``tokenizer.model`` next to the model folders, so the parent directory is searched too.
+
     The special ids come from SentencePiece itself, or from ``tokenizer_config.json`` / ``config.json``,
     falling back to LLaMA's ``<s>`` and ``</s>``.
     """
     directory = Path(directory)
     sp_path, json_path = directory / "tokenizer.model", directory / "tokenizer.json"
+    if not sp_path.exists() and not json_path.exists() and (directory.parent / "tokenizer.model").exists():
+        sp_path = directory.parent / "tokenizer.model"  # Meta's download: llama-2-7b/../tokenizer.model
     if sp_path.exists():
         try:
             import sentencepiece as spm
