@@ -10,7 +10,7 @@ A CUDA kernel is one function run by many threads at once. A launch ``kernel<<<g
 The grid is rounded up to cover every element, ``blocks = ceil(n / threads)``, so the last block overhangs
 the data and its extra threads must skip the work: ``if (i < n)``, the bounds guard — forget it and they
 write past the end of the array. Kernels run asynchronously, so they are timed with CUDA *events* recorded
-on the GPU's stream (cudaEventRecord / cudaEventElapsedTime), not with the host clock.
+on the GPU's stream (cudaEventRecord / cudaEventElapsedTime, in cuda/cuda_utils.cuh), not with the host clock.
 
 With a CUDA GPU (and nvcc) this step compiles the two .cu files with ``torch.utils.cpp_extension.load_inline``,
 runs them on tensors, checks them against ``a + b`` and times them. Without a GPU it simulates the launch in
@@ -189,6 +189,7 @@ def load_cuda_extension(verbose: bool = False):
         cuda_sources=cuda_source,
         functions=["vector_add", "vector_add_ms", "matrix_add", "matrix_add_ms"],
         extra_cuda_cflags=["-O2"],
+        extra_include_paths=[str(CUDA_DIR)],  # for #include "cuda_utils.cuh"
         verbose=verbose,
     )
 

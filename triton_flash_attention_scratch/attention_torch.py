@@ -85,13 +85,26 @@ def _group(q: torch.Tensor, H_kv: int) -> torch.Tensor:
     return q.reshape(B, H_kv, H // H_kv, N, D)
 
 
-def _causal_mask(q_start: int, q_end: int, k_start: int, k_end: int, device: torch.device) -> torch.Tensor | None:
-    """True where key j is in the future of query i (j > i) inside the tile; None when no entry is masked."""
-    if k_end - 1 <= q_start:  # the whole tile is on or below the diagonal
-        return None
-    rows = torch.arange(q_start, q_end, device=device)
-    cols = torch.arange(k_start, k_end, device=device)
-    return cols[None, :] > rows[:, None]  # (bq, bk)
+def _score_tile(qi: torch.Tensor, kj: torch.Tensor, scale: float, causal: bool, q0: int, k0: int) -> torch.Tensor:
+    """S = Q_i K_jᵀ · scale for the tile whose first query is q0 and first key k0, with S = -inf where key j is in
+    the future of query i (causal). Tiles on or below the diagonal need no mask; the whole matrix is one tile."""
+    s = (qi @ kj.transpose(-2, -1)) * scale  # (…, bq, D) @ (…, D, bk) -> (…, bq, bk)
+    bq, bk = s.shape[-2:]
+    if causal and k0 + bk - 1 > q0:  # some key of the tile lies after some query of it
+        rows = torch.arange(q0, q0 + bq, device=s.device)
+        cols = torch.arange(k0, k0 + bk, device=s.device)
+        s = s.masked_fill(cols[None, :] > rows[:, None], NEG_INF)
+    return s
+
+
+def _prepare_tiled(q, k, v, causal, sm_scale, block_q, block_k):
+    """Checks, scale, compute dtype of the tiled algorithms; Q as (B, H_kv, G, N, D), K/V as (B, H_kv, 1, N_kv, D)."""
+    dims = _check_attention_inputs(q, k, v, causal)
+    _check_blocks(block_q=block_q, block_k=block_k)
+    cdt = _compute_dtype(q.dtype)
+    H_kv = dims[4]
+    # (B, H, N, D) -> (B, H_kv, G, N, D);  (B, H_kv, N_kv, D) -> (B, H_kv, 1, N_kv, D), broadcast over the G heads
+    return dims, _scale(sm_scale, dims[3]), cdt, _group(q, H_kv).to(cdt), k.unsqueeze(2).to(cdt), v.unsqueeze(2).to(cdt)
 
 
 # ============================================================================================ attention
@@ -111,10 +124,7 @@ def naive_attention(
     scale = _scale(sm_scale, D)
     qg = _group(q, H_kv)  # (B, H, N, D) -> (B, H_kv, G, N, D)
     kg, vg = k.unsqueeze(2), v.unsqueeze(2)  # (B, H_kv, N_kv, D) -> (B, H_kv, 1, N_kv, D), broadcast over G
-    s = (qg @ kg.transpose(-2, -1)) * scale  # (B, H_kv, G, N, N_kv)
-    if causal:
-        mask = torch.ones(N, N_kv, dtype=torch.bool, device=q.device).triu(1)  # j > i
-        s = s.masked_fill(mask, NEG_INF)
+    s = _score_tile(qg, kg, scale, causal, 0, 0)  # (B, H_kv, G, N, N_kv), -inf where j > i if causal
     p = safe_softmax(s, dim=-1)
     o = p @ vg  # (B, H_kv, G, N, D)
     return o.reshape(B, H, N, D)
@@ -240,12 +250,7 @@ def flash_attention_forward_simple(
 
     Only an N × D output and two length-N vectors live in memory besides one block_q × block_k tile.
     """
-    B, H, N, D, H_kv, N_kv = _check_attention_inputs(q, k, v, causal)
-    _check_blocks(block_q=block_q, block_k=block_k)
-    scale = _scale(sm_scale, D)
-    cdt = _compute_dtype(q.dtype)
-    qg = _group(q, H_kv).to(cdt)  # (B, H_kv, G, N, D)
-    kg, vg = k.unsqueeze(2).to(cdt), v.unsqueeze(2).to(cdt)  # (B, H_kv, 1, N_kv, D)
+    (B, H, N, D, H_kv, N_kv), scale, cdt, qg, kg, vg = _prepare_tiled(q, k, v, causal, sm_scale, block_q, block_k)
     o = torch.zeros_like(qg)
     m = torch.full(qg.shape[:-1], NEG_INF, dtype=cdt, device=q.device)  # (B, H_kv, G, N)
     l = torch.zeros(qg.shape[:-1], dtype=cdt, device=q.device)
@@ -256,10 +261,7 @@ def flash_attention_forward_simple(
             q1 = min(q0 + block_q, N)
             if causal and k0 > q1 - 1:  # every key of this block is in the future of every query
                 continue
-            s = (qg[..., q0:q1, :] @ kj.transpose(-2, -1)) * scale  # (B, H_kv, G, bq, bk)
-            mask = _causal_mask(q0, q1, k0, k1, q.device) if causal else None
-            if mask is not None:
-                s = s.masked_fill(mask, NEG_INF)
+            s = _score_tile(qg[..., q0:q1, :], kj, scale, causal, q0, k0)  # (B, H_kv, G, bq, bk)
             m_tile = s.amax(dim=-1)  # (…, bq); -inf for a row whose keys are all masked in this tile
             m_tile_safe = torch.where(torch.isneginf(m_tile), torch.zeros_like(m_tile), m_tile)
             p_tile = torch.exp(s - m_tile_safe[..., None])
@@ -300,12 +302,7 @@ def flash_attention_forward(
     then O_i = Õ / l once at the end (v1 divided at every step) and L_i = m + log(l) = logsumexp(S_i row),
     which is all the backward pass needs to rebuild P = e^(S - L).
     """
-    B, H, N, D, H_kv, N_kv = _check_attention_inputs(q, k, v, causal)
-    _check_blocks(block_q=block_q, block_k=block_k)
-    scale = _scale(sm_scale, D)
-    cdt = _compute_dtype(q.dtype)
-    qg = _group(q, H_kv).to(cdt)  # (B, H, N, D) -> (B, H_kv, G, N, D)
-    kg, vg = k.unsqueeze(2).to(cdt), v.unsqueeze(2).to(cdt)  # (B, H_kv, 1, N_kv, D)
+    (B, H, N, D, H_kv, N_kv), scale, cdt, qg, kg, vg = _prepare_tiled(q, k, v, causal, sm_scale, block_q, block_k)
     o = torch.empty_like(qg)
     lse = torch.empty(qg.shape[:-1], dtype=cdt, device=q.device)  # (B, H_kv, G, N)
     for q0 in range(0, N, block_q):
@@ -317,10 +314,7 @@ def flash_attention_forward(
         k_stop = min(q1, N_kv) if causal else N_kv  # causal: keys 0 .. q1-1 are the only visible ones
         for k0 in range(0, k_stop, block_k):
             k1 = min(k0 + block_k, N_kv)
-            s = (qi @ kg[..., k0:k1, :].transpose(-2, -1)) * scale  # (B, H_kv, G, bq, bk)
-            mask = _causal_mask(q0, q1, k0, k1, q.device) if causal else None
-            if mask is not None:
-                s = s.masked_fill(mask, NEG_INF)
+            s = _score_tile(qi, kg[..., k0:k1, :], scale, causal, q0, k0)  # (B, H_kv, G, bq, bk)
             m_new = torch.maximum(m, s.amax(dim=-1))
             m_ref = torch.where(torch.isneginf(m_new), torch.zeros_like(m_new), m_new)  # guard: row still empty
             p = torch.exp(s - m_ref[..., None])
@@ -372,10 +366,7 @@ def naive_attention_backward(
     scale = _scale(sm_scale, D)
     qg, dog = _group(q, H_kv), _group(do, H_kv)  # (B, H_kv, G, N, D)
     kg, vg = k.unsqueeze(2), v.unsqueeze(2)  # (B, H_kv, 1, N_kv, D)
-    s = (qg @ kg.transpose(-2, -1)) * scale
-    if causal:
-        s = s.masked_fill(torch.ones(N, N_kv, dtype=torch.bool, device=q.device).triu(1), NEG_INF)
-    p = safe_softmax(s)
+    p = safe_softmax(_score_tile(qg, kg, scale, causal, 0, 0))  # (B, H_kv, G, N, N_kv)
     dv = (p.transpose(-2, -1) @ dog).sum(2)  # (B, H_kv, G, N_kv, D) -> (B, H_kv, N_kv, D)
     dp = dog @ vg.transpose(-2, -1)
     ds = softmax_backward(p, dp)
@@ -411,25 +402,18 @@ def flash_attention_backward(
     block of the output is owned by exactly one program (this is how Triton's fused-attention tutorial does it).
     GQA: dK, dV of a key/value head sum over its G query heads.
     """
-    B, H, N, D, H_kv, N_kv = _check_attention_inputs(q, k, v, causal)
-    _check_blocks(block_q=block_q, block_k=block_k)
+    (B, H, N, D, H_kv, N_kv), scale, cdt, qg, kg, vg = _prepare_tiled(q, k, v, causal, sm_scale, block_q, block_k)
     if o.shape != q.shape or do.shape != q.shape:
         raise ValueError(f"o and do must have the shape of q {tuple(q.shape)}, got {tuple(o.shape)}, {tuple(do.shape)}")
     if lse.shape != (B, H, N):
         raise ValueError(f"lse must have shape {(B, H, N)}, got {tuple(lse.shape)}")
-    scale = _scale(sm_scale, D)
-    cdt = _compute_dtype(q.dtype)
-    qg, dog = _group(q, H_kv).to(cdt), _group(do, H_kv).to(cdt)  # (B, H_kv, G, N, D)
-    kg, vg = k.unsqueeze(2).to(cdt), v.unsqueeze(2).to(cdt)  # (B, H_kv, 1, N_kv, D)
+    dog = _group(do, H_kv).to(cdt)  # (B, H_kv, G, N, D)
     lse_g = lse.reshape(B, H_kv, H // H_kv, N).to(cdt)
     delta = (dog * _group(o, H_kv).to(cdt)).sum(-1)  # D = rowsum(dO ∘ O): (B, H_kv, G, N)
 
     def tile(q0: int, q1: int, k0: int, k1: int) -> tuple[torch.Tensor, torch.Tensor]:
         """Recompute P and dS of tile (i, j)."""
-        s = (qg[..., q0:q1, :] @ kg[..., k0:k1, :].transpose(-2, -1)) * scale  # (B, H_kv, G, bq, bk)
-        mask = _causal_mask(q0, q1, k0, k1, q.device) if causal else None
-        if mask is not None:
-            s = s.masked_fill(mask, NEG_INF)
+        s = _score_tile(qg[..., q0:q1, :], kg[..., k0:k1, :], scale, causal, q0, k0)  # (B, H_kv, G, bq, bk)
         p = torch.exp(s - lse_g[..., q0:q1, None])  # masked entries: e^-inf = 0
         dp = dog[..., q0:q1, :] @ vg[..., k0:k1, :].transpose(-2, -1)
         ds = p * (dp - delta[..., q0:q1, None])

@@ -9,22 +9,7 @@
 //
 // Standalone:   nvcc -O2 -o matrix_add matrix_add.cu && ./matrix_add [rows] [cols]
 // From Python:  07_intro_to_cuda.py (defines MATRIX_ADD_NO_MAIN).
-#include <cuda_runtime.h>
-
-#include <cstdio>
-#include <cstdlib>
-
-#ifndef CUDA_CHECK
-#define CUDA_CHECK(call)                                                                         \
-    do {                                                                                         \
-        cudaError_t err_ = (call);                                                               \
-        if (err_ != cudaSuccess) {                                                               \
-            std::fprintf(stderr, "CUDA error %s at %s:%d\n", cudaGetErrorString(err_), __FILE__, \
-                         __LINE__);                                                              \
-            std::exit(1);                                                                        \
-        }                                                                                        \
-    } while (0)
-#endif
+#include "cuda_utils.cuh"
 
 __global__ void matrix_add_kernel(const float* __restrict__ a, const float* __restrict__ b, float* __restrict__ c,
                                   int rows, int cols, int stride_a, int stride_b, int stride_c) {
@@ -46,22 +31,11 @@ inline void launch_matrix_add(const float* a, const float* b, float* c, int rows
                                                                                stride_b, stride_c);
 }
 
-// Milliseconds per launch, timed with CUDA events on the stream (after one warm-up launch).
+// Contiguous matrices (stride = cols), milliseconds per launch.
 inline float time_matrix_add(const float* a, const float* b, float* c, int rows, int cols, int block_x, int block_y,
                              int reps, cudaStream_t stream = 0) {
-    cudaEvent_t start, stop;
-    CUDA_CHECK(cudaEventCreate(&start));
-    CUDA_CHECK(cudaEventCreate(&stop));
-    launch_matrix_add(a, b, c, rows, cols, cols, cols, cols, block_x, block_y, stream);
-    CUDA_CHECK(cudaEventRecord(start, stream));
-    for (int r = 0; r < reps; ++r) launch_matrix_add(a, b, c, rows, cols, cols, cols, cols, block_x, block_y, stream);
-    CUDA_CHECK(cudaEventRecord(stop, stream));
-    CUDA_CHECK(cudaEventSynchronize(stop));
-    float ms = 0.f;
-    CUDA_CHECK(cudaEventElapsedTime(&ms, start, stop));
-    CUDA_CHECK(cudaEventDestroy(start));
-    CUDA_CHECK(cudaEventDestroy(stop));
-    return ms / reps;
+    return time_launches_ms(
+        [&] { launch_matrix_add(a, b, c, rows, cols, cols, cols, cols, block_x, block_y, stream); }, reps, stream);
 }
 
 #ifndef MATRIX_ADD_NO_MAIN
@@ -69,24 +43,17 @@ int main(int argc, char** argv) {
     int rows = argc > 1 ? std::atoi(argv[1]) : 4001;  // not multiples of the 16 x 16 block
     int cols = argc > 2 ? std::atoi(argv[2]) : 4003;
     size_t n = static_cast<size_t>(rows) * cols, bytes = n * sizeof(float);
-    float *h_a = static_cast<float*>(std::malloc(bytes)), *h_b = static_cast<float*>(std::malloc(bytes)),
-          *h_c = static_cast<float*>(std::malloc(bytes));
+    float *h_a = static_cast<float*>(std::malloc(bytes)), *h_b = static_cast<float*>(std::malloc(bytes));
     for (size_t i = 0; i < n; ++i) {
         h_a[i] = static_cast<float>(i % 123);
         h_b[i] = static_cast<float>(i % 11);
     }
-    float *d_a, *d_b, *d_c;
-    CUDA_CHECK(cudaMalloc(&d_a, bytes));
-    CUDA_CHECK(cudaMalloc(&d_b, bytes));
+    float *d_a = to_device(h_a, n), *d_b = to_device(h_b, n), *d_c = nullptr;
     CUDA_CHECK(cudaMalloc(&d_c, bytes));
-    CUDA_CHECK(cudaMemcpy(d_a, h_a, bytes, cudaMemcpyHostToDevice));
-    CUDA_CHECK(cudaMemcpy(d_b, h_b, bytes, cudaMemcpyHostToDevice));
 
     float ms = time_matrix_add(d_a, d_b, d_c, rows, cols, 16, 16, 20);
     CUDA_CHECK(cudaGetLastError());
-    CUDA_CHECK(cudaMemcpy(h_c, d_c, bytes, cudaMemcpyDeviceToHost));
-    size_t wrong = 0;
-    for (size_t i = 0; i < n; ++i) wrong += h_c[i] != h_a[i] + h_b[i];
+    size_t wrong = count_wrong_sums(d_c, h_a, h_b, n);
     dim3 grid = matrix_add_grid(rows, cols, dim3(16, 16));
     std::printf("%d x %d, grid %u x %u of 16 x 16 blocks: %.4f ms, %.1f GB/s, %zu wrong\n", rows, cols, grid.x,
                 grid.y, ms, 3.0 * bytes / ms / 1e6, wrong);
@@ -96,7 +63,6 @@ int main(int argc, char** argv) {
     CUDA_CHECK(cudaFree(d_c));
     std::free(h_a);
     std::free(h_b);
-    std::free(h_c);
     return wrong != 0;
 }
 #endif

@@ -7,22 +7,7 @@
 // Standalone:   nvcc -O2 -o vector_add vector_add.cu && ./vector_add [n] [threads_per_block]
 // From Python:  triton_flash_attention_scratch/07_intro_to_cuda.py compiles this file with
 //               torch.utils.cpp_extension.load_inline (it defines VECTOR_ADD_NO_MAIN to drop main()).
-#include <cuda_runtime.h>
-
-#include <cstdio>
-#include <cstdlib>
-
-#ifndef CUDA_CHECK  // the Python extension replaces it with C10_CUDA_CHECK (raises instead of exiting)
-#define CUDA_CHECK(call)                                                                         \
-    do {                                                                                         \
-        cudaError_t err_ = (call);                                                               \
-        if (err_ != cudaSuccess) {                                                               \
-            std::fprintf(stderr, "CUDA error %s at %s:%d\n", cudaGetErrorString(err_), __FILE__, \
-                         __LINE__);                                                              \
-            std::exit(1);                                                                        \
-        }                                                                                        \
-    } while (0)
-#endif
+#include "cuda_utils.cuh"
 
 __global__ void vector_add_kernel(const float* __restrict__ a, const float* __restrict__ b,
                                   float* __restrict__ c, int n) {
@@ -43,23 +28,9 @@ inline void launch_vector_add(const float* a, const float* b, float* c, int n, i
     vector_add_kernel<<<blocks, threads_per_block, 0, stream>>>(a, b, c, n);
 }
 
-// Milliseconds per launch, measured with CUDA events: timestamps recorded *on the GPU's stream*, so the
-// time is the kernels' own, not the host's launch overhead. One warm-up launch first.
 inline float time_vector_add(const float* a, const float* b, float* c, int n, int threads_per_block, int reps,
                              cudaStream_t stream = 0) {
-    cudaEvent_t start, stop;
-    CUDA_CHECK(cudaEventCreate(&start));
-    CUDA_CHECK(cudaEventCreate(&stop));
-    launch_vector_add(a, b, c, n, threads_per_block, stream);
-    CUDA_CHECK(cudaEventRecord(start, stream));
-    for (int r = 0; r < reps; ++r) launch_vector_add(a, b, c, n, threads_per_block, stream);
-    CUDA_CHECK(cudaEventRecord(stop, stream));
-    CUDA_CHECK(cudaEventSynchronize(stop));  // wait until the GPU has passed the stop event
-    float ms = 0.f;
-    CUDA_CHECK(cudaEventElapsedTime(&ms, start, stop));
-    CUDA_CHECK(cudaEventDestroy(start));
-    CUDA_CHECK(cudaEventDestroy(stop));
-    return ms / reps;
+    return time_launches_ms([&] { launch_vector_add(a, b, c, n, threads_per_block, stream); }, reps, stream);
 }
 
 #ifndef VECTOR_ADD_NO_MAIN
@@ -67,25 +38,18 @@ int main(int argc, char** argv) {
     int n = argc > 1 ? std::atoi(argv[1]) : (1 << 24) + 3;  // deliberately not a multiple of the block
     int threads = argc > 2 ? std::atoi(argv[2]) : 256;
     size_t bytes = static_cast<size_t>(n) * sizeof(float);
-    float *h_a = static_cast<float*>(std::malloc(bytes)), *h_b = static_cast<float*>(std::malloc(bytes)),
-          *h_c = static_cast<float*>(std::malloc(bytes));
+    float *h_a = static_cast<float*>(std::malloc(bytes)), *h_b = static_cast<float*>(std::malloc(bytes));
     for (int i = 0; i < n; ++i) {
         h_a[i] = static_cast<float>(i % 1000);
         h_b[i] = 2.0f * static_cast<float>(i % 7);
     }
-    float *d_a, *d_b, *d_c;  // device (GPU DRAM) copies
-    CUDA_CHECK(cudaMalloc(&d_a, bytes));
-    CUDA_CHECK(cudaMalloc(&d_b, bytes));
+    float *d_a = to_device(h_a, n), *d_b = to_device(h_b, n), *d_c = nullptr;  // copies in GPU DRAM
     CUDA_CHECK(cudaMalloc(&d_c, bytes));
-    CUDA_CHECK(cudaMemcpy(d_a, h_a, bytes, cudaMemcpyHostToDevice));
-    CUDA_CHECK(cudaMemcpy(d_b, h_b, bytes, cudaMemcpyHostToDevice));
 
     float ms = time_vector_add(d_a, d_b, d_c, n, threads, 20);
-    CUDA_CHECK(cudaGetLastError());
-    CUDA_CHECK(cudaMemcpy(h_c, d_c, bytes, cudaMemcpyDeviceToHost));
-    int wrong = 0;
-    for (int i = 0; i < n; ++i) wrong += h_c[i] != h_a[i] + h_b[i];
-    std::printf("n=%d, %d blocks x %d threads: %.4f ms, %.1f GB/s (2 reads + 1 write per element), %d wrong\n", n,
+    CUDA_CHECK(cudaGetLastError());  // a bad launch configuration shows up here
+    size_t wrong = count_wrong_sums(d_c, h_a, h_b, n);
+    std::printf("n=%d, %d blocks x %d threads: %.4f ms, %.1f GB/s (2 reads + 1 write per element), %zu wrong\n", n,
                 vector_add_num_blocks(n, threads), threads, ms, 3.0 * bytes / ms / 1e6, wrong);
 
     CUDA_CHECK(cudaFree(d_a));
@@ -93,7 +57,6 @@ int main(int argc, char** argv) {
     CUDA_CHECK(cudaFree(d_c));
     std::free(h_a);
     std::free(h_b);
-    std::free(h_c);
     return wrong != 0;
 }
 #endif
