@@ -304,6 +304,10 @@ def unpermute_from_hf(w: torch.Tensor, n_heads: int) -> torch.Tensor:
 # ============================================================================================ attention
 
 
+# PyTorch >= 2.5 shares key/value heads inside scaled_dot_product_attention (enable_gqa=True).
+_SDPA_GQA = tuple(int(v) for v in torch.__version__.split(".")[:2]) >= (2, 5)
+
+
 def repeat_kv(x: torch.Tensor, n_rep: int) -> torch.Tensor:
     """(B, S, KV, hd) -> (B, S, KV*n_rep, hd): each key/value head serves n_rep consecutive query heads."""
     if n_rep == 1:
@@ -372,13 +376,16 @@ class Attention(nn.Module):
         else:
             keys, values = xk, xv
 
-        keys = repeat_kv(keys, self.n_rep)  # (B, S, KV, hd) -> (B, S, H, hd)
-        values = repeat_kv(values, self.n_rep)
         q = xq.transpose(1, 2)  # (B, T, H, hd) -> (B, H, T, hd)
-        k = keys.transpose(1, 2)  # (B, S, H, hd) -> (B, H, S, hd)
+        if self.n_rep > 1 and not _SDPA_GQA:
+            keys = repeat_kv(keys, self.n_rep)  # (B, S, KV, hd) -> (B, S, H, hd)
+            values = repeat_kv(values, self.n_rep)
+        k = keys.transpose(1, 2)  # (B, S, KV|H, hd) -> (B, KV|H, S, hd)
         v = values.transpose(1, 2)
-        # softmax(q k^T / sqrt(hd) + mask) v
-        out = F.scaled_dot_product_attention(q, k, v, attn_mask=mask)  # (B, H, T, hd)
+        # softmax(q k^T / sqrt(hd) + mask) v; with enable_gqa, query head h reads key/value head h // n_rep,
+        # exactly what repeat_kv spells out, without copying the cache n_rep times every step.
+        gqa = {"enable_gqa": True} if self.n_rep > 1 and _SDPA_GQA else {}
+        out = F.scaled_dot_product_attention(q, k, v, attn_mask=mask, **gqa)  # (B, H, T, hd)
         out = out.transpose(1, 2).reshape(b, t, self.n_heads * self.head_dim)  # (B, H, T, hd) -> (B, T, H*hd)
         return self.wo(out)
 
