@@ -250,11 +250,12 @@ def _attn_bwd_dkdv_inner(
         q = tl.load(q_base + offs_m[:, None] * stride_qn + offs_d[None, :], mask=io_mask, other=0.0)  # (M, D)
         lse = tl.load(lse_base + offs_m, mask=row_ok, other=0.0) * 1.4426950408889634  # L in log2 units
         qkT = tl.dot(k, tl.trans(q), input_precision=INPUT_PRECISION)  # (BLOCK_N, BLOCK_M) = (Q Kᵀ)ᵀ
-        pT = tl.exp2(qkT * qk_scale - lse[None, :])  # Pᵀ recomputed from the saved logsumexp
         valid = row_ok[None, :]
         if MASK_DIAG:
             valid = valid & (offs_m[None, :] >= offs_n[:, None])
-        pT = tl.where(valid, pT, 0.0)
+        # Pᵀ recomputed from the saved logsumexp; masked entries get exp2(-inf) = 0 (never a huge exp of a
+        # future score that would overflow before being masked)
+        pT = tl.exp2(tl.where(valid, qkT * qk_scale - lse[None, :], float("-inf")))
         do = tl.load(do_base + offs_m[:, None] * stride_don + offs_d[None, :], mask=io_mask, other=0.0)  # (M, D)
         dv = tl.dot(pT.to(do.dtype), do, dv, input_precision=INPUT_PRECISION)  # dV += Pᵀ dO
         delta = tl.load(delta_base + offs_m, mask=row_ok, other=0.0)
@@ -385,11 +386,10 @@ def _attn_bwd_dq_inner(
         k = tl.load(k_base + offs_n[:, None] * stride_kn + offs_d[None, :], mask=kv_mask, other=0.0)  # (N, D)
         v = tl.load(v_base + offs_n[:, None] * stride_vn + offs_d[None, :], mask=kv_mask, other=0.0)  # (N, D)
         qk = tl.dot(q, tl.trans(k), input_precision=INPUT_PRECISION)  # (BLOCK_M, BLOCK_N)
-        p = tl.exp2(qk * qk_scale - lse[:, None])
         valid = col_ok[None, :]
         if MASK_DIAG:
             valid = valid & (offs_m[:, None] >= offs_n[None, :])
-        p = tl.where(valid, p, 0.0)
+        p = tl.exp2(tl.where(valid, qk * qk_scale - lse[:, None], float("-inf")))  # masked: exp2(-inf) = 0
         dp = tl.dot(do, tl.trans(v), input_precision=INPUT_PRECISION)  # dP = dO Vᵀ
         ds = p * (dp - delta[:, None])  # dS = P ∘ (dP - D)
         dq = tl.dot(ds.to(k.dtype), k, dq, input_precision=INPUT_PRECISION)  # dQ += dS K   (× sm_scale later)
