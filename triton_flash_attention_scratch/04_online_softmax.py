@@ -55,7 +55,8 @@ def main(rows: int = 4, length: int = 10, block_size: int = 1, scale: float = 5.
     x = torch.randn(rows, length) * scale
     p, ms, ls = online_softmax_trace(x, block_size)
     print(f"row 0: {[round(v, 2) for v in x[0].tolist()]}")
-    print(f"{'step':>4} {'x_j':>8} {'m_j':>8} {'l_j':>10}   rescale e^(m_(j-1) - m_j)")
+    head = "x_j" if block_size == 1 else "max blk"  # block mode: show the block's largest value
+    print(f"{'step':>4} {head:>8} {'m_j':>8} {'l_j':>10}   rescale e^(m_(j-1) - m_j)")
     m_prev = float("-inf")
     for t, (m, l) in enumerate(zip(ms, ls)):
         xs = x[0, t * block_size : (t + 1) * block_size]
