@@ -271,9 +271,8 @@ def flash_attention_forward_simple(
             alpha = torch.exp(m_i - m_new)  # rescale of the old statistics
             beta = torch.exp(m_tile - m_new)  # rescale of the new tile
             l_new = alpha * l_i + beta * l_tile
-            o[..., q0:q1, :] = ((l_i * alpha)[..., None] * o[..., q0:q1, :] + beta[..., None] * (p_tile @ vj)) / l_new[
-                ..., None
-            ]
+            o_sum = (l_i * alpha)[..., None] * o[..., q0:q1, :] + beta[..., None] * (p_tile @ vj)  # unnormalized
+            o[..., q0:q1, :] = o_sum / l_new[..., None]
             m[..., q0:q1], l[..., q0:q1] = m_new, l_new
     return o.reshape(B, H, N, D).to(q.dtype)
 
