@@ -53,8 +53,22 @@ def greedy_tokens(model: Transformer, prompt: torch.Tensor, n_new: int, use_cach
     return seq
 
 
+def main(
+    seed: int = 0, prompt_len: int = 16, new_tokens: int = 64, device: str = "cpu", threads: int | None = 1
+) -> dict:
+    """``threads``: CPU threads for the run (default 1: these matrices are too small for threads to pay off;
+    None keeps PyTorch's default). The previous setting is restored afterwards."""
+    previous = torch.get_num_threads()
+    if threads is not None:
+        torch.set_num_threads(threads)
+    try:
+        return _run(seed, prompt_len, new_tokens, device)
+    finally:
+        torch.set_num_threads(previous)
+
+
 @torch.no_grad()
-def main(seed: int = 0, prompt_len: int = 16, new_tokens: int = 64, device: str = "cpu") -> dict:
+def _run(seed: int, prompt_len: int, new_tokens: int, device: str) -> dict:
     seed_everything(seed)
     dev = resolve_device(device)
     args = ModelArgs(
@@ -127,8 +141,11 @@ def parse_args(argv=None):
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--prompt-len", dest="prompt_len", type=int, default=16)
     p.add_argument("--new-tokens", dest="new_tokens", type=int, default=64)
+    p.add_argument("--threads", type=int, default=1, help="CPU threads (default: %(default)s; 0 = PyTorch default)")
     add_device_argument(p, default="cpu")
-    return p.parse_args(argv)
+    args = p.parse_args(argv)
+    args.threads = args.threads or None
+    return args
 
 
 if __name__ == "__main__":
