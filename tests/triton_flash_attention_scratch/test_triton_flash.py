@@ -296,3 +296,19 @@ def test_gpu_autotuned_path_matches_sdpa(causal):
     for name, got, want in zip(("O", "dQ", "dK", "dV"), (out, *grads), (ref, *ref_grads)):
         _close(name, got, want, 2e-2)
     assert tf.best_configs()["fwd"], "the autotuner cached a choice"
+
+
+@pytest.mark.gpu
+@pytest.mark.parametrize("head_dim", [24, 80])
+@pytest.mark.parametrize("causal", [False, True])
+def test_gpu_padded_head_dims(head_dim, causal):
+    """Head dims padded to a power of two: the padding lanes must read as zeros on real hardware too."""
+    q, k, v, do = _inputs(1, 4, 2, 300, head_dim, torch.float16, device="cuda")
+    q, k, v = (t.requires_grad_() for t in (q, k, v))
+    out = tf.flash_attention(q, k, v, causal=causal)
+    grads = torch.autograd.grad(out, (q, k, v), do)
+    q32, k32, v32 = (t.detach().float().requires_grad_() for t in (q, k, v))
+    ref = F.scaled_dot_product_attention(q32, k32, v32, is_causal=causal, enable_gqa=True)
+    ref_grads = torch.autograd.grad(ref, (q32, k32, v32), do.float())
+    for name, got, want in zip(("O", "dQ", "dK", "dV"), (out, *grads), (ref, *ref_grads)):
+        _close(name, got, want, 1e-2)
