@@ -1,8 +1,9 @@
 """Step 19 — Triton autotuning: a config space keyed by sequence length, head dim and causality, pruned.
 
 What this step adds: the best tile sizes depend on the GPU and on the problem, so the kernels are wrapped in
-``triton.autotune``. On the first call with a new *key* — here ``(N_CTX, HEAD_DIM, CAUSAL)`` — Triton compiles and
-times every config of the space and caches the fastest; later calls with the same key reuse it.
+``triton.autotune``. On the first call with a new *key* — here ``(N_CTX_BUCKET, HEAD_DIM, CAUSAL)``, the sequence
+length rounded up to a power of two so that not every new length re-tunes — Triton compiles and times every config
+of the space and caches the fastest; later calls with the same key reuse it.
 
 * the space (``config_space``): query tile BLOCK_M × key tile BLOCK_N × ``num_stages`` (software pipelining, next
   step) × ``num_warps``. 36 configs per kernel;
@@ -76,7 +77,7 @@ def main(tune_seq_lens: tuple[int, ...] = (1024, 4096), head_dim: int = 64, devi
                        for _ in range(3))  # fmt: skip
             flash_attention(q, k, v, causal=causal).sum().backward()  # first call with this key: tunes
     out["chosen"] = best_configs()
-    print("\nconfigs chosen by the autotuner (key = N_CTX, HEAD_DIM, CAUSAL, then argument dtypes):")
+    print("\nconfigs chosen by the autotuner (key = N_CTX_BUCKET, HEAD_DIM, CAUSAL, then dtypes):")
     for kernel, table in out["chosen"].items():
         for key, cfg in table.items():
             print(f"  {kernel:<5} {key}: {cfg}")

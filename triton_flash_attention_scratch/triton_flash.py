@@ -128,6 +128,7 @@ def _attn_fwd(
     H,
     H_KV,
     N_CTX,
+    N_CTX_BUCKET,  # next power of two of N_CTX: only the autotuning key (unused in the body)
     sm_scale,
     HEAD_DIM: tl.constexpr,
     BLOCK_D: tl.constexpr,
@@ -300,6 +301,7 @@ def _attn_bwd_dkdv(
     H,
     H_KV,
     N_CTX,
+    N_CTX_BUCKET,  # next power of two of N_CTX: only the autotuning key (unused in the body)
     sm_scale,
     HEAD_DIM: tl.constexpr,
     BLOCK_D: tl.constexpr,
@@ -431,6 +433,7 @@ def _attn_bwd_dq(
     H,
     H_KV,
     N_CTX,
+    N_CTX_BUCKET,  # next power of two of N_CTX: only the autotuning key (unused in the body)
     sm_scale,
     HEAD_DIM: tl.constexpr,
     BLOCK_D: tl.constexpr,
@@ -504,7 +507,9 @@ GPU_DEFAULT_CONFIGS = {
     "dq": {"BLOCK_M": 64, "BLOCK_N": 32, "num_warps": 4, "num_stages": 2},
 }
 PREPROCESS_BLOCK_M = 64
-AUTOTUNE_KEY = ["N_CTX", "HEAD_DIM", "CAUSAL"]
+# Keyed by the sequence length rounded up to a power of two (N_CTX_BUCKET), not N_CTX itself: otherwise every new
+# length (e.g. each step of token-by-token generation) would pay for a fresh tuning run.
+AUTOTUNE_KEY = ["N_CTX_BUCKET", "HEAD_DIM", "CAUSAL"]
 
 
 def config_space(kernel: str) -> list[triton.Config]:
@@ -699,7 +704,7 @@ def attention_forward(
         k.stride(0), k.stride(1), k.stride(2),
         v.stride(0), v.stride(1), v.stride(2),
         o.stride(0), o.stride(1), o.stride(2),
-        H, H_kv, N, sm_scale,
+        H, H_kv, N, triton.next_power_of_2(N), sm_scale,
         HEAD_DIM=D, BLOCK_D=padded_head_dim(D), CAUSAL=bool(causal), INPUT_PRECISION=_input_precision(q.dtype),
     )  # fmt: skip
     return o, lse
@@ -763,7 +768,7 @@ def attention_backward(
         do.stride(0), do.stride(1), do.stride(2),
         dk.stride(0), dk.stride(1), dk.stride(2),
         dv.stride(0), dv.stride(1), dv.stride(2),
-        H, H_kv, N, sm_scale, **common,
+        H, H_kv, N, triton.next_power_of_2(N), sm_scale, **common,
     )  # fmt: skip
     grid_q = lambda META: (triton.cdiv(N, META["BLOCK_M"]), B * H)
     _launch(
@@ -774,7 +779,7 @@ def attention_backward(
         v.stride(0), v.stride(1), v.stride(2),
         do.stride(0), do.stride(1), do.stride(2),
         dq.stride(0), dq.stride(1), dq.stride(2),
-        H, H_kv, N, sm_scale, **common,
+        H, H_kv, N, triton.next_power_of_2(N), sm_scale, **common,
     )  # fmt: skip
     return dq, dk, dv
 
