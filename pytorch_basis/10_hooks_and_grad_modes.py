@@ -58,13 +58,25 @@ def main(d_in: int = 4, batch: int = 5, device: str = "cpu", seed: int = 0) -> d
     section("module hooks: capture activations and the gradients at a layer")
     model = make_model(d_in).to(dev)
     inputs = torch.randn(batch, d_in, device=dev)
-    captured = {}
+    captured: dict[str, torch.Tensor] = {}
+    calls: list[str] = []
+
+    def save_input(module, args):  # forward pre-hook: before module.forward(*args)
+        calls.append("pre")
+        captured["input"] = args[0].detach()
+
+    def save_output(module, args, output):  # forward hook: after module.forward
+        calls.append("forward")
+        captured["relu_out"] = output.detach()
+
+    def save_grad_output(module, grad_input, grad_output):  # backward hook: dL/d(output), dL/d(input)
+        calls.append("backward")
+        captured["grad_out"] = grad_output[0].detach()
+
     handles = [
-        model[0].register_forward_pre_hook(lambda m, args: captured.__setitem__("input", args[0].detach())),
-        model[1].register_forward_hook(lambda m, args, out: captured.__setitem__("relu_out", out.detach())),
-        model[3].register_full_backward_hook(
-            lambda m, grad_in, grad_out: captured.__setitem__("grad_out", grad_out[0].detach())
-        ),
+        model[0].register_forward_pre_hook(save_input),
+        model[1].register_forward_hook(save_output),
+        model[3].register_full_backward_hook(save_grad_output),
     ]
     model.eval()  # no dropout noise, so the check below is exact
     out = model(inputs)
@@ -76,12 +88,12 @@ def main(d_in: int = 4, batch: int = 5, device: str = "cpu", seed: int = 0) -> d
         f"{tuple(captured['relu_out'].shape)}, fraction zero = {(captured['relu_out'] == 0).float().mean():.2f}"
     )
     print(f"full_backward_hook grad_output equals dL/d(out): {torch.allclose(captured['grad_out'], out.grad)}")
+    print(f"hook calls for one forward + backward: {calls}")
+    n_calls = len(calls)
     for handle in handles:
         handle.remove()
-    hooked = dict(captured)
-    captured.clear()
-    model(inputs)
-    print(f"after handle.remove(): hooks called {len(captured)} times (was {len(hooked)})")
+    model(inputs).sum().backward()
+    print(f"after handle.remove(): {len(calls) - n_calls} more hook calls for another forward + backward")
 
     section("eval() changes layers, not autograd")
     model.train()
@@ -121,7 +133,8 @@ def main(d_in: int = 4, batch: int = 5, device: str = "cpu", seed: int = 0) -> d
         "tensor_hook_grad": tensor_hook_grad.cpu(),
         "model": model.cpu(),
         "inputs": inputs.cpu(),
-        "hooked": {k: v.cpu() for k, v in hooked.items()},
+        "hooked": {k: v.cpu() for k, v in captured.items()},
+        "hook_calls": calls,
         "out_eval": out.detach().cpu(),
         "train_outputs_equal": torch.equal(train_a, train_b),
         "eval_outputs_equal": torch.equal(eval_a, eval_b),
@@ -130,7 +143,7 @@ def main(d_in: int = 4, batch: int = 5, device: str = "cpu", seed: int = 0) -> d
         "inference_is_inference": out_inference.is_inference(),
         "no_grad_is_inference": out_no_grad.is_inference(),
         "inference_error": inference_error,
-        "hooks_after_remove": len(captured),
+        "hooks_after_remove": len(calls) - n_calls,
     }
 
 

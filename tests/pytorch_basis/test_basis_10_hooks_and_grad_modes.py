@@ -27,6 +27,7 @@ def test_module_hooks_capture_activations_and_grads(result):
     torch.testing.assert_close(hooked["relu_out"], torch.relu(inputs @ model[0].weight.T + model[0].bias).detach())
     out = result["out_eval"]
     torch.testing.assert_close(hooked["grad_out"], 2 * out / out.numel())  # d mean(out²) / d out
+    assert result["hook_calls"] == ["pre", "forward", "backward"]
     assert result["hooks_after_remove"] == 0
 
 
