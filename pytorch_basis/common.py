@@ -46,21 +46,31 @@ def resolve_device(name: str = "auto") -> torch.device:
         if getattr(torch.backends, "mps", None) is not None and torch.backends.mps.is_available():
             return torch.device("mps")
         return torch.device("cpu")
+    if name.split(":", 1)[0] not in ("cpu", "cuda", "mps"):
+        raise ValueError(f"unsupported device {name!r}; choose from auto, cpu, cuda, cuda:N, mps")
     dev = torch.device(name)
     if dev.type == "cuda" and not torch.cuda.is_available():
         raise ValueError(f"device {name!r} requested but CUDA is not available on this machine (use --device cpu)")
     if dev.type == "mps" and not (getattr(torch.backends, "mps", None) and torch.backends.mps.is_available()):
         raise ValueError(f"device {name!r} requested but MPS is not available on this machine (use --device cpu)")
-    if dev.type not in ("cpu", "cuda", "mps"):
-        raise ValueError(f"unsupported device {name!r}; choose from auto, cpu, cuda, mps")
     return dev
 
 
+def _device_name(name: str) -> str:
+    """argparse ``type=``: reject a device this machine lacks with a one-line usage error, keep the name."""
+    try:
+        resolve_device(name)
+    except (ValueError, RuntimeError) as e:
+        raise argparse.ArgumentTypeError(str(e)) from None
+    return name
+
+
 def add_device_argument(parser: argparse.ArgumentParser, default: str = "auto") -> None:
-    """Add the ``--device auto|cpu|cuda|mps`` option every lesson shares."""
+    """Add the ``--device auto|cpu|cuda|mps`` option every lesson shares (validated when parsed)."""
     parser.add_argument(
         "--device",
         default=default,
+        type=_device_name,
         help="auto (cuda, then mps, then cpu), cpu, cuda, cuda:N or mps (default: %(default)s)",
     )
 

@@ -112,3 +112,16 @@ def test_tiny_shakespeare_from_cache_when_available():
         pytest.skip(f"tiny Shakespeare not cached and no network ({common.DATA_ENV} unset?): {e}")
     assert path.stat().st_size == 1_115_394
     assert common.sha256_of(path) == common.TINY_SHAKESPEARE_SHA256
+
+
+def test_device_argument_rejects_missing_device_with_usage_error(capsys):
+    import argparse
+
+    parser = argparse.ArgumentParser()
+    common.add_device_argument(parser)
+    assert parser.parse_args([]).device == "auto"
+    assert parser.parse_args(["--device", "cpu"]).device == "cpu"
+    with pytest.raises(SystemExit) as info:
+        parser.parse_args(["--device", "tpu"])
+    assert info.value.code == 2
+    assert "unsupported device 'tpu'" in capsys.readouterr().err
