@@ -85,23 +85,27 @@ REF_GPT3_HELLASWAG = 0.337
 @dataclass
 class TrainConfig:
     preset: str = "cpu"
-    model: str = "cpu-small"  # a GPTConfig preset name
+    model: str = "cpu-small"  # a GPTConfig preset name; the four fields below override its sizes
+    n_layer: int | None = 4
+    n_head: int | None = 4
+    n_embd: int | None = 128
+    block_size: int | None = 128
     pad_vocab_to: int | None = None  # 64 -> 50304 rows (faster kernels on GPUs)
     attn_impl: str = "sdpa"
     data: str | None = None  # shard directory or text/jsonl file; None: the preset's dataset
     val_fraction: float = 0.1  # text-file data: the first 10% of the tokens are the validation split
-    batch_size: int = 8  # micro-batch B (sequences per forward, per process)
+    batch_size: int = 4  # micro-batch B (sequences per forward, per process)
     seq_len: int = 128  # T
-    total_batch_size: int = 8 * 128 * 2  # tokens per optimizer step (all micro-steps, all ranks)
+    total_batch_size: int = 4 * 128 * 2  # tokens per optimizer step (all micro-steps, all ranks)
     batch_ramp_steps: int = 0  # > 0: linear batch-size ramp over this many steps (GPT-3)
-    max_lr: float = 1e-3
+    max_lr: float = 2e-3
     min_lr_ratio: float = 0.1
     warmup_steps: int = 20
-    max_steps: int = 300
+    max_steps: int = 200
     weight_decay: float = 0.1
     grad_clip: float = 1.0
-    eval_every: int = 50
-    val_steps: int = 8  # micro-batches per validation estimate
+    eval_every: int = 25
+    val_steps: int = 10  # micro-batches per validation estimate
     hellaswag_every: int = 0  # 0: only at the end
     hellaswag_limit: int | None = 500  # None: all 10,042 examples
     sample_every: int = 100
@@ -126,6 +130,10 @@ PRESETS: dict[str, dict] = {
     "cpu": dict(),
     "gpt2-124M": dict(
         model="gpt2",
+        n_layer=None,
+        n_head=None,
+        n_embd=None,
+        block_size=None,
         pad_vocab_to=64,
         data=None,  # $LLM_SCRATCH_DATA/edu_fineweb10B, written by fineweb.py
         batch_size=64,
@@ -353,7 +361,8 @@ def _train(cfg: TrainConfig, env) -> TrainResult:  # noqa: C901 - the training l
         torch.set_float32_matmul_precision("high")  # TF32 matmuls
 
     seed_everything(cfg.seed)  # the same initial weights on every rank (DDP also broadcasts rank 0's)
-    model_config = GPTConfig.preset(cfg.model, pad_vocab_to=cfg.pad_vocab_to, attn_impl=cfg.attn_impl)
+    sizes = {k: getattr(cfg, k) for k in ("n_layer", "n_head", "n_embd", "block_size") if getattr(cfg, k)}
+    model_config = GPTConfig.preset(cfg.model, pad_vocab_to=cfg.pad_vocab_to, attn_impl=cfg.attn_impl, **sizes)
     if cfg.seq_len > model_config.block_size:
         raise ValueError(f"--seq-len {cfg.seq_len} exceeds the model's block_size {model_config.block_size}")
     raw_model = GPT(model_config).to(device)
@@ -386,7 +395,11 @@ def _train(cfg: TrainConfig, env) -> TrainResult:  # noqa: C901 - the training l
     eval_model = model.module if env.ddp else model  # compiled (if asked) but outside DDP: forward only
 
     n_params = raw_model.num_params()
-    log(f"preset {cfg.preset}: model {cfg.model} ({n_params:,} parameters), data {data_desc}")
+    mc = model_config
+    log(
+        f"preset {cfg.preset}: GPT {mc.n_layer} layers, {mc.n_head} heads, {mc.n_embd} wide, block {mc.block_size} "
+        f"({n_params:,} parameters); data {data_desc}"
+    )
     log(f"device {device}, {env.world_size} process(es), autocast {autocast_dtype}, compile {cfg.compile}")
     log(
         f"total batch {cfg.total_batch_size:,} tokens = B {cfg.batch_size} x T {cfg.seq_len} x {env.world_size} "
@@ -517,6 +530,8 @@ def parse_args(argv=None) -> argparse.Namespace:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument("--preset", default="cpu", choices=list(PRESETS))
     p.add_argument("--model", default=None, help="GPTConfig preset (cpu-small, gpt2, gpt2-medium, tiny, ...)")
+    for name in ("n_layer", "n_head", "n_embd", "block_size"):
+        p.add_argument(f"--{name.replace('_', '-')}", type=int, default=None, help=f"override the model's {name}")
     p.add_argument("--data", default=None, help="a fineweb.py shard directory or a .txt/.jsonl file")
     p.add_argument("--batch-size", type=int, default=None, help="micro-batch B per process")
     p.add_argument("--seq-len", type=int, default=None, help="sequence length T")

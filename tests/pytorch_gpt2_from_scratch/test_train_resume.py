@@ -24,6 +24,10 @@ def shard_dir(tmp_path_factory):
 def run(out, data, **kw):
     opts = dict(
         model="tiny",
+        n_layer=2,
+        n_head=2,
+        n_embd=64,
+        block_size=64,
         data=str(data),
         batch_size=2,
         seq_len=16,
