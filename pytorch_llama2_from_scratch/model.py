@@ -440,14 +440,17 @@ class Transformer(nn.Module):
         self.args = args
         self.vocab_size = args.vocab_size
         self.n_layers = args.n_layers
-        self.tok_embeddings = nn.Embedding(args.vocab_size, args.dim)
+        # `_weight=` skips nn.Embedding's own N(0, 1) init: init_weights() below fills it, and on the meta device
+        # (used by the loaders) that init would import torch._dynamo just to do nothing.
+        self.tok_embeddings = nn.Embedding(args.vocab_size, args.dim, _weight=torch.empty(args.vocab_size, args.dim))
         self.layers = nn.ModuleList(TransformerBlock(i, args) for i in range(args.n_layers))
         self.norm = RMSNorm(args.dim, eps=args.norm_eps)
         self.output = nn.Linear(args.dim, args.vocab_size, bias=False)
         # RoPE table: a plain attribute (not a buffer) so `.half()` can never truncate the complex numbers;
         # it is built lazily, in float32, on the device of the first forward.
         self._freqs_cis: torch.Tensor | None = None
-        self.init_weights()
+        if self.output.weight.device.type != "meta":  # on the meta device there is nothing to fill (loaders)
+            self.init_weights()
 
     # ----------------------------------------------------------------------------------- utilities
     def init_weights(self, std: float = 0.02) -> None:

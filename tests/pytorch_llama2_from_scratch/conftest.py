@@ -4,7 +4,9 @@
   ``initializer_range=0.2`` (large enough that a wrong RoPE permutation shows up far above 1e-5) and
   randomised RMSNorm weights (so swapped norms would show too).
 * ``hf_llama_dir`` -> ``(directory, hf_model)``: a GQA tiny model written with ``save_pretrained``.
-* ``TINY_HF_CONFIG``-like defaults: vocab 96, hidden 64, 2 layers, 4 heads, intermediate 96, 64 positions.
+* ``DEFAULT_CONFIG``: vocab 96, hidden 64, 2 layers, 4 heads (2 KV heads), intermediate 96, 64 positions.
+* Every test in this folder runs single-threaded (autouse ``_one_thread``): the matrices are tiny, and on a
+  shared 2-core CI box idle-spinning worker threads made the suite several times slower.
 """
 
 from __future__ import annotations
@@ -29,6 +31,14 @@ DEFAULT_CONFIG = dict(
     eos_token_id=2,
     tie_word_embeddings=False,
 )
+
+
+@pytest.fixture(autouse=True)
+def _one_thread():
+    previous = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(previous)
 
 
 def _make_hf_llama(seed: int = 0, **overrides):
