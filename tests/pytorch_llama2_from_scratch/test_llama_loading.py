@@ -205,3 +205,60 @@ def test_tokenizer_errors(tmp_path):
         (tmp_path / "tokenizer.model").write_bytes(b"not really")
         with pytest.raises(ImportError, match="sentencepiece"):
             load_tokenizer(tmp_path)
+
+
+def test_published_llama2_configs_map_to_the_presets():
+    """The fields of meta-llama/Llama-2-7b-hf config.json and of Meta's 7B / 70B params.json (as published)."""
+    from pytorch_llama2_from_scratch.model import ModelArgs
+
+    hf_7b = {
+        "architectures": ["LlamaForCausalLM"],
+        "bos_token_id": 1,
+        "eos_token_id": 2,
+        "hidden_act": "silu",
+        "hidden_size": 4096,
+        "initializer_range": 0.02,
+        "intermediate_size": 11008,
+        "max_position_embeddings": 4096,
+        "model_type": "llama",
+        "num_attention_heads": 32,
+        "num_hidden_layers": 32,
+        "num_key_value_heads": 32,
+        "pretraining_tp": 1,
+        "rms_norm_eps": 1e-05,
+        "rope_scaling": None,
+        "tie_word_embeddings": False,
+        "torch_dtype": "float16",
+        "vocab_size": 32000,
+    }
+    preset = ModelArgs.preset("llama2-7b", max_batch_size=1)
+    assert args_from_hf_config(hf_7b, max_batch_size=1).num_params() == preset.num_params()
+    got = args_from_hf_config(hf_7b, max_batch_size=1)
+    assert (got.dim, got.n_layers, got.n_heads, got.n_kv_heads, got.ffn_hidden, got.max_seq_len) == (
+        4096,
+        32,
+        32,
+        32,
+        11008,
+        4096,
+    )
+    assert got.rope_theta == 10000.0 and got.norm_eps == 1e-5
+
+    from pytorch_llama2_from_scratch.loading import args_from_meta_params
+
+    meta_7b = {"dim": 4096, "multiple_of": 256, "n_heads": 32, "n_layers": 32, "norm_eps": 1e-05, "vocab_size": -1}
+    assert args_from_meta_params(meta_7b, vocab_size=32000).num_params() == preset.num_params()
+    meta_70b = {
+        "dim": 8192,
+        "multiple_of": 4096,
+        "ffn_dim_multiplier": 1.3,
+        "n_heads": 64,
+        "n_kv_heads": 8,
+        "n_layers": 80,
+        "norm_eps": 1e-05,
+        "vocab_size": -1,
+    }
+    a70 = args_from_meta_params(meta_70b, vocab_size=32000)
+    assert a70.ffn_hidden == 28672 and a70.num_params() == ModelArgs.preset("llama2-70b").num_params()
+    with pytest.raises(ValueError, match="vocab_size -1"):
+        args_from_meta_params(meta_7b)

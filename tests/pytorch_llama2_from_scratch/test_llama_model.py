@@ -109,6 +109,21 @@ def test_padded_batch_equals_each_prompt_alone(pair):
 
 
 @torch.no_grad()
+def test_padded_batch_chunked_prefill(pair):
+    """Left-padded prompts prefilled in chunks give the logits of a single padded prefill."""
+    _, ours = pair
+    batch = _tokens(2, 14, seed=4)
+    mask = torch.ones(2, 14, dtype=torch.long)
+    mask[1, :9] = 0
+    ours.reset_cache()
+    whole = ours(batch, attention_mask=mask)
+    ours.reset_cache()
+    parts = [ours(batch[:, a:b], start_pos=a, attention_mask=mask) for a, b in ((0, 4), (4, 11), (11, 14))]
+    real = mask.bool()
+    torch.testing.assert_close(torch.cat(parts, dim=1)[real], whole[real], atol=1e-5, rtol=1e-5)
+
+
+@torch.no_grad()
 def test_padded_batch_without_cache_and_explicit_positions(pair):
     hf, ours = pair
     a, b = _tokens(1, 10, seed=1)[0], _tokens(1, 4, seed=2)[0]
