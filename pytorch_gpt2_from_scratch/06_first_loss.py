@@ -9,7 +9,7 @@ same window shifted by one, so ``y[b, t]`` is the token that follows ``x[b, t]``
 
 At initialization every token should be about equally likely (the GPT-2 init keeps the logits small), so the
 loss should be close to ``-ln(1 / vocab_size) = ln(50257) ~= 10.82``. A much larger value would mean the
-initial predictions are confidently wrong (lesson 10 shows PyTorch's default init doing exactly that).
+initial predictions are confidently wrong, and the first steps would be spent undoing that.
 
 Run (needs tiny Shakespeare and the GPT-2 BPE; offline set LLM_SCRATCH_DATA and TIKTOKEN_CACHE_DIR)::
 

@@ -1,0 +1,43 @@
+"""Shared fixtures for the GPT-2 chapter's tests (generic: any test of the chapter may use them).
+
+* ``hf_gpt2_small_dir``: a *randomly initialised* ``GPT2LMHeadModel`` (2 layers, 64 wide, full 50257 vocab,
+  64 positions) written with ``save_pretrained`` into a temporary folder — the exact layout of the published
+  checkpoints, built offline.
+* ``gpt2_enc``: tiktoken's ``gpt2`` encoding, or a skip with the reason when it cannot be loaded offline.
+* ``shakespeare_tokens``: tiny Shakespeare as GPT-2 tokens, or a skip when the data is not available.
+"""
+
+from __future__ import annotations
+
+import pytest
+
+from pytorch_basis.common import DownloadError
+
+SMALL_HF_CONFIG = dict(n_layer=2, n_head=2, n_embd=64, n_positions=64, vocab_size=50257)
+
+
+@pytest.fixture(scope="session")
+def hf_gpt2_small_dir(tmp_path_factory):
+    from pytorch_gpt2_from_scratch.model import save_random_hf_checkpoint
+
+    return save_random_hf_checkpoint(tmp_path_factory.mktemp("hf_gpt2_small"), seed=0, **SMALL_HF_CONFIG)
+
+
+@pytest.fixture(scope="session")
+def gpt2_enc():
+    from pytorch_gpt2_from_scratch.data import gpt2_encoding
+
+    try:
+        return gpt2_encoding()
+    except DownloadError as e:
+        pytest.skip(f"GPT-2 BPE not available offline (set TIKTOKEN_CACHE_DIR=../shared/tiktoken_cache): {e}")
+
+
+@pytest.fixture(scope="session")
+def shakespeare_tokens(gpt2_enc):
+    from pytorch_gpt2_from_scratch.data import load_tinyshakespeare_tokens
+
+    try:
+        return load_tinyshakespeare_tokens()
+    except DownloadError as e:
+        pytest.skip(f"tiny Shakespeare not available offline (set LLM_SCRATCH_DATA=../shared/data): {e}")
