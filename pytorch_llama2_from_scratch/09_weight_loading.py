@@ -34,7 +34,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # repo root: impor
 
 import torch
 
-from pytorch_basis.common import out_dir, resolve_device, seed_everything
+from pytorch_basis.common import add_device_argument, out_dir, resolve_device, seed_everything
 from pytorch_llama2_from_scratch.loading import (
     args_from_hf_config,
     detect_layout,
@@ -160,7 +160,7 @@ def parse_args(argv=None):
     p.add_argument("--prompt", default="The capital of France is")
     p.add_argument("--dtype", default="float32", choices=list(DTYPES))
     p.add_argument("--max-seq-len", dest="max_seq_len", type=int, default=512)
-    p.add_argument("--device", default="cpu", help="auto, cpu, cuda or mps (default: %(default)s)")
+    add_device_argument(p, default="cpu")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--out", default=None, help="where to write the tiny checkpoints (default: out/llama2)")
     return p.parse_args(argv)

@@ -164,6 +164,8 @@ def args_from_hf_config(config: Mapping, **overrides) -> ModelArgs:
 
 def args_from_meta_params(params: Mapping, vocab_size: int | None = None, **overrides) -> ModelArgs:
     """``ModelArgs`` from Meta's ``params.json`` (``vocab_size: -1`` is taken from the embedding shape)."""
+    if params.get("use_scaled_rope"):
+        raise ValueError("params.json sets use_scaled_rope (Llama 3.1 RoPE scaling), which this Llama-2 model lacks")
     known = {"dim", "n_layers", "n_heads", "n_kv_heads", "vocab_size", "multiple_of", "ffn_dim_multiplier"}
     known |= {"norm_eps", "rope_theta", "hidden_dim", "max_batch_size", "max_seq_len"}
     values = {k: v for k, v in params.items() if k in known}
