@@ -321,7 +321,8 @@ class Attention(nn.Module):
 
     The cache is two registered (non-persistent) buffers ``cache_k``/``cache_v`` of shape
     (max_batch_size, max_seq_len, KV, hd): they follow ``model.to(device/dtype)`` but are not part of the
-    ``state_dict``. Slot s of row b holds the key/value of the token stored at slot s of sequence b.
+    ``state_dict``. Slot s of row b holds the key (already rotated by RoPE) and the value of the s-th token fed
+    to sequence b, padding included; the rotation is applied once, when the token enters the cache.
     """
 
     def __init__(self, args: ModelArgs):
