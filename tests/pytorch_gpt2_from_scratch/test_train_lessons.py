@@ -1,0 +1,77 @@
+"""The part-2 lessons (12-19) run end to end on tiny settings and show what they claim."""
+
+from __future__ import annotations
+
+import math
+
+import pytest
+import torch
+
+CH = "pytorch_gpt2_from_scratch"
+
+
+@pytest.fixture(scope="module")
+def enc():
+    from pytorch_gpt2_from_scratch.data import TokenizerUnavailableError, gpt2_encoding
+
+    try:
+        return gpt2_encoding()
+    except TokenizerUnavailableError as e:
+        pytest.skip(f"GPT-2 BPE files unavailable offline (set TIKTOKEN_CACHE_DIR): {e}")
+
+
+def synthetic_tokens(n=20_000):
+    return torch.randint(0, 50257, (n,), generator=torch.Generator().manual_seed(0))
+
+
+def test_12_clipping_bounds_the_norm(load_lesson):
+    res = load_lesson(CH, 12).main(steps=3, batch_size=2, seq_len=32, device="cpu", tokens=synthetic_tokens())
+    assert len(res["losses"]) == 3 and all(math.isfinite(x) for x in res["losses"])
+    assert res["clipped_norm"] == pytest.approx(min(res["norms"][-1], 1.0), rel=1e-4)
+
+
+def test_13_schedule_plot(load_lesson):
+    res = load_lesson(CH, 13).main(max_lr=1.0, warmup_steps=10, max_steps=100)
+    assert res["lrs"][0] == pytest.approx(0.1) and res["lrs"][9] == pytest.approx(1.0)
+    assert res["lrs"][100] == pytest.approx(0.1) and res["png"].exists()
+
+
+def test_14_decay_counts(load_lesson):
+    res = load_lesson(CH, 14).main(model="tiny", bench_model="tiny", repeats=1, device="cpu")
+    # tiny = 2 blocks. Decayed: wte (= lm_head, tied), wpe, and per block c_attn, attn.c_proj, c_fc, mlp.c_proj.
+    assert res["decay_tensors"] == 2 + 4 * 2
+    # Not decayed: per block ln_1 (w, b), ln_2 (w, b) and the 4 Linear biases; plus ln_f (w, b).
+    assert res["no_decay_tensors"] == 8 * 2 + 2
+    C, L = 64, 2
+    assert res["no_decay_params"] == L * (4 * C + 3 * C + C + 4 * C + C) + 2 * C
+    assert res["ramp"][0] == 2 and res["ramp"][300] == 32
+
+
+def test_15_accumulation_equals_big_batch(load_lesson):
+    res = load_lesson(CH, 15).main(
+        total_batch_size=512, batch_size=2, seq_len=64, steps=1, device="cpu", tokens=synthetic_tokens()
+    )
+    assert res["grad_accum_steps"] == 4
+    assert res["max_diff"] < 1e-6
+    assert res["unscaled_ratio"] == pytest.approx(4.0, rel=1e-4)
+
+
+def test_17_shards_of_a_local_text(load_lesson, enc, tmp_path):
+    text = tmp_path / "story.txt"
+    text.write_text("\n\n".join(f"Paragraph {i}: " + "words and more words " * 20 for i in range(30)))
+    res = load_lesson(CH, 17).main(input=str(text), shard_size=400, workers=1, out=str(tmp_path / "sh"))
+    assert res["num_eot"] == 30 == res["result"].num_documents
+    assert res["first_batch"][0].shape == (2, 16)
+
+
+def test_18_validation_and_sampling(load_lesson, enc):
+    res = load_lesson(CH, 18).main(
+        steps=2, eval_every=1, sample_every=2, batch_size=2, seq_len=32, device="cpu", tokens=synthetic_tokens()
+    )
+    assert [s for s, _ in res["val_losses"]] == [0, 1, 2]
+    assert len(res["samples"][2]) == 2 and all(s.startswith("ROMEO:") for s in res["samples"][2])
+
+
+def test_19_scores_the_readme_example(load_lesson, enc):
+    res = load_lesson(CH, 19).main(model="random", device="cpu", limit=0)
+    assert res["pred"] in range(4) and res["pred_norm"] in range(4)
