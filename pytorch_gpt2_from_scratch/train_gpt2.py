@@ -283,17 +283,25 @@ def plot_history(history: list[dict], path: Path, title: str) -> Path:
 
 # --------------------------------------------------------------------------------------------- the loop
 class StopFlag:
-    """Ctrl-C / SIGTERM ask the loop to stop at the next step boundary (a second Ctrl-C aborts at once)."""
+    """Ctrl-C / SIGTERM ask the loop to stop at the next step boundary; a second Ctrl-C aborts at once.
+
+    SIGTERM never aborts: ``torchrun`` answers a Ctrl-C by sending SIGTERM to its workers (and SIGKILL 30 s
+    later), which must still let them finish the step and save.
+    """
 
     def __init__(self) -> None:
         self.requested = False
+        self._interrupts = 0
         self._old: dict = {}
 
     def _handler(self, signum, frame) -> None:
-        if self.requested:
-            raise KeyboardInterrupt
+        if signum == signal.SIGINT:
+            self._interrupts += 1
+            if self._interrupts > 1:
+                raise KeyboardInterrupt
+        if not self.requested:
+            print("\nstop requested: finishing this step and saving a checkpoint (Ctrl-C again to abort)", flush=True)
         self.requested = True
-        print("\nstop requested: finishing this step and saving a checkpoint (Ctrl-C again to abort)", flush=True)
 
     def __enter__(self) -> StopFlag:
         if threading.current_thread() is threading.main_thread():
@@ -360,6 +368,7 @@ def _train(cfg: TrainConfig, env) -> TrainResult:  # noqa: C901 - the training l
     if device.type == "cuda":
         torch.set_float32_matmul_precision("high")  # TF32 matmuls
 
+    train_loader, val_loader, data_desc = make_loaders(cfg, env.rank, env.world_size)
     seed_everything(cfg.seed)  # the same initial weights on every rank (DDP also broadcasts rank 0's)
     sizes = {k: getattr(cfg, k) for k in ("n_layer", "n_head", "n_embd", "block_size") if getattr(cfg, k)}
     model_config = GPTConfig.preset(cfg.model, pad_vocab_to=cfg.pad_vocab_to, attn_impl=cfg.attn_impl, **sizes)
@@ -369,7 +378,6 @@ def _train(cfg: TrainConfig, env) -> TrainResult:  # noqa: C901 - the training l
     optimizer = configure_optimizers(
         raw_model, weight_decay=cfg.weight_decay, learning_rate=cfg.max_lr, device_type=device.type, verbose=False
     )
-    train_loader, val_loader, data_desc = make_loaders(cfg, env.rank, env.world_size)
     grad_accum = grad_accum_steps_for(cfg.total_batch_size, cfg.batch_size, cfg.seq_len, env.world_size)
 
     start_step, history = 0, []
@@ -569,5 +577,13 @@ def main(preset: str = "cpu", **overrides) -> TrainResult:
     return train(make_config(preset, **overrides))
 
 
+def cli() -> None:
+    try:
+        main(**vars(parse_args()))
+    except (ValueError, FileNotFoundError) as e:  # bad options, missing data: one clear line
+        print(f"error: {e}", file=sys.stderr)
+        raise SystemExit(1) from None
+
+
 if __name__ == "__main__":
-    run_cli(lambda: main(**vars(parse_args())))
+    run_cli(cli)

@@ -10,14 +10,9 @@ import torch
 CH = "pytorch_gpt2_from_scratch"
 
 
-@pytest.fixture(scope="module")
-def enc():
-    from pytorch_gpt2_from_scratch.data import TokenizerUnavailableError, gpt2_encoding
-
-    try:
-        return gpt2_encoding()
-    except TokenizerUnavailableError as e:
-        pytest.skip(f"GPT-2 BPE files unavailable offline (set TIKTOKEN_CACHE_DIR): {e}")
+@pytest.fixture
+def enc(gpt2_enc):  # conftest.py: tiktoken's gpt2 encoding, or a skip offline
+    return gpt2_enc
 
 
 def synthetic_tokens(n=20_000):
