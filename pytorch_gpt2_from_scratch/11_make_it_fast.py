@@ -1,0 +1,447 @@
+"""Lesson 11 — Section 2, making it fast: one benchmark that measures the whole ladder on *this* device.
+
+Each rung changes one thing on top of the fastest configuration so far, always through an option of the one
+model module (``GPTConfig.attn_impl``, ``GPTConfig.pad_vocab_to``) or of the training step (matmul precision,
+autocast, ``torch.compile``), so the numbers measure the real code:
+
+    fp32 baseline (manual attention) -> TF32 matmuls -> bf16 autocast (fp16 + GradScaler shown beside it on
+    CUDA) -> torch.compile -> flash attention (F.scaled_dot_product_attention) -> vocab 50257 -> 50304
+
+Beside our numbers stands the video's column (one A100, B=16, T=1024: 1000, 333, 300, 130, 96, 93 ms).
+A rung that does *not* help on this device (TF32 does not exist on CPUs; bf16 depends on the CPU's bf16
+support) is shown honestly and not kept: the next rung builds on the fastest configuration so far
+(``--keep-all`` forces the video's strictly cumulative ladder).
+
+The same run also measures, interleaved step by step on the same batch and optimizer, our eager fp32 training
+step against ``transformers.GPT2LMHeadModel``'s (with dropout 0, i.e. the same computation, and with
+GPT2Config's default dropout 0.1), and the fraction of the device's peak: on CPU the peak is a large matmul
+measured in the same run (fp32, and bf16 for bf16 rungs); on CUDA it is MFU against the bf16 dense peak.
+The table is printed and written as markdown to ``out/gpt2_from_scratch/11_make_it_fast.md``.
+
+Run::
+
+    python pytorch_gpt2_from_scratch/11_make_it_fast.py                          # CPU: cpu-small, B=8, T=256
+    python pytorch_gpt2_from_scratch/11_make_it_fast.py --skip compile bf16      # skip slow rungs
+    python pytorch_gpt2_from_scratch/11_make_it_fast.py --device cuda            # GPU: 124M, B=16, T=1024
+"""
+
+import argparse
+import contextlib
+import datetime
+import math
+import os
+import platform
+import statistics
+import sys
+import time
+from dataclasses import dataclass, field, replace
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # repo root: import the chapter modules
+
+import torch
+
+from pytorch_basis.common import add_device_argument, atomic_write_text, out_dir, resolve_device, synchronize
+from pytorch_gpt2_from_scratch.model import GPT, PRESET_NAMES, GPTConfig
+
+# Published dense bf16 tensor-core peaks (FLOP/s), for MFU. Unknown GPUs: a bf16 matmul measured in the run.
+GPU_BF16_PEAK = {"A100": 312e12, "H100": 989e12, "H200": 989e12, "L4": 121e12, "A10": 125e12, "4090": 165e12}
+
+
+@dataclass(frozen=True)
+class StepSetup:
+    """Everything a rung can change."""
+
+    attn_impl: str = "manual"
+    pad_vocab_to: int | None = None
+    tf32: bool = False
+    amp: str | None = None  # None | "bf16" | "fp16"
+    compile: bool = False
+
+
+# (name, change on top of the best setup so far, the video's ms/iter on an A100 at B=16, T=1024)
+LADDER = [
+    ("fp32 baseline (manual attention)", {}, 1000),
+    ("+ TF32 matmuls", {"tf32": True}, 333),
+    ("+ bf16 autocast", {"amp": "bf16"}, 300),
+    ("+ torch.compile", {"compile": True}, 130),
+    ("+ flash attention (SDPA)", {"attn_impl": "sdpa"}, 96),
+    ("+ vocab 50257 -> 50304", {"pad_vocab_to": 64}, 93),
+]
+SKIPPABLE = {"tf32": "+ TF32 matmuls", "bf16": "+ bf16 autocast", "compile": "+ torch.compile", "fp16": "fp16"}
+
+
+@dataclass
+class Result:
+    name: str
+    setup: StepSetup
+    ms: float  # median ms/iter
+    tokens_per_s: float
+    first_step_s: float  # includes compilation for compiled rungs
+    steps: int
+    ref_ms: float | None = None
+    kept: bool = True
+    peak_fraction: float | None = None
+    note: str = ""
+    all_ms: list = field(default_factory=list)
+
+
+# --------------------------------------------------------------------------------------------- timing helpers
+def _optimizer(params, device: torch.device) -> torch.optim.Optimizer:
+    """AdamW as in the video (lr 6e-4, betas 0.9/0.95); the fused kernel on CUDA (on this CPU it was not faster)."""
+    return torch.optim.AdamW(params, lr=6e-4, betas=(0.9, 0.95), eps=1e-8, fused=device.type == "cuda")
+
+
+@contextlib.contextmanager
+def matmul_precision(tf32: bool):
+    old = torch.get_float32_matmul_precision()
+    torch.set_float32_matmul_precision("high" if tf32 else "highest")
+    try:
+        yield
+    finally:
+        torch.set_float32_matmul_precision(old)
+
+
+def make_train_step(model: torch.nn.Module, setup: StepSetup, device: torch.device, hf: bool = False):
+    """A closure doing one full training step (zero_grad, forward, backward, optimizer step) on (x, y)."""
+    optimizer = _optimizer(model.parameters(), device)
+    dtype = {"bf16": torch.bfloat16, "fp16": torch.float16}.get(setup.amp)
+    scaler = torch.amp.GradScaler(device.type) if setup.amp == "fp16" else None
+    forward = torch.compile(model) if setup.compile else model
+
+    def step(x, y):
+        optimizer.zero_grad(set_to_none=True)
+        with torch.autocast(device.type, dtype=dtype, enabled=dtype is not None):
+            loss = forward(input_ids=x, labels=y, shift_labels=y).loss if hf else forward(x, y)[1]
+        if scaler is not None:
+            scaler.scale(loss).backward()
+            scaler.step(optimizer)
+            scaler.update()
+        else:
+            loss.backward()
+            optimizer.step()
+        return loss
+
+    return step
+
+
+def time_steps(steps_fns, x, y, device, warmup: int, steps: int, budget_s: float):
+    """Interleave the given step functions; return per function (first step s, list of ms of timed steps)."""
+    firsts, times = [], [[] for _ in steps_fns]
+    for fn in steps_fns:
+        synchronize(device)
+        t0 = time.perf_counter()
+        fn(x, y)
+        synchronize(device)
+        firsts.append(time.perf_counter() - t0)
+    start = time.perf_counter()
+    for i in range(max(warmup - 1, 0) + steps):
+        for fn, ts in zip(steps_fns, times):
+            synchronize(device)
+            t0 = time.perf_counter()
+            fn(x, y)
+            synchronize(device)
+            if i >= max(warmup - 1, 0):
+                ts.append((time.perf_counter() - t0) * 1e3)
+        if time.perf_counter() - start > budget_s and all(times):
+            break  # slow rung: stop after at least one timed step each
+    return firsts, [ts or [f * 1e3] for ts, f in zip(times, firsts)]
+
+
+def matmul_peak(device: torch.device, dtype: torch.dtype, n: int | None = None, reps: int = 3) -> float:
+    """Best FLOP/s of an n x n x n matmul: the practical peak of this device at this precision."""
+    n = n or (8192 if device.type == "cuda" else 2048)
+    a = torch.randn(n, n, device=device, dtype=dtype)
+    b = torch.randn(n, n, device=device, dtype=dtype)
+    a @ b
+    best = math.inf
+    for _ in range(reps):
+        synchronize(device)
+        t0 = time.perf_counter()
+        a @ b
+        synchronize(device)
+        best = min(best, time.perf_counter() - t0)
+    return 2 * n**3 / best
+
+
+def gpu_bf16_peak(device: torch.device) -> tuple[float, str]:
+    name = torch.cuda.get_device_name(device)
+    for key, peak in GPU_BF16_PEAK.items():
+        if key in name:
+            return peak, f"published bf16 dense peak of {name}"
+    return matmul_peak(device, torch.bfloat16), f"measured bf16 matmul on {name}"
+
+
+# --------------------------------------------------------------------------------------------- the benchmark
+def train_flops(config: GPTConfig, B: int, T: int) -> float:
+    """FLOPs of one training step of the *unpadded* model (``GPT.flops_per_token``), built on the meta device."""
+    with torch.device("meta"):
+        model = GPT(replace(config, pad_vocab_to=None))
+    return model.flops_per_token(T) * B * T
+
+
+def build_model(config: GPTConfig, setup: StepSetup, device: torch.device, seed: int) -> GPT:
+    torch.manual_seed(seed)
+    return GPT(replace(config, attn_impl=setup.attn_impl, pad_vocab_to=setup.pad_vocab_to)).to(device)
+
+
+def run_ladder(config, x, y, device, args, peaks) -> list[Result]:
+    results: list[Result] = []
+    best: Result | None = None
+    tokens = x.numel()
+    flops_per_step = train_flops(config, x.size(0), x.size(1))
+    for name, change, ref_ms in LADDER:
+        if name in args.skip_names:
+            print(f"{name:36s} skipped (--skip)")
+            continue
+        setup = replace(best.setup if best else StepSetup(), **change)
+        model = build_model(config, setup, device, args.seed)
+        with matmul_precision(setup.tf32):
+            step = make_train_step(model, setup, device)
+            try:
+                firsts, times = time_steps([step], x, y, device, args.warmup, args.steps, args.rung_budget_s)
+            except Exception as e:  # e.g. no C++ compiler for torch.compile: report it and go on
+                print(f"{name:36s} failed: {type(e).__name__}: {str(e).splitlines()[0][:100]}")
+                results.append(Result(name, setup, math.nan, math.nan, math.nan, 0, ref_ms, False, note="failed"))
+                continue
+        ms = statistics.median(times[0])
+        r = Result(name, setup, ms, tokens / ms * 1e3, firsts[0], len(times[0]), ref_ms, all_ms=times[0])
+        peak = peaks["bf16"] if setup.amp in ("bf16", "fp16") else peaks["fp32"]
+        r.peak_fraction = flops_per_step / (ms / 1e3) / peak
+        r.kept = args.keep_all or best is None or ms < best.ms
+        if setup.compile:
+            r.note = f"first step {r.first_step_s:.1f} s (compilation)"
+        print(
+            f"{name:36s} {ms:9.1f} ms/iter {r.tokens_per_s:9.0f} tok/s  peak {r.peak_fraction:6.1%}  "
+            f"{'kept' if r.kept else 'NOT kept (slower)'}  {r.note}"
+        )
+        results.append(r)
+        if r.kept:
+            best = r
+        if name == "+ TF32 matmuls" and device.type == "cuda" and "fp16" not in args.skip_names:
+            results.append(
+                fp16_side_rung(config, replace(setup, amp="fp16"), x, y, device, args, peaks, flops_per_step)
+            )
+        del model, step
+    return results
+
+
+def fp16_side_rung(config, setup, x, y, device, args, peaks, flops_per_step) -> Result:
+    """fp16 autocast + GradScaler (CUDA only): shown beside bf16, never kept (bf16 needs no loss scaling)."""
+    model = build_model(config, setup, device, args.seed)
+    with matmul_precision(setup.tf32):
+        firsts, times = time_steps([make_train_step(model, setup, device)], x, y, device, args.warmup, args.steps, 1e9)
+    ms = statistics.median(times[0])
+    r = Result("  (beside: fp16 autocast + GradScaler)", setup, ms, x.numel() / ms * 1e3, firsts[0], len(times[0]))
+    r.kept, r.note = False, "side measurement"
+    r.peak_fraction = flops_per_step / (ms / 1e3) / peaks["bf16"]
+    print(f"{r.name:36s} {ms:9.1f} ms/iter {r.tokens_per_s:9.0f} tok/s  peak {r.peak_fraction:6.1%}")
+    return r
+
+
+def compare_with_hf(config, x, y, device, args, peaks) -> dict:
+    """Our eager fp32 step vs GPT2LMHeadModel's, interleaved on the same batch with the same optimizer."""
+    from transformers import GPT2Config, GPT2LMHeadModel
+    from transformers.utils import logging as hf_logging
+
+    hf_logging.set_verbosity_error()
+    ours = build_model(config, StepSetup(attn_impl="sdpa"), device, args.seed)
+    hf_kwargs = dict(
+        vocab_size=config.vocab_size,
+        n_positions=config.block_size,
+        n_embd=config.n_embd,
+        n_layer=config.n_layer,
+        n_head=config.n_head,
+    )
+    torch.manual_seed(args.seed)
+    hf_same = GPT2LMHeadModel(GPT2Config(**hf_kwargs, resid_pdrop=0.0, embd_pdrop=0.0, attn_pdrop=0.0)).to(device)
+    hf_dropout = GPT2LMHeadModel(GPT2Config(**hf_kwargs)).to(device)  # GPT2Config defaults: dropout 0.1
+    fns = [
+        make_train_step(m, StepSetup(), device, hf=h) for m, h in ((ours, False), (hf_same, True), (hf_dropout, True))
+    ]
+    _, times = time_steps(fns, x, y, device, args.warmup, args.hf_steps, 1e9)
+    ms = [statistics.median(t) for t in times]
+    tok = [x.numel() / m * 1e3 for m in ms]
+    flops = train_flops(config, x.size(0), x.size(1))
+    out = dict(
+        ours_ms=ms[0],
+        hf_ms=ms[1],
+        hf_dropout_ms=ms[2],
+        ours_tokens_per_s=tok[0],
+        hf_tokens_per_s=tok[1],
+        hf_dropout_tokens_per_s=tok[2],
+        ratio=ms[1] / ms[0],
+        ratio_vs_dropout=ms[2] / ms[0],
+        ours_peak_fraction=flops / (ms[0] / 1e3) / peaks["fp32"],
+        hf_peak_fraction=flops / (ms[1] / 1e3) / peaks["fp32"],
+        all_ms=times,
+    )
+    print(
+        f"eager fp32, interleaved: ours {ms[0]:.1f} ms ({tok[0]:.0f} tok/s) | "
+        f"GPT2LMHeadModel dropout 0: {ms[1]:.1f} ms "
+        f"({tok[1]:.0f} tok/s) -> ours x{out['ratio']:.2f} | with default dropout 0.1: {ms[2]:.1f} ms "
+        f"-> ours x{out['ratio_vs_dropout']:.2f}"
+    )
+    return out
+
+
+def markdown(results, hf, peaks, meta) -> str:
+    is_cuda = meta["device_type"] == "cuda"
+    frac_name = "MFU" if is_cuda else "% of matmul peak"
+    lines = [
+        f"Device: {meta['device']}; torch {meta['torch']}; {meta['date']}; model {meta['model']}, "
+        f"B={meta['B']}, T={meta['T']}, AdamW; median of {meta['steps']} timed steps after {meta['warmup']} warm-up.",
+        f"Load average before/after: {meta['load_before']} / {meta['load_after']} (the machine was "
+        f"{'shared with other jobs' if meta['loaded'] else 'quiet'}).",
+        f"Peak: {peaks['desc']}.",
+        "",
+        f"| step | ms/iter | tokens/s | speed-up | {frac_name} | kept | video: ms/iter (A100, B=16, T=1024) |",
+        "|---|---:|---:|---:|---:|---|---:|",
+    ]
+    base = next((r.ms for r in results if not math.isnan(r.ms)), math.nan)
+    for r in results:
+        if math.isnan(r.ms):
+            lines.append(f"| {r.name} | failed | | | | no | {r.ref_ms or ''} |")
+            continue
+        note = f" ({r.note})" if r.note else ""
+        lines.append(
+            f"| {r.name.strip()}{note} | {r.ms:.0f} | {r.tokens_per_s:,.0f} | {base / r.ms:.2f}x | "
+            f"{r.peak_fraction:.0%} | {'yes' if r.kept else 'no'} | {r.ref_ms or ''} |"
+        )
+    if hf:
+        lines += [
+            "",
+            "Same config, batch and optimizer, eager fp32, steps interleaved:",
+            "",
+            f"| training step | ms/iter | tokens/s | ours is faster by | {frac_name} (fp32) |",
+            "|---|---:|---:|---:|---:|",
+            f"| ours (SDPA, no compile) | {hf['ours_ms']:.0f} | {hf['ours_tokens_per_s']:,.0f} | | "
+            f"{hf['ours_peak_fraction']:.0%} |",
+            f"| GPT2LMHeadModel, dropout 0 (same computation) | {hf['hf_ms']:.0f} | {hf['hf_tokens_per_s']:,.0f} | "
+            f"{hf['ratio']:.2f}x | {hf['hf_peak_fraction']:.0%} |",
+            f"| GPT2LMHeadModel, GPT2Config default dropout 0.1 | {hf['hf_dropout_ms']:.0f} | "
+            f"{hf['hf_dropout_tokens_per_s']:,.0f} | {hf['ratio_vs_dropout']:.2f}x | |",
+        ]
+        kept = [r for r in results if r.kept and not math.isnan(r.ms)]
+        if kept:
+            fastest = min(kept, key=lambda r: r.ms)
+            lines.append(
+                f"| fastest rung: {fastest.name.strip()} | {fastest.ms:.0f} | {fastest.tokens_per_s:,.0f} | "
+                f"{hf['hf_ms'] / fastest.ms:.2f}x | {fastest.peak_fraction:.0%} |"
+            )
+    return "\n".join(lines) + "\n"
+
+
+def main(
+    preset: str | None = None,
+    B: int | None = None,
+    T: int | None = None,
+    steps: int = 3,
+    warmup: int = 1,
+    hf_steps: int = 3,
+    device: str = "auto",
+    skip: tuple = (),
+    keep_all: bool = False,
+    no_hf: bool = False,
+    rung_budget_s: float = 120.0,
+    seed: int = 1337,
+    out: str | None = None,
+) -> dict:
+    dev = resolve_device(device)
+    is_cuda = dev.type == "cuda"
+    preset = preset or ("gpt2" if is_cuda else "cpu-small")
+    B = B or (16 if is_cuda else 8)
+    T = T or (1024 if is_cuda else 256)
+    unknown = set(skip) - set(SKIPPABLE)
+    if unknown:
+        raise ValueError(f"--skip accepts {sorted(SKIPPABLE)}, got {sorted(unknown)}")
+    config = GPTConfig.preset(preset)
+    if T > config.block_size:
+        raise ValueError(f"T={T} exceeds block_size {config.block_size} of preset {preset!r}")
+    args = argparse.Namespace(
+        steps=steps,
+        warmup=warmup,
+        hf_steps=hf_steps,
+        keep_all=keep_all,
+        rung_budget_s=rung_budget_s,
+        seed=seed,
+        skip_names={SKIPPABLE[s] for s in skip},
+    )
+    load_before = os.getloadavg()[0] if hasattr(os, "getloadavg") else math.nan
+    g = torch.Generator().manual_seed(seed)
+    x = torch.randint(0, config.vocab_size, (B, T), generator=g).to(dev)
+    y = torch.randint(0, config.vocab_size, (B, T), generator=g).to(dev)
+    print(
+        f"device {dev}, torch {torch.__version__}, {preset}: {config.n_layer} layers, {config.n_embd} wide, "
+        f"B={B}, T={T}"
+    )
+
+    if is_cuda:
+        peak, desc = gpu_bf16_peak(dev)
+        peaks = dict(fp32=peak, bf16=peak, desc=f"MFU against the {desc} ({peak / 1e12:.0f} TFLOP/s)")
+    else:
+        fp32 = matmul_peak(dev, torch.float32)
+        bf16 = matmul_peak(dev, torch.bfloat16)
+        peaks = dict(fp32=fp32, bf16=bf16)
+    results = run_ladder(config, x, y, dev, args, peaks)
+    hf = None if no_hf else compare_with_hf(config, x, y, dev, args, peaks)
+    if not is_cuda:  # the peak again after the ladder; keep the better measurement
+        peaks["fp32"] = max(peaks["fp32"], matmul_peak(dev, torch.float32))
+        peaks["desc"] = (
+            f"best 2048^3 matmul in this run: fp32 {peaks['fp32'] / 1e9:.0f} GFLOP/s, bf16 {peaks['bf16'] / 1e9:.0f} "
+            "GFLOP/s (bf16 rungs are measured against the bf16 peak); FLOPs per token = 6N + 12LCT"
+        )
+        flops = train_flops(config, B, T)
+        for r in results:
+            if not math.isnan(r.ms):
+                r.peak_fraction = flops / (r.ms / 1e3) / (peaks["bf16"] if r.setup.amp else peaks["fp32"])
+        if hf:
+            hf["ours_peak_fraction"] = flops / (hf["ours_ms"] / 1e3) / peaks["fp32"]
+            hf["hf_peak_fraction"] = flops / (hf["hf_ms"] / 1e3) / peaks["fp32"]
+    load_after = os.getloadavg()[0] if hasattr(os, "getloadavg") else math.nan
+    cpu_name = platform.processor() or platform.machine()
+    meta = dict(
+        device=(torch.cuda.get_device_name(dev) if is_cuda else f"CPU ({os.cpu_count()} cores, {cpu_name})"),
+        device_type=dev.type,
+        torch=torch.__version__,
+        date=datetime.date.today().isoformat(),
+        model=f"{preset} ({config.n_layer} layers, {config.n_embd} wide)",
+        B=B,
+        T=T,
+        steps=steps,
+        warmup=warmup,
+        load_before=f"{load_before:.1f}",
+        load_after=f"{load_after:.1f}",
+        loaded=max(load_before, load_after) > 0.5 * (os.cpu_count() or 1) + 0.5,
+    )
+    table = markdown(results, hf, peaks, meta)
+    path = Path(out) if out else out_dir("gpt2_from_scratch") / "11_make_it_fast.md"
+    atomic_write_text(table, path)
+    print()
+    print(table)
+    print(f"markdown table written to {path}")
+    return dict(results=results, hf=hf, peaks=peaks, table=table, path=path)
+
+
+def parse_args(argv=None):
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--preset", default=None, choices=PRESET_NAMES, help="default: gpt2 on CUDA, cpu-small on CPU")
+    p.add_argument("--B", type=int, default=None, help="batch size (default: 16 on CUDA, 8 on CPU)")
+    p.add_argument("--T", type=int, default=None, help="sequence length (default: 1024 on CUDA, 256 on CPU)")
+    p.add_argument("--steps", type=int, default=3, help="timed steps per rung (median reported)")
+    p.add_argument("--warmup", type=int, default=1, help="untimed steps per rung (compilation happens here)")
+    p.add_argument("--hf-steps", type=int, default=3, help="timed steps of the ours-vs-Hugging-Face comparison")
+    add_device_argument(p)
+    p.add_argument("--skip", nargs="*", default=[], choices=sorted(SKIPPABLE), help="rungs to leave out")
+    p.add_argument("--keep-all", action="store_true", help="strictly cumulative ladder, even through slower rungs")
+    p.add_argument("--no-hf", action="store_true", help="skip the comparison with transformers.GPT2LMHeadModel")
+    p.add_argument("--rung-budget-s", type=float, default=120.0, help="stop timing a rung after this many seconds")
+    p.add_argument("--seed", type=int, default=1337)
+    p.add_argument("--out", default=None, help="markdown file (default: out/gpt2_from_scratch/11_make_it_fast.md)")
+    args = p.parse_args(argv)
+    args.skip = tuple(args.skip)
+    return args
+
+
+if __name__ == "__main__":
+    main(**vars(parse_args()))
