@@ -390,7 +390,7 @@ def main(
             eos_id=eos_id,
             pad_id=tok.pad_id if tok.pad_id is not None else 0,
             use_cache=not no_cache,
-            generator=generator if dev.type == "cpu" else None,
+            generator=generator,
             on_token=_Streamer(tok, ids[0]) if stream else None,
         )
         if stream:

@@ -192,6 +192,8 @@ def sample(logits: torch.Tensor, generator: torch.Generator | None = None) -> to
     """
     _check_logits(logits)
     probs = logits.float().softmax(dim=-1)
+    if generator is not None and generator.device != probs.device:  # e.g. a CPU generator, CUDA logits
+        return torch.multinomial(probs.cpu(), 1, generator=generator).squeeze(-1).to(logits.device)
     return torch.multinomial(probs, num_samples=1, generator=generator).squeeze(-1)
 
 

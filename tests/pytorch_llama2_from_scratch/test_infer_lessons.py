@@ -112,7 +112,7 @@ def test_cli_bad_input_is_one_line(tmp_path, capsys):
 
 def test_lesson13_benchmark_table(load_lesson, tmp_path):
     res = load_lesson(CHAPTER, 13).main(
-        lengths=(6, 12),
+        lengths=(4, 8),
         repeats=1,
         prompt_len=4,
         hidden=32,
