@@ -219,6 +219,8 @@ def beam_search(
        cannot beat the worst finished one any more: its score divided by the current length ** length_penalty
        (``early_stopping=False``, a heuristic) or by the longest possible length ** length_penalty when that is
        the best case (``early_stopping="never"``, exact for ``length_penalty > 0``).
+
+    ``num_beams=1`` is greedy decoding (as in Hugging Face), returned with its length-normalised score.
     """
     num_beams = check_num_beams(num_beams)
     if early_stopping not in (True, False, "never"):
@@ -232,6 +234,12 @@ def beam_search(
     P, k = len(prompt), num_beams
     _check_capacity(model, k, P + max_new_tokens, use_cache)
     device = _device_of(model)
+    if k == 1:
+        tokens = generate(model, [prompt], max_new_tokens, eos_id=eos_id, use_cache=use_cache)[0]
+        seq = torch.tensor([prompt + tokens], device=device)
+        logp = F.log_softmax(model(seq, use_cache=False)[0, P - 1 : -1].float(), dim=-1)  # predicts tokens
+        total = float(logp.gather(-1, seq[0, P:, None]).sum())
+        return [Hypothesis(tokens=tokens, score=total / len(tokens) ** length_penalty)]
 
     seqs = torch.tensor([prompt] * k, device=device)  # (k, P) running beams, all starting as the prompt
     scores = torch.full((k,), NEG_INF, device=device)

@@ -137,6 +137,19 @@ def test_beam_search_matches_hf(pair, num_beams, length_penalty, early_stopping)
     assert any(h.tokens[-1] == eos for h in hyps)
 
 
+def test_one_beam_is_greedy(pair):
+    ours, hf = pair
+    eos = _liked_token(hf, PROMPTS[1], 10)
+    (hyp,) = beam_search(ours, PROMPTS[1], 1, 10, eos)
+    assert hyp.tokens == hf_greedy(hf, PROMPTS[1], 10, eos=eos)
+    # the score is the mean log-probability of the tokens (length_penalty 1), from HF's logits
+    seq = torch.tensor([PROMPTS[1] + hyp.tokens])
+    with torch.no_grad():
+        logp = hf(seq).logits[0, len(PROMPTS[1]) - 1 : -1].log_softmax(-1)
+    ref = logp.gather(-1, seq[0, len(PROMPTS[1]) :, None]).mean()
+    assert hyp.score == pytest.approx(float(ref), abs=1e-5)
+
+
 def test_beam_search_without_cache_is_the_same(pair):
     ours, hf = pair
     eos = _liked_token(hf, PROMPTS[2], 8)
