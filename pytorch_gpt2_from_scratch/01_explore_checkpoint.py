@@ -56,9 +56,9 @@ def plot_position_embeddings(wpe: torch.Tensor, path: Path) -> Path:
     ax0.set_xlabel("channel")
     ax0.set_ylabel("position")
     ax0.set_title(f"wpe {tuple(wpe.shape)}")
-    for c in (150, 200, 250):
-        if c < wpe.size(1):
-            ax1.plot(wpe[:, c].numpy(), label=f"channel {c}", linewidth=0.8)
+    C = wpe.size(1)
+    for c in (150, 200, 250) if C > 250 else (C // 4, C // 2, 3 * C // 4):  # the video's channels for C = 768
+        ax1.plot(wpe[:, c].numpy(), label=f"channel {c}", linewidth=0.8)
     ax1.set_xlabel("position")
     ax1.set_title("a few channels of wpe across positions")
     ax1.legend()

@@ -1,0 +1,98 @@
+"""Every lesson of part 1 runs (small settings) and shows what it claims, checked against independent values."""
+
+import math
+
+import pytest
+import torch
+from transformers import GPT2Config, GPT2LMHeadModel
+
+CH = "pytorch_gpt2_from_scratch"
+SMALL_HF_CONFIG = dict(n_layer=2, n_head=2, n_embd=64, n_positions=64, vocab_size=50257)  # as conftest's fixture
+
+
+def test_01_explore_checkpoint(load_lesson, hf_gpt2_small_dir):
+    out = load_lesson(CH, 1).main(model=str(hf_gpt2_small_dir), show=3)
+    hf = GPT2LMHeadModel.from_pretrained(hf_gpt2_small_dir)
+    assert out["n_params"] == sum(p.numel() for p in hf.parameters())  # tied lm_head counted once
+    assert any(k.endswith("wpe.weight") and s == (64, 64) for k, s in out["shapes"].items())
+    assert out["png"].exists()
+
+
+def test_02_module_matches_hf_parameter_count(load_lesson):
+    out = load_lesson(CH, 2).main(preset="tiny")
+    hf = GPT2LMHeadModel(GPT2Config(**SMALL_HF_CONFIG))
+    assert out["n_params"] == sum(p.numel() for p in hf.parameters())
+    assert out["logits_shape"] == (2, 8, 50257)
+
+
+def test_03_load_hf_weights(load_lesson, hf_gpt2_small_dir):
+    out = load_lesson(CH, 3).main(model=str(hf_gpt2_small_dir))
+    assert out["max_diff"] < 1e-4
+    assert "shape mismatch for transformer.wte.weight" in out["mismatch_error"]
+
+
+def test_03_offline_hub_name_is_one_clear_error(load_lesson, monkeypatch):
+    from pytorch_basis.common import DownloadError
+
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    with pytest.raises(DownloadError, match="--random-init"):
+        load_lesson(CH, 3).main(model="gpt2-not-a-real-repo-name")
+
+
+def test_04_forward_logits(load_lesson, hf_gpt2_small_dir, gpt2_enc):
+    out = load_lesson(CH, 4).main(model=str(hf_gpt2_small_dir), device="cpu")
+    assert out["logits_shape"] == (1, 8, 50257)
+    assert out["error"] == "sequence length 65 exceeds block_size 64"
+
+
+def test_05_sampling(load_lesson, hf_gpt2_small_dir, gpt2_enc):
+    kw = dict(model=str(hf_gpt2_small_dir), num_return_sequences=2, max_length=12, device="cpu")
+    a = load_lesson(CH, 5).main(**kw)["texts"]
+    assert a == load_lesson(CH, 5).main(**kw)["texts"]  # seeded
+    assert len(a) == 2 and all(t.startswith("Hello, I'm a language model,") for t in a)
+
+
+def test_06_first_loss(load_lesson, shakespeare_tokens):
+    out = load_lesson(CH, 6).main(preset="tiny", device="cpu")
+    assert out["expected"] == pytest.approx(math.log(50257))
+    assert abs(out["loss"] - out["expected"]) < 0.3
+
+
+def test_07_overfit_batch(load_lesson, shakespeare_tokens):
+    losses = load_lesson(CH, 7).main(preset="tiny", B=2, T=16, steps=12, lr=3e-3, device="cpu")["losses"]
+    assert losses[-1] < 0.5 * losses[0]
+
+
+def test_08_dataloader_lite(load_lesson, shakespeare_tokens):
+    out = load_lesson(CH, 8).main(preset="tiny", B=2, T=16, steps=3, device="cpu")
+    assert out["loader_state"]["position"] == 3 * 2 * 16
+    assert out["batches_per_epoch"] == shakespeare_tokens.numel() // 32
+
+
+def test_09_weight_tying(load_lesson):
+    out = load_lesson(CH, 9).main(preset="tiny")
+    assert out["n_untied"] - out["n_tied"] == 50257 * 64
+    assert out["same_storage"] and out["grad_diff"] < 1e-6
+
+
+def test_10_init(load_lesson):
+    out = load_lesson(CH, 10).main(preset="tiny", B=2, T=32)
+    assert out["gpt2"]["c_proj_std"] == pytest.approx(0.02 / math.sqrt(2 * 2), rel=0.05)
+    assert out["gpt2-unscaled"]["c_proj_std"] == pytest.approx(0.02, rel=0.05)
+    assert out["gpt2"]["c_fc_std"] == pytest.approx(0.02, rel=0.05)
+
+
+def test_11_make_it_fast_writes_the_table(load_lesson, tmp_path):
+    path = tmp_path / "ladder.md"
+    out = load_lesson(CH, 11).main(
+        preset="tiny", B=2, T=16, steps=1, warmup=0, hf_steps=1, device="cpu", skip=("compile",), out=str(path)
+    )
+    names = [r.name for r in out["results"]]
+    assert names[0].startswith("fp32 baseline") and "+ torch.compile" not in names
+    assert all(r.ms > 0 for r in out["results"])
+    assert out["hf"]["ratio"] > 0
+    text = path.read_text()
+    assert "| fp32 baseline (manual attention) |" in text and "GPT2LMHeadModel, dropout 0" in text
+    with pytest.raises(ValueError, match="--skip accepts"):
+        load_lesson(CH, 11).main(preset="tiny", skip=("nope",))
+    torch.set_float32_matmul_precision("highest")
