@@ -117,40 +117,49 @@ def stream_generate(
     if max_new_tokens < 0:
         raise ValueError(f"max_new_tokens must be >= 0, got {max_new_tokens}")
     device = _device_of(model)
-    tokens, mask, positions = (t.to(device) for t in left_pad(prompts, pad_id))
-    B, L = tokens.shape
-    _check_capacity(model, B, L + max_new_tokens, use_cache)
-    lengths = mask.sum(-1)  # (B,) real tokens per row: the position of the next token
+    prompt_tokens, prompt_mask, prompt_positions = left_pad(prompts, pad_id)
+    B, L = prompt_tokens.shape
+    total = L + max_new_tokens
+    _check_capacity(model, B, total, use_cache)
+
+    # One (B, total) buffer each for tokens, mask and positions, filled as we go (no concatenation per step).
+    # Generated slots are real tokens (mask 1) at each row's next positions; a row that finished keeps going
+    # with pad tokens whose results are ignored.
+    tokens = torch.full((B, total), pad_id, dtype=torch.long)
+    tokens[:, :L] = prompt_tokens
+    mask = torch.ones((B, total), dtype=torch.long)
+    mask[:, :L] = prompt_mask
+    lengths = prompt_mask.sum(-1, keepdim=True)  # (B, 1) real prompt tokens = position of the first new token
+    positions = torch.cat([prompt_positions, lengths + torch.arange(max_new_tokens)], dim=1)  # (B, total)
+    tokens, mask, positions = tokens.to(device), mask.to(device), positions.to(device)
     done = torch.zeros(B, dtype=torch.bool, device=device)
-    # Without padding, slot == position and nothing needs masking (rows that finished are ignored anyway), so
-    # the model can take its cheaper mask-free path.
-    padded = bool((mask == 0).any())
+    # Without padding, slot == position and nothing needs masking, so the model can take its mask-free path.
+    padded = bool((prompt_mask == 0).any())
 
-    def forward(new_tokens, start_pos, mask, positions):
-        extra = {"attention_mask": mask, "positions": positions} if padded else {}
+    def forward(start: int, end: int) -> torch.Tensor:
+        """Logits for slots start..end-1 (with the cache) or for the whole sequence 0..end-1 (without)."""
         if use_cache:
-            return model(new_tokens, start_pos=start_pos, use_cache=True, **extra)
-        return model(new_tokens, use_cache=False, **extra)
+            extra = {"attention_mask": mask[:, :end], "positions": positions[:, start:end]} if padded else {}
+            return model(tokens[:, start:end], start_pos=start, use_cache=True, **extra)
+        extra = {"attention_mask": mask[:, :end], "positions": positions[:, :end]} if padded else {}
+        return model(tokens[:, :end], use_cache=False, **extra)
 
-    # prefill: one forward over the padded prompts; the logits of the last column predict each row's next token
-    logits = forward(tokens, 0, mask, positions)
+    logits = forward(0, L)  # prefill: the logits of the last column predict each row's next token
     for step in range(max_new_tokens):
-        x = next_token(logits[:, -1], sampling, tokens, mask, generator)  # (B,)
-        x = x.masked_fill(done, pad_id)
-        yield x.masked_fill(done, -1)
-        done |= (x == eos_id) if eos_id is not None else torch.zeros_like(done)
-        tokens = torch.cat([tokens, x[:, None]], dim=1)  # (B, L + step + 1)
-        mask = torch.cat([mask, (~done | (x == eos_id)).long()[:, None]], dim=1)
-        pos = (lengths + step)[:, None]  # (B, 1): each row's own next position
-        positions = torch.cat([positions, pos], dim=1)
-        if bool(done.all()) or step == max_new_tokens - 1:
+        slot = L + step
+        x = next_token(logits[:, -1], sampling, tokens[:, :slot], mask[:, :slot], generator)  # (B,)
+        if eos_id is None:
+            yield x
+        else:
+            x = x.masked_fill(done, pad_id)
+            yield x.masked_fill(done, -1)
+            done |= x == eos_id
+        tokens[:, slot] = x
+        if step == max_new_tokens - 1 or (eos_id is not None and bool(done.all())):
             break
         # decode: feed only the new token (the cache holds keys/values of everything before it), or, without
         # the cache, the whole sequence again
-        if use_cache:
-            logits = forward(x[:, None], L + step, mask, pos)
-        else:
-            logits = forward(tokens, 0, mask, positions)
+        logits = forward(slot, slot + 1)
 
 
 def generate(
@@ -168,13 +177,17 @@ def generate(
 
     ``on_token(row, token_id)`` is called as soon as a token is chosen (streaming to a terminal or a socket).
     """
+    steps = stream_generate(model, prompts, max_new_tokens, sampling, eos_id, pad_id, use_cache, generator)
+    if on_token is None:  # no per-token work: collect the steps and convert once at the end
+        columns = list(steps)
+        rows = torch.stack(columns, dim=1).tolist() if columns else [[] for _ in prompts]
+        return [[t for t in row if t >= 0] for row in rows]
     out: list[list[int]] = [[] for _ in prompts]
-    for step_tokens in stream_generate(model, prompts, max_new_tokens, sampling, eos_id, pad_id, use_cache, generator):
+    for step_tokens in steps:
         for row, tok in enumerate(step_tokens.tolist()):
             if tok >= 0:
                 out[row].append(tok)
-                if on_token is not None:
-                    on_token(row, tok)
+                on_token(row, tok)
     return out
 
 
