@@ -32,7 +32,13 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # repo root: impor
 import torch
 
 from pytorch_basis.common import add_device_argument, resolve_device, seed_everything
-from pytorch_llama2_from_scratch.generate import decode_continuation, generate, left_pad, stream_generate
+from pytorch_llama2_from_scratch.generate import (
+    decode_continuation,
+    generate,
+    left_pad,
+    run_with_clear_errors,
+    stream_generate,
+)
 from pytorch_llama2_from_scratch.loading import load_checkpoint, load_tokenizer
 from pytorch_llama2_from_scratch.model import ModelArgs, Transformer
 from pytorch_llama2_from_scratch.sampling import SamplingConfig
@@ -126,4 +132,4 @@ def parse_args(argv=None) -> argparse.Namespace:
 
 
 if __name__ == "__main__":
-    main(**vars(parse_args()))
+    run_with_clear_errors(lambda: main(**vars(parse_args())))

@@ -423,13 +423,19 @@ def main(
     return {"prompts": prompts, "completions": completions, "tokens": outs}
 
 
-def cli(argv: Sequence[str] | None = None) -> None:
-    """``main`` from the command line: a bad checkpoint path or setting prints one line, not a traceback."""
+def run_with_clear_errors(main_fn: Callable[[], object]) -> None:
+    """Run a script's ``main``: a missing file, a bad setting or an offline download prints one ``error:`` line
+    instead of a traceback (also used by lessons 11 and 12)."""
     try:
-        run_cli(lambda: main(**vars(parse_args(argv))))
+        run_cli(main_fn)
     except (FileNotFoundError, ValueError, ImportError) as e:
         print(f"error: {e}", file=sys.stderr)
         raise SystemExit(1) from None
+
+
+def cli(argv: Sequence[str] | None = None) -> None:
+    """The command-line tool: ``python pytorch_llama2_from_scratch/generate.py --checkpoint DIR ...``."""
+    run_with_clear_errors(lambda: main(**vars(parse_args(argv))))
 
 
 if __name__ == "__main__":
