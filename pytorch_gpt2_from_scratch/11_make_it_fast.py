@@ -88,8 +88,9 @@ class Result:
 
 # --------------------------------------------------------------------------------------------- timing helpers
 def _optimizer(params, device: torch.device) -> torch.optim.Optimizer:
-    """AdamW as in the video (lr 6e-4, betas 0.9/0.95); the fused kernel on CUDA (on this CPU it was not faster)."""
-    return torch.optim.AdamW(params, lr=6e-4, betas=(0.9, 0.95), eps=1e-8, fused=device.type == "cuda")
+    """AdamW as in the video (lr 6e-4, betas 0.9/0.95): the fused kernel on CUDA, the foreach one elsewhere."""
+    cuda = device.type == "cuda"
+    return torch.optim.AdamW(params, lr=6e-4, betas=(0.9, 0.95), eps=1e-8, fused=cuda, foreach=not cuda)
 
 
 @contextlib.contextmanager
@@ -285,6 +286,63 @@ def compare_with_hf(config, x, y, device, args, peaks) -> dict:
     return out
 
 
+# op name fragments -> category, first match wins (aten op names of torch.profiler)
+OP_CATEGORIES = [
+    ("matmul", ("aten::mm", "aten::addmm", "aten::bmm", "aten::matmul", "aten::linear")),
+    ("attention kernel", ("scaled_dot_product", "flash_attention", "_efficient_attention")),
+    ("softmax / cross-entropy", ("softmax", "nll_loss", "cross_entropy")),
+    ("layernorm", ("layer_norm",)),
+    ("optimizer", ("adam", "_foreach")),
+    ("memory (copy/fill/cat/zero)", ("copy_", "fill_", "zero_", "cat", "clone", "contiguous", "to_copy", "empty")),
+    ("elementwise (gelu, add, mul, tanh, ...)", ("gelu", "add", "mul", "tanh", "pow", "div", "sub", "where", "sum")),
+]
+
+
+def profile_step(step, x, y) -> dict[str, float]:
+    """Self CPU time (ms) of one training step, grouped by :data:`OP_CATEGORIES` (CPU only)."""
+    from torch.profiler import ProfilerActivity, profile
+
+    step(x, y)  # warm
+    with profile(activities=[ProfilerActivity.CPU]) as prof:
+        step(x, y)
+    groups: dict[str, float] = {name: 0.0 for name, _ in OP_CATEGORIES}
+    groups["other"] = 0.0
+    for evt in prof.key_averages():
+        if not evt.key.startswith("aten::"):
+            continue
+        us = evt.self_cpu_time_total
+        cat = next((name for name, keys in OP_CATEGORIES if any(k in evt.key for k in keys)), "other")
+        groups[cat] += us / 1e3
+    return groups
+
+
+def profile_ours_vs_hf(config, x, y, device, seed) -> str:
+    """Markdown table: where one eager fp32 training step spends its time, ours vs GPT2LMHeadModel (dropout 0)."""
+    from transformers import GPT2Config, GPT2LMHeadModel
+
+    ours = build_model(config, StepSetup(attn_impl="sdpa"), device, seed)
+    hf_config = GPT2Config(
+        vocab_size=config.vocab_size,
+        n_positions=config.block_size,
+        n_embd=config.n_embd,
+        n_layer=config.n_layer,
+        n_head=config.n_head,
+        resid_pdrop=0.0,
+        embd_pdrop=0.0,
+        attn_pdrop=0.0,
+    )
+    hf = GPT2LMHeadModel(hf_config).to(device)
+    a = profile_step(make_train_step(ours, StepSetup(), device), x, y)
+    b = profile_step(make_train_step(hf, StepSetup(), device, hf=True), x, y)
+    lines = ["| op category (self CPU time) | ours ms | GPT2LMHeadModel ms |", "|---|---:|---:|"]
+    for cat in a:
+        lines.append(f"| {cat} | {a[cat]:.0f} | {b[cat]:.0f} |")
+    lines.append(f"| **total** | {sum(a.values()):.0f} | {sum(b.values()):.0f} |")
+    table = "\n".join(lines) + "\n"
+    print(table)
+    return table
+
+
 def markdown(results, hf, peaks, meta) -> str:
     is_cuda = meta["device_type"] == "cuda"
     frac_name = "MFU" if is_cuda else "% of matmul peak"
@@ -346,6 +404,7 @@ def main(
     rung_budget_s: float = 120.0,
     seed: int = 1337,
     out: str | None = None,
+    profile: bool = False,
 ) -> dict:
     dev = resolve_device(device)
     is_cuda = dev.type == "cuda"
@@ -415,12 +474,16 @@ def main(
         loaded=max(load_before, load_after) > 0.5 * (os.cpu_count() or 1) + 0.5,
     )
     table = markdown(results, hf, peaks, meta)
+    prof = None
+    if profile and dev.type == "cpu":
+        prof = profile_ours_vs_hf(config, x, y, dev, seed)
+        table += "\nWhere one eager fp32 training step spends its time (torch.profiler, self CPU time):\n\n" + prof
     path = Path(out) if out else out_dir("gpt2_from_scratch") / "11_make_it_fast.md"
     atomic_write_text(table, path)
     print()
     print(table)
     print(f"markdown table written to {path}")
-    return dict(results=results, hf=hf, peaks=peaks, table=table, path=path)
+    return dict(results=results, hf=hf, peaks=peaks, table=table, path=path, profile=prof)
 
 
 def parse_args(argv=None):
@@ -437,6 +500,7 @@ def parse_args(argv=None):
     p.add_argument("--no-hf", action="store_true", help="skip the comparison with transformers.GPT2LMHeadModel")
     p.add_argument("--rung-budget-s", type=float, default=120.0, help="stop timing a rung after this many seconds")
     p.add_argument("--seed", type=int, default=1337)
+    p.add_argument("--profile", action="store_true", help="CPU: also profile one step of ours and of HF by op type")
     p.add_argument("--out", default=None, help="markdown file (default: out/gpt2_from_scratch/11_make_it_fast.md)")
     args = p.parse_args(argv)
     args.skip = tuple(args.skip)
