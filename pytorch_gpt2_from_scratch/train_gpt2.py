@@ -272,8 +272,9 @@ def plot_history(history: list[dict], path: Path, title: str) -> Path:
     ax2.axhline(REF_GPT2_HELLASWAG, color="r", ls="--", lw=1, label=f"GPT-2 124M ({REF_GPT2_HELLASWAG})")
     ax2.axhline(REF_GPT3_HELLASWAG, color="g", ls="--", lw=1, label=f"GPT-3 124M ({REF_GPT3_HELLASWAG})")
     ax2.axhline(0.25, color="gray", ls=":", lw=1, label="chance (0.25)")
+    ax2.set_ylim(0.2, 0.4)
     ax2.set_xlabel("step")
-    ax2.set_ylabel("HellaSwag accuracy")
+    ax2.set_ylabel("HellaSwag acc_norm")
     ax2.legend()
     fig.tight_layout()
     fig.savefig(path, dpi=80)
@@ -527,7 +528,8 @@ def _train(cfg: TrainConfig, env) -> TrainResult:  # noqa: C901 - the training l
                 )
     bar.close()
     if master:
-        result.plot = plot_history(history, out / "loss.png", f"{cfg.preset}: {cfg.model}")
+        title = f"preset {cfg.preset}: {mc.n_layer}L/{mc.n_head}H/{mc.n_embd}C, {n_params / 1e6:.1f}M params"
+        result.plot = plot_history(history, out / "loss.png", title)
         log(f"wrote {out / 'loss.png'}, {log_txt}, {log_jsonl}")
     result.history = history
     return result
