@@ -121,6 +121,7 @@ def test_lesson13_benchmark_table(load_lesson, tmp_path):
         kv_heads=1,
         intermediate=64,
         vocab=64,
+        clock="cpu",
         out=str(tmp_path / "bench.md"),
     )
     for row in res["rows"]:
