@@ -25,16 +25,22 @@ def pair(tmp_path_factory, make_hf_llama):
     return ours, hf
 
 
-def hf_greedy(hf, prompt, n, eos=None):
-    out = hf.generate(
-        torch.tensor([prompt]),
-        attention_mask=torch.ones(1, len(prompt), dtype=torch.long),
+def hf_generate(hf, prompt, n, eos=None, **kwargs):
+    """``LlamaForCausalLM.generate`` for one unpadded prompt, deterministic (no sampling)."""
+    ids = torch.tensor([prompt])
+    return hf.generate(
+        ids,
+        attention_mask=torch.ones_like(ids),
         max_new_tokens=n,
         do_sample=False,
         eos_token_id=eos,
         pad_token_id=PAD,
+        **kwargs,
     )
-    return out[0, len(prompt) :].tolist()
+
+
+def hf_greedy(hf, prompt, n, eos=None):
+    return hf_generate(hf, prompt, n, eos)[0, len(prompt) :].tolist()
 
 
 def test_greedy_matches_hf(pair):
@@ -112,17 +118,15 @@ def test_beam_search_matches_hf(pair, num_beams, length_penalty, early_stopping)
     ours, hf = pair
     prompt, n = PROMPTS[0], 10
     eos = _liked_token(hf, prompt, n)
-    ref = hf.generate(
-        torch.tensor([prompt]),
-        attention_mask=torch.ones(1, len(prompt), dtype=torch.long),
-        max_new_tokens=n,
+    ref = hf_generate(
+        hf,
+        prompt,
+        n,
+        eos,
         num_beams=num_beams,
         num_return_sequences=num_beams,
-        do_sample=False,
         length_penalty=length_penalty,
         early_stopping=early_stopping,
-        eos_token_id=eos,
-        pad_token_id=PAD,
         return_dict_in_generate=True,
         output_scores=True,
     )
