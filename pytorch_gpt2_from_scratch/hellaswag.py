@@ -218,6 +218,7 @@ def parse_args(argv=None) -> argparse.Namespace:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument("--model", default="gpt2", help="train_gpt2.py checkpoint (.pt), HF hub name or HF directory")
     p.add_argument("--split", default="val")
+    p.add_argument("--data", default=None, help="a local HellaSwag .jsonl file instead of the download")
     p.add_argument("--limit", type=int, default=None, help="evaluate only the first N examples")
     p.add_argument("--batch-examples", type=int, default=8, help="examples per forward pass (4 rows each)")
     add_device_argument(p)
@@ -225,14 +226,19 @@ def parse_args(argv=None) -> argparse.Namespace:
 
 
 def main(
-    model: str = "gpt2", split: str = "val", limit: int | None = None, batch_examples: int = 8, device: str = "auto"
+    model: str = "gpt2",
+    split: str = "val",
+    data: str | None = None,
+    limit: int | None = None,
+    batch_examples: int = 8,
+    device: str = "auto",
 ) -> HellaSwagResult:
     from pytorch_gpt2_from_scratch.training import cleanup_distributed, setup_distributed
 
     env = setup_distributed(device)
     try:
         net = load_model(model, env.device)
-        path = hellaswag_path(split)
+        path = Path(data) if data else hellaswag_path(split)
         dtype = torch.bfloat16 if env.device.type == "cuda" else None
         res = evaluate(
             net,
