@@ -73,6 +73,7 @@ def main(total_batch_size=2048, batch_size=4, seq_len=64, steps=5, seed=1337, de
     acc_loss, _ = accumulate_gradients(model, micro.next_batch, K, device=dev)
     acc = grads(model)
     max_diff = max((acc[n] - ref[n]).abs().max().item() for n in ref)
+
     # 3. the same without the 1/K: K times the gradient
     def norm(g: dict) -> float:
         return torch.linalg.vector_norm(torch.stack([t.norm() for t in g.values()])).item()

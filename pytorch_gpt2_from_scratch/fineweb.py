@@ -313,7 +313,8 @@ def prepare_shards(
         atomic_write_text(json.dumps(state, indent=1), progress_file)
 
     remaining = itertools.islice(documents, doc_index, None)  # documents already written are never tokenized
-    pool = mp.get_context("fork").Pool(num_workers) if num_workers > 1 else None
+    method = "fork" if "fork" in mp.get_all_start_methods() else "spawn"  # no fork on Windows
+    pool = mp.get_context(method).Pool(num_workers) if num_workers > 1 else None
     token_iter = (
         pool.imap(tokenize_document, remaining, chunksize=chunksize) if pool else map(tokenize_document, remaining)
     )

@@ -48,8 +48,16 @@ def expected_stream(enc) -> np.ndarray:
 def test_text_to_shards(enc, corpus, tmp_path, workers):
     docs = list(iter_text_documents([corpus], doc_separator="\n\n\n"))
     assert docs == DOCS
-    res = prepare_shards(iter(docs), tmp_path / "shards", shard_size=64, prefix="toy", source="toy",
-                         num_workers=workers, chunksize=2, progress=False)  # fmt: skip
+    res = prepare_shards(
+        iter(docs),
+        tmp_path / "shards",
+        shard_size=64,
+        prefix="toy",
+        source="toy",
+        num_workers=workers,
+        chunksize=2,
+        progress=False,
+    )
     stream = expected_stream(enc)
     n_full, rest = divmod(len(stream), 64)
     assert len(res.shards) == n_full + (rest > 0)
@@ -68,8 +76,7 @@ def test_text_to_shards(enc, corpus, tmp_path, workers):
 
 def test_preparation_resumes_after_interruption(enc, tmp_path):
     full = prepare_shards(iter(DOCS), tmp_path / "a", shard_size=40, source="s", progress=False)
-    part = prepare_shards(iter(DOCS), tmp_path / "b", shard_size=40, source="s", stop_after_shards=3,
-                          progress=False)  # fmt: skip
+    part = prepare_shards(iter(DOCS), tmp_path / "b", shard_size=40, source="s", stop_after_shards=3, progress=False)
     assert len(part.shards) == 3
     rest = prepare_shards(iter(DOCS), tmp_path / "b", shard_size=40, source="s", progress=False)
     assert rest.resumed_from_shard == 3
