@@ -84,3 +84,18 @@ def _tiny():
     from pytorch_gpt2_from_scratch.model import GPT, GPTConfig
 
     return GPT(GPTConfig.preset("tiny"))
+
+
+def test_batch_ramp_grows_the_batch_in_micro_batches(tmp_path, shard_dir):
+    res = run(
+        tmp_path / "r",
+        shard_dir,
+        max_steps=3,
+        warmup_steps=1,
+        total_batch_size=128,
+        batch_ramp_steps=2,
+        eval_every=100,
+        checkpoint_every=100,
+    )
+    # micro-batch = 2 x 16 = 32 tokens, full batch = 4 micro-batches; linear ramp from 1 over 2 steps
+    assert [h["batch_tokens"] for h in res.history if "train_loss" in h] == [32, 64, 128]
