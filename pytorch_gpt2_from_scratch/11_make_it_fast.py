@@ -240,23 +240,30 @@ def fp16_side_rung(config, setup, x, y, device, args, peaks, flops_per_step) -> 
     return r
 
 
-def compare_with_hf(config, x, y, device, args, peaks) -> dict:
-    """Our eager fp32 step vs GPT2LMHeadModel's, interleaved on the same batch with the same optimizer."""
+def hf_twin(config: GPTConfig, device: torch.device, seed: int, dropout: bool = False):
+    """``transformers.GPT2LMHeadModel`` of the same shape; dropout 0 (our computation) or GPT2Config's 0.1."""
     from transformers import GPT2Config, GPT2LMHeadModel
     from transformers.utils import logging as hf_logging
 
     hf_logging.set_verbosity_error()
-    ours = build_model(config, StepSetup(attn_impl="sdpa"), device, args.seed)
-    hf_kwargs = dict(
+    kwargs = {} if dropout else dict(resid_pdrop=0.0, embd_pdrop=0.0, attn_pdrop=0.0)
+    hf_config = GPT2Config(
         vocab_size=config.vocab_size,
         n_positions=config.block_size,
         n_embd=config.n_embd,
         n_layer=config.n_layer,
         n_head=config.n_head,
+        **kwargs,
     )
-    torch.manual_seed(args.seed)
-    hf_same = GPT2LMHeadModel(GPT2Config(**hf_kwargs, resid_pdrop=0.0, embd_pdrop=0.0, attn_pdrop=0.0)).to(device)
-    hf_dropout = GPT2LMHeadModel(GPT2Config(**hf_kwargs)).to(device)  # GPT2Config defaults: dropout 0.1
+    torch.manual_seed(seed)
+    return GPT2LMHeadModel(hf_config).to(device)
+
+
+def compare_with_hf(config, x, y, device, args, peaks) -> dict:
+    """Our eager fp32 step vs GPT2LMHeadModel's, interleaved on the same batch with the same optimizer."""
+    ours = build_model(config, StepSetup(attn_impl="sdpa"), device, args.seed)
+    hf_same = hf_twin(config, device, args.seed)
+    hf_dropout = hf_twin(config, device, args.seed, dropout=True)
     fns = [
         make_train_step(m, StepSetup(), device, hf=h) for m, h in ((ours, False), (hf_same, True), (hf_dropout, True))
     ]
@@ -292,7 +299,7 @@ OP_CATEGORIES = [
     ("attention kernel", ("scaled_dot_product", "flash_attention", "_efficient_attention")),
     ("softmax / cross-entropy", ("softmax", "nll_loss", "cross_entropy")),
     ("layernorm", ("layer_norm",)),
-    ("optimizer", ("adam", "_foreach")),
+    ("optimizer (AdamW)", ("adam", "_foreach", "lerp", "addcdiv", "addcmul", "sqrt")),
     ("memory (copy/fill/cat/zero)", ("copy_", "fill_", "zero_", "cat", "clone", "contiguous", "to_copy", "empty")),
     ("elementwise (gelu, add, mul, tanh, ...)", ("gelu", "add", "mul", "tanh", "pow", "div", "sub", "where", "sum")),
 ]
@@ -318,20 +325,8 @@ def profile_step(step, x, y) -> dict[str, float]:
 
 def profile_ours_vs_hf(config, x, y, device, seed) -> str:
     """Markdown table: where one eager fp32 training step spends its time, ours vs GPT2LMHeadModel (dropout 0)."""
-    from transformers import GPT2Config, GPT2LMHeadModel
-
     ours = build_model(config, StepSetup(attn_impl="sdpa"), device, seed)
-    hf_config = GPT2Config(
-        vocab_size=config.vocab_size,
-        n_positions=config.block_size,
-        n_embd=config.n_embd,
-        n_layer=config.n_layer,
-        n_head=config.n_head,
-        resid_pdrop=0.0,
-        embd_pdrop=0.0,
-        attn_pdrop=0.0,
-    )
-    hf = GPT2LMHeadModel(hf_config).to(device)
+    hf = hf_twin(config, device, seed)
     a = profile_step(make_train_step(ours, StepSetup(), device), x, y)
     b = profile_step(make_train_step(hf, StepSetup(), device, hf=True), x, y)
     lines = ["| op category (self CPU time) | ours ms | GPT2LMHeadModel ms |", "|---|---:|---:|"]
