@@ -166,6 +166,9 @@ def make_config(preset: str = "cpu", **overrides) -> TrainConfig:
     if unknown:
         raise ValueError(f"unknown training option(s) {sorted(unknown)}")
     values = {**PRESETS[preset], **{k: v for k, v in overrides.items() if v is not None}}
+    if overrides.get("model") is not None:  # another model preset: its own sizes unless given explicitly
+        for k in ("n_layer", "n_head", "n_embd", "block_size"):
+            values[k] = overrides.get(k)
     cfg = TrainConfig(preset=preset, **values)
     if not 0 <= cfg.warmup_steps <= cfg.max_steps:
         raise ValueError(f"need 0 <= --warmup-steps <= --max-steps, got {cfg.warmup_steps} and {cfg.max_steps}")
@@ -539,7 +542,9 @@ def _train(cfg: TrainConfig, env) -> TrainResult:  # noqa: C901 - the training l
 def parse_args(argv=None) -> argparse.Namespace:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument("--preset", default="cpu", choices=list(PRESETS))
-    p.add_argument("--model", default=None, help="GPTConfig preset (cpu-small, gpt2, gpt2-medium, tiny, ...)")
+    p.add_argument(
+        "--model", default=None, help="GPTConfig preset (gpt2, gpt2-medium, cpu-small, tiny, ...) with its own sizes"
+    )
     for name in ("n_layer", "n_head", "n_embd", "block_size"):
         p.add_argument(f"--{name.replace('_', '-')}", type=int, default=None, help=f"override the model's {name}")
     p.add_argument("--data", default=None, help="a fineweb.py shard directory or a .txt/.jsonl file")
