@@ -5,11 +5,16 @@
   checkpoints, built offline.
 * ``gpt2_enc``: tiktoken's ``gpt2`` encoding, or a skip with the reason when it cannot be loaded offline.
 * ``shakespeare_tokens``: tiny Shakespeare as GPT-2 tokens, or a skip when the data is not available.
+* ``single_thread``: run a test with ``torch.set_num_threads(1)`` (restored afterwards). The models in these
+  tests are tiny; on a busy 2-core machine two OpenMP threads spin-wait on each other and the same tests take
+  ~5x longer (measured: 82 s vs 17 s for ``test_gpt2_*.py``). Opt in with
+  ``pytestmark = pytest.mark.usefixtures("single_thread")``.
 """
 
 from __future__ import annotations
 
 import pytest
+import torch
 
 from pytorch_basis.common import DownloadError
 
@@ -41,3 +46,13 @@ def shakespeare_tokens(gpt2_enc):
         return load_tinyshakespeare_tokens()
     except DownloadError as e:
         pytest.skip(f"tiny Shakespeare not available offline (set LLM_SCRATCH_DATA=../shared/data): {e}")
+
+
+@pytest.fixture
+def single_thread():
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        yield
+    finally:
+        torch.set_num_threads(threads)

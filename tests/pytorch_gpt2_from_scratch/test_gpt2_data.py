@@ -8,6 +8,8 @@ from pytorch_basis.common import DownloadError
 from pytorch_gpt2_from_scratch import data
 from pytorch_gpt2_from_scratch.data import DataLoaderLite
 
+pytestmark = pytest.mark.usefixtures("single_thread")  # tiny models: see conftest.py
+
 
 @pytest.mark.parametrize(("N", "B", "T", "P"), [(103, 2, 5, 1), (100, 2, 5, 1), (257, 3, 4, 3), (50, 1, 7, 2)])
 def test_every_token_exactly_once_per_epoch(N, B, T, P):

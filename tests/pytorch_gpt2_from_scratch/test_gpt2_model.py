@@ -9,6 +9,8 @@ from transformers import GPT2Config, GPT2LMHeadModel
 
 from pytorch_gpt2_from_scratch.model import GPT, GPTConfig, PretrainedNotAvailableError, load_hf_checkpoint
 
+pytestmark = pytest.mark.usefixtures("single_thread")  # tiny models: see conftest.py
+
 
 def _hf(folder):
     return GPT2LMHeadModel.from_pretrained(folder).eval()

@@ -6,6 +6,8 @@ import torch
 from pytorch_gpt2_from_scratch.model import GPT, GPTConfig
 from pytorch_gpt2_from_scratch.sampling import generate, generate_text, sample_next
 
+pytestmark = pytest.mark.usefixtures("single_thread")  # tiny models: see conftest.py
+
 
 def _model():
     return GPT(GPTConfig(n_layer=2, n_head=2, n_embd=32, block_size=16, vocab_size=300)).eval()
