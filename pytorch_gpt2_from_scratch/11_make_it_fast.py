@@ -165,6 +165,16 @@ def matmul_peak(device: torch.device, dtype: torch.dtype, n: int | None = None, 
     return 2 * n**3 / best
 
 
+def cpu_model_name() -> str:
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return platform.processor() or platform.machine()
+
+
 def gpu_bf16_peak(device: torch.device) -> tuple[float, str]:
     name = torch.cuda.get_device_name(device)
     for key, peak in GPU_BF16_PEAK.items():
@@ -400,7 +410,10 @@ def main(
     seed: int = 1337,
     out: str | None = None,
     profile: bool = False,
+    threads: int | None = None,
 ) -> dict:
+    if threads:
+        torch.set_num_threads(threads)  # on a busy machine 1 thread avoids OpenMP threads spin-waiting on each other
     dev = resolve_device(device)
     is_cuda = dev.type == "cuda"
     preset = preset or ("gpt2" if is_cuda else "cpu-small")
@@ -453,9 +466,13 @@ def main(
             hf["ours_peak_fraction"] = flops / (hf["ours_ms"] / 1e3) / peaks["fp32"]
             hf["hf_peak_fraction"] = flops / (hf["hf_ms"] / 1e3) / peaks["fp32"]
     load_after = os.getloadavg()[0] if hasattr(os, "getloadavg") else math.nan
-    cpu_name = platform.processor() or platform.machine()
+    cpu_name = cpu_model_name()
     meta = dict(
-        device=(torch.cuda.get_device_name(dev) if is_cuda else f"CPU ({os.cpu_count()} cores, {cpu_name})"),
+        device=(
+            torch.cuda.get_device_name(dev)
+            if is_cuda
+            else f"CPU ({os.cpu_count()} cores, {cpu_name}), torch threads: {torch.get_num_threads()}"
+        ),
         device_type=dev.type,
         torch=torch.__version__,
         date=datetime.date.today().isoformat(),
@@ -496,6 +513,7 @@ def parse_args(argv=None):
     p.add_argument("--rung-budget-s", type=float, default=120.0, help="stop timing a rung after this many seconds")
     p.add_argument("--seed", type=int, default=1337)
     p.add_argument("--profile", action="store_true", help="CPU: also profile one step of ours and of HF by op type")
+    p.add_argument("--threads", type=int, default=None, help="torch.set_num_threads (default: torch's choice)")
     p.add_argument("--out", default=None, help="markdown file (default: out/gpt2_from_scratch/11_make_it_fast.md)")
     args = p.parse_args(argv)
     args.skip = tuple(args.skip)

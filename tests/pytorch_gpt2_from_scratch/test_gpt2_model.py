@@ -206,3 +206,13 @@ def test_triton_impl_missing_module_is_a_clear_import_error(monkeypatch):
     model = GPT(GPTConfig.preset("tiny", attn_impl="triton"))
     with pytest.raises(ImportError, match="attn_impl='triton' needs"):
         model(torch.zeros(1, 8, dtype=torch.long))
+
+
+def test_triton_impl_equals_sdpa_when_the_kernel_is_there():
+    pytest.importorskip("triton_flash_attention_scratch.triton_flash", reason="chapter-4 Triton kernel not present")
+    sdpa = GPT(GPTConfig.preset("tiny", block_size=16))
+    triton = GPT(GPTConfig.preset("tiny", block_size=16, attn_impl="triton"))
+    triton.load_state_dict(sdpa.state_dict())
+    idx = torch.randint(0, 50257, (1, 16))
+    with torch.no_grad():
+        torch.testing.assert_close(triton(idx)[0], sdpa(idx)[0], atol=1e-4, rtol=1e-4)
