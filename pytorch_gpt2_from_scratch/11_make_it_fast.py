@@ -201,6 +201,12 @@ def run_ladder(config, x, y, device, args, peaks) -> list[Result]:
     best: Result | None = None
     tokens = x.numel()
     flops_per_step = train_flops(config, x.size(0), x.size(1))
+    if args.warmup > 0:
+        # Process warm-up, discarded: on the CPU the first model trained in a fresh process ran ~1.5x slower for
+        # many steps (allocator and page-fault warm-up), which would flatter every later rung.
+        model = build_model(config, StepSetup(), device, args.seed)
+        time_steps([make_train_step(model, StepSetup(), device)], x, y, device, 0, args.warmup, args.rung_budget_s)
+        del model
     for name, change, ref_ms in LADDER:
         if name in args.skip_names:
             print(f"{name:36s} skipped (--skip)")
