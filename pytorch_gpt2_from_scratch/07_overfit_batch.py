@@ -28,9 +28,9 @@ import matplotlib
 matplotlib.use("Agg")
 import matplotlib.pyplot as plt
 import torch
-from tqdm.auto import tqdm
 
 from pytorch_basis.common import add_device_argument, out_dir, resolve_device, run_cli, seed_everything
+from pytorch_gpt2_from_scratch.basic_training import train_steps
 from pytorch_gpt2_from_scratch.data import load_tinyshakespeare_tokens
 from pytorch_gpt2_from_scratch.model import GPT, PRESET_NAMES, GPTConfig
 
@@ -60,19 +60,10 @@ def main(
     seed_everything(seed)
     dev = resolve_device(device)
     buf = load_tinyshakespeare_tokens()[: B * T + 1]
-    x, y = buf[:-1].view(B, T).to(dev), buf[1:].view(B, T).to(dev)  # the one batch we memorise
+    x, y = buf[:-1].view(B, T), buf[1:].view(B, T)  # the one batch we memorise
     model = GPT(GPTConfig.preset(preset)).to(dev)
     optimizer = torch.optim.AdamW(model.parameters(), lr=lr)
-    losses = []
-    for step in (bar := tqdm(range(steps), desc="overfit one batch")):
-        optimizer.zero_grad(set_to_none=True)
-        _, loss = model(x, y)
-        loss.backward()
-        optimizer.step()
-        losses.append(loss.item())
-        bar.set_postfix(loss=f"{losses[-1]:.4f}")
-        if step % 10 == 0 or step == steps - 1:
-            tqdm.write(f"step {step:3d} | loss {losses[-1]:.6f}")
+    losses = train_steps(model, optimizer, lambda: (x, y), steps, dev, desc="overfit one batch")
     png = plot_losses(losses, out_dir("gpt2_from_scratch") / "07_overfit_batch.png", f"{preset}: one batch")
     print(f"loss {losses[0]:.3f} -> {losses[-1]:.4f} in {steps} steps; curve: {png}")
     return dict(losses=losses, png=png)

@@ -19,9 +19,9 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # repo root: import the chapter modules
 
 import torch
-from tqdm.auto import tqdm
 
 from pytorch_basis.common import add_device_argument, resolve_device, run_cli, seed_everything
+from pytorch_gpt2_from_scratch.basic_training import train_steps
 from pytorch_gpt2_from_scratch.data import DataLoaderLite, gpt2_encoding, load_tinyshakespeare_tokens
 from pytorch_gpt2_from_scratch.model import GPT, PRESET_NAMES, GPTConfig
 
@@ -47,17 +47,7 @@ def main(
 
     model = GPT(GPTConfig.preset(preset)).to(dev)
     optimizer = torch.optim.AdamW(model.parameters(), lr=lr)
-    losses = []
-    for step in tqdm(range(steps), desc="train on tiny Shakespeare"):
-        x, y = loader.next_batch()
-        x, y = x.to(dev), y.to(dev)
-        optimizer.zero_grad(set_to_none=True)
-        _, loss = model(x, y)
-        loss.backward()
-        optimizer.step()
-        losses.append(loss.item())
-        if step % 10 == 0 or step == steps - 1:
-            tqdm.write(f"step {step:3d} | loss {losses[-1]:.4f}")
+    losses = train_steps(model, optimizer, loader.next_batch, steps, dev, desc="train on tiny Shakespeare")
     print(f"loss {losses[0]:.3f} -> {losses[-1]:.3f}; loader state {loader.state_dict()}")
     return dict(losses=losses, loader_state=loader.state_dict(), batches_per_epoch=loader.num_tokens // (B * T))
 
