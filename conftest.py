@@ -5,6 +5,9 @@
 * Every test starts from the same seed (autouse fixture).
 * ``load_lesson(chapter, number)`` imports a numbered lesson file (``NN_name.py``) by path.
 * Tests marked ``gpu`` are skipped without CUDA.
+* With ``LLM_SCRATCH_FORBID_SKIPS=1`` (set by ``.ci/run``) the run fails if any test *other than* a ``gpu`` one
+  was skipped: a test that skips because the offline tokenizer or data cache is missing must not pass silently.
+* Floating-point comparisons follow one policy, ``tests/numerics.py`` (explained in ``tests/README.md``).
 """
 
 from __future__ import annotations
@@ -74,3 +77,24 @@ def pytest_collection_modifyitems(config, items):
     for item in items:
         if "gpu" in item.keywords:
             item.add_marker(skip_gpu)
+
+
+_SKIPPED_NON_GPU: list[str] = []
+
+
+def pytest_runtest_logreport(report):
+    if report.skipped and "gpu" not in report.keywords:
+        reason = report.longrepr[2] if isinstance(report.longrepr, tuple) else str(report.longrepr)
+        _SKIPPED_NON_GPU.append(f"{report.nodeid}: {reason}")
+
+
+def pytest_sessionfinish(session, exitstatus):
+    if os.environ.get("LLM_SCRATCH_FORBID_SKIPS") == "1" and _SKIPPED_NON_GPU and exitstatus == 0:
+        session.exitstatus = 1
+
+
+def pytest_terminal_summary(terminalreporter, exitstatus, config):
+    if os.environ.get("LLM_SCRATCH_FORBID_SKIPS") == "1" and _SKIPPED_NON_GPU:
+        terminalreporter.section("skips that are not allowed here (LLM_SCRATCH_FORBID_SKIPS=1)")
+        for line in _SKIPPED_NON_GPU:
+            terminalreporter.write_line(line)
