@@ -128,3 +128,69 @@ def test_bad_file_is_rejected(tmp_path):
     path.write_text(json.dumps({"ctx": "x", "endings": ["a", "b"], "label": 0}) + "\n")
     with pytest.raises(ValueError, match="not a HellaSwag example"):
         list(iter_examples(path))
+
+
+LONG_EXAMPLE = {
+    "ctx": "The committee met on a grey Tuesday morning to discuss, at considerable length and with many digressions "
+    "about the weather, the budget of the village fete, the tombola, and the",
+    "endings": ["cake stall.", "moon landing of nineteen sixty nine.", "colour of the sea.", "end."],
+    "label": 0,
+}  # context + ending is far longer than block_size 20 below
+
+
+@pytest.fixture(scope="module")
+def short_models(tmp_path_factory):
+    """The same kind of model with only 20 positions, so rows longer than block_size must be cropped."""
+    from transformers import GPT2Config, GPT2LMHeadModel
+
+    torch.manual_seed(1)
+    cfg = GPT2Config(n_layer=2, n_head=2, n_embd=32, n_positions=20, vocab_size=50257, initializer_range=0.4)
+    hf = GPT2LMHeadModel(cfg).eval()
+    folder = tmp_path_factory.mktemp("hf_gpt2_short")
+    hf.save_pretrained(folder)
+    return hf, GPT.from_pretrained(str(folder), attn_impl="manual").eval()
+
+
+def cropped_reference_preds(hf, enc, example, block_size):
+    """Independent scoring: each row ``ctx + ending`` on its own, keeping its last ``block_size`` tokens."""
+    ctx = enc.encode(example["ctx"])
+    sums, avgs = [], []
+    for ending in example["endings"]:
+        end = enc.encode(" " + ending)
+        ids = (ctx + end)[-block_size:]
+        n_end = min(len(end), len(ids) - 1)  # the first kept token has no prediction
+        with torch.no_grad():
+            logp = torch.log_softmax(hf(torch.tensor([ids])).logits[0].double(), dim=-1)
+        nll = [-logp[len(ids) - n_end + i - 1, ids[len(ids) - n_end + i]].item() for i in range(n_end)]
+        sums.append(sum(nll))
+        avgs.append(sum(nll) / n_end)
+    return min(range(4), key=sums.__getitem__), min(range(4), key=avgs.__getitem__)
+
+
+@pytest.mark.parametrize("batch_examples", [1, 8])
+def test_over_long_row_is_cropped_on_its_own(enc, short_models, tmp_path, batch_examples):
+    """A row longer than block_size shares a batch with short ones: every prediction equals the per-row reference,
+    for batch sizes 1 and 8 (before the fix the batch was cropped as a whole and short rows lost their endings)."""
+    hf, ours = short_models
+    short = [dict(ex, ctx=ex["ctx_b"]) for ex in EXAMPLES]  # short contexts: rows of 4..12 tokens
+    examples = [short[0], LONG_EXAMPLE, *short[1:], LONG_EXAMPLE, short[0]]  # 8 examples, two over-long
+    assert len(enc.encode(LONG_EXAMPLE["ctx"])) > 20
+    path = tmp_path / "hs.jsonl"
+    path.write_text("".join(json.dumps(e) + "\n" for e in examples))
+    ref = [cropped_reference_preds(hf, enc, ex, 20) for ex in examples]
+    res = evaluate(ours, iter_examples(path), batch_examples=batch_examples)
+    assert res.preds == [r[0] for r in ref]
+    assert res.preds_norm == [r[1] for r in ref]
+
+
+def test_crop_row_keeps_the_ending():
+    from pytorch_gpt2_from_scratch.hellaswag import crop_row
+
+    tokens = torch.tensor([5, 6, 7, 8, 9, 0, 0])  # 3 context, 2 ending, 2 padding
+    mask = torch.tensor([0, 0, 0, 1, 1, 0, 0])
+    t, m = crop_row(tokens, mask, 3)
+    assert t.tolist() == [7, 8, 9] and m.tolist() == [0, 1, 1]
+    t, m = crop_row(tokens, mask, None)
+    assert t.tolist() == [5, 6, 7, 8, 9] and m.tolist() == [0, 0, 0, 1, 1]
+    with pytest.raises(ValueError, match="empty ending"):
+        crop_row(tokens, torch.zeros_like(mask), 3)
