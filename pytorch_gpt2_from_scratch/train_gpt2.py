@@ -267,7 +267,17 @@ def sample_text(model: GPT, cfg: TrainConfig, device: torch.device, seed: int) -
 
 # --------------------------------------------------------------------------------------------- plot
 def plot_history(history: list[dict], path: Path, title: str, fineweb_reference: bool = False) -> Path:
-    """Train/val loss (and HellaSwag, when it was evaluated) as a PNG.
+    """:func:`history_figure` written to ``path`` as a PNG."""
+    import matplotlib.pyplot as plt
+
+    fig = history_figure(history, title, fineweb_reference)
+    fig.savefig(path, dpi=80)
+    plt.close(fig)
+    return path
+
+
+def history_figure(history: list[dict], title: str, fineweb_reference: bool = False):
+    """Train/val loss (and HellaSwag, when it was evaluated) as a matplotlib figure.
 
     Reference lines only where they are comparable: GPT-2 124M's validation loss is measured on FineWeb-Edu, so it
     is drawn only when ``fineweb_reference`` (the run trains on FineWeb-Edu shards); the HellaSwag panel, with the
@@ -307,9 +317,7 @@ def plot_history(history: list[dict], path: Path, title: str, fineweb_reference:
         ax2.set_ylabel("HellaSwag acc_norm (fraction correct)")
         ax2.legend()
     fig.tight_layout()
-    fig.savefig(path, dpi=80)
-    plt.close(fig)
-    return path
+    return fig
 
 
 # --------------------------------------------------------------------------------------------- the loop
