@@ -9,6 +9,7 @@ import torch
 
 from pytorch_gpt2_from_scratch.hellaswag import evaluate, iter_examples, render_example
 from pytorch_gpt2_from_scratch.model import GPT
+from tests.numerics import assert_close_to_fp64, to_double
 
 # Hand-written examples in the dataset's JSONL format (fields of hellaswag_val.jsonl).
 EXAMPLES = [
@@ -63,7 +64,8 @@ def reference_scores(hf, enc, example):
         end = enc.encode(" " + ending)
         ids = torch.tensor([ctx + end])
         with torch.no_grad():
-            logp = torch.log_softmax(hf(ids).logits[0].double(), dim=-1)  # (L, V)
+            logits = hf(ids).logits[0]  # (L, V), in the model's own precision
+            logp = torch.log_softmax(logits, dim=-1)
         nll = [-logp[len(ctx) + i - 1, tok].item() for i, tok in enumerate(end)]
         sums.append(sum(nll))
         avgs.append(sum(nll) / len(nll))
@@ -98,18 +100,22 @@ def test_acc_matches_gpt2lmheadmodel(enc, models, tmp_path, batch_examples):
     assert res.acc_norm == sum(p == lab for p, lab in zip(ref_pred_norm, labels)) / len(EXAMPLES)
 
 
+@pytest.mark.parity
 def test_losses_match_reference(enc, models):
+    """Summed / mean ending losses against the per-ending HF scoring, run in float64 and in fp32."""
     from pytorch_gpt2_from_scratch.hellaswag import completion_losses
 
     hf, ours = models
+    hf64 = to_double(hf)
     for ex in EXAMPLES[:2]:
         tokens, mask, _ = render_example(ex, enc)
         with torch.no_grad():
             logits, _ = ours(tokens)
         sum_loss, avg_loss = completion_losses(logits, tokens, mask)
-        sums, avgs = reference_scores(hf, enc, ex)
-        torch.testing.assert_close(sum_loss.double(), torch.tensor(sums, dtype=torch.double), atol=1e-3, rtol=1e-5)
-        torch.testing.assert_close(avg_loss.double(), torch.tensor(avgs, dtype=torch.double), atol=1e-4, rtol=1e-5)
+        (s32, a32), (s64, a64) = (reference_scores(m, enc, ex) for m in (hf, hf64))
+        t = torch.tensor
+        assert_close_to_fp64(sum_loss, t(s64, dtype=torch.float64), t(s32), what="summed ending loss")
+        assert_close_to_fp64(avg_loss, t(a64, dtype=torch.float64), t(a32), what="mean ending loss")
 
 
 def test_rank_split_covers_every_example(enc, models, tmp_path):
