@@ -72,6 +72,10 @@ def test_17_shards_of_a_local_text(load_lesson, enc, tmp_path):
     res = load_lesson(CH, 17).main(input=str(text), shard_size=400, workers=1, out=str(tmp_path / "sh"))
     assert res["num_eot"] == 30 == res["result"].num_documents
     assert res["first_batch"][0].shape == (2, 16)
+    # token counts per document recomputed here with tiktoken: BPE of the paragraph + its <|endoftext|>
+    paragraphs = [d for d in text.read_text().split("\n\n") if d]
+    assert res["counts"].tolist() == [len(enc.encode_ordinary(d)) + 1 for d in paragraphs]
+    assert res["counts"].sum() == res["result"].num_tokens and res["png"].exists()
 
 
 def test_18_validation_and_sampling(load_lesson, enc):
