@@ -266,3 +266,15 @@ def test_torchrun_two_gloo_ranks_log_and_save_once(shard_dir, tmp_path):
     single = run(tmp_path / "one", shard_dir, max_steps=2, batch_size=4, total_batch_size=64, eval_every=2)
     single_loss = next(h["train_loss"] for h in single.history if "train_loss" in h)
     assert abs(ddp_loss - single_loss) <= 64 * torch.finfo(torch.float32).eps * abs(single_loss)
+
+
+def test_module_docstring_describes_the_cpu_preset_truly():
+    """The docstring's sentence about the cpu preset names the sizes the preset really has."""
+    import re
+
+    from pytorch_gpt2_from_scratch import train_gpt2
+
+    m = re.search(r"``cpu`` \(default\): a (\d+)-layer, (\d+)-head, (\d+)-wide GPT \(block (\d+)\)", train_gpt2.__doc__)
+    assert m, "the docstring no longer describes the cpu preset"
+    cfg = train_gpt2.make_config("cpu")
+    assert tuple(map(int, m.groups())) == (cfg.n_layer, cfg.n_head, cfg.n_embd, cfg.block_size)
