@@ -278,3 +278,31 @@ def test_module_docstring_describes_the_cpu_preset_truly():
     assert m, "the docstring no longer describes the cpu preset"
     cfg = train_gpt2.make_config("cpu")
     assert tuple(map(int, m.groups())) == (cfg.n_layer, cfg.n_head, cfg.n_embd, cfg.block_size)
+
+
+@pytest.mark.slow  # torchrun starts 3 interpreters
+def test_sigterm_to_one_rank_stops_both_ranks_at_the_same_step(shard_dir, tmp_path):
+    """SIGTERM to rank 1 only: the stop request is all-reduced, both ranks leave the loop after the same step (the
+    run ends cleanly instead of hanging in a collective), and rank 0's checkpoint holds exactly the steps done."""
+    out = tmp_path / "ddp"
+    args = tiny_cli_args(shard_dir, out) + ["--max-steps", "100000", "--total-batch-size", "64"]
+    env = {**os.environ, "PYTHONPATH": str(ROOT), "OMP_NUM_THREADS": "1", "PYTHONUNBUFFERED": "1"}
+    cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2", str(SCRIPT), *args]
+    agent = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env)
+    log = out / "log.txt"
+    deadline = time.time() + 240
+    while not (log.exists() and "step     1 | loss" in log.read_text()):
+        assert agent.poll() is None and time.time() < deadline, "torchrun did not start training"
+        time.sleep(0.1)
+    rank1 = None
+    for pid in subprocess.run(["pgrep", "-P", str(agent.pid)], capture_output=True, text=True).stdout.split():
+        environ = Path(f"/proc/{pid}/environ").read_bytes().split(b"\0")
+        if b"RANK=1" in environ:
+            rank1 = int(pid)
+    assert rank1 is not None, "rank 1's process not found"
+    os.kill(rank1, signal.SIGTERM)
+    stdout, stderr = agent.communicate(timeout=240)
+    assert agent.returncode == 0, stderr[-3000:]
+    trained = [json.loads(x)["step"] for x in (out / "log.jsonl").read_text().splitlines() if "train_loss" in x]
+    assert load_checkpoint(out / "ckpt.pt")["step"] == len(trained) == trained[-1] + 1
+    assert "stop requested" in stdout
