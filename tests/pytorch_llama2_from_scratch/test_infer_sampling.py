@@ -121,8 +121,8 @@ def test_greedy_and_sampling_frequencies(logits):
 @pytest.mark.parametrize(
     "call, match",
     [
-        (lambda z: S.apply_temperature(z, 0.0), "temperature must be > 0"),
-        (lambda z: S.apply_temperature(z, -1.0), "temperature must be > 0"),
+        (lambda z: S.apply_temperature(z, 0.0), "temperature must be a finite number > 0"),
+        (lambda z: S.apply_temperature(z, -1.0), "temperature must be a finite number > 0"),
         (lambda z: S.top_k_filter(z, 0), "top_k must be an integer >= 1"),
         (lambda z: S.top_k_filter(z, 2.5), "top_k must be an integer >= 1"),
         (lambda z: S.top_p_filter(z, 0.0), r"top_p must be in \(0, 1\]"),
@@ -131,7 +131,7 @@ def test_greedy_and_sampling_frequencies(logits):
         (lambda z: S.min_p_filter(z, 1.1), r"min_p must be in \[0, 1\]"),
         (lambda z: S.apply_repetition_penalty(z, torch.zeros(B, 1, dtype=torch.long), 0.0), "repetition_penalty"),
         (lambda z: S.greedy(z[0]), r"shape \(batch, vocab\)"),
-        (lambda z: S.SamplingConfig(do_sample=True, temperature=0), "temperature must be > 0"),
+        (lambda z: S.SamplingConfig(do_sample=True, temperature=0), "temperature must be a finite number > 0"),
         (lambda z: S.SamplingConfig.from_strategy("top_p", top_p=2.0), "top_p"),
         (lambda z: S.SamplingConfig.from_strategy("nucleus"), "unknown strategy 'nucleus'"),
         (lambda z: S.check_num_beams(0), "num_beams must be an integer >= 1"),
