@@ -92,3 +92,36 @@ def hf_logits64(hf_model, tokens: torch.Tensor, **kwargs) -> tuple[torch.Tensor,
 def hf_ref():
     """``hf_ref(hf_model, tokens)`` -> ``(ref64, ref32)`` logits (see :func:`hf_logits64`)."""
     return hf_logits64
+
+
+def hf_from_ours(model) -> torch.nn.Module:
+    """An HF ``LlamaForCausalLM`` holding our model's weights (Meta -> HF names, q/k rows permuted for HF's RoPE)."""
+    from transformers import LlamaConfig, LlamaForCausalLM
+
+    from pytorch_llama2_from_scratch.loading import meta_to_hf_name
+    from pytorch_llama2_from_scratch.model import permute_for_hf
+
+    a = model.args
+    config = LlamaConfig(
+        vocab_size=a.vocab_size,
+        hidden_size=a.dim,
+        intermediate_size=a.ffn_hidden,
+        num_hidden_layers=a.n_layers,
+        num_attention_heads=a.n_heads,
+        num_key_value_heads=a.n_kv_heads,
+        max_position_embeddings=a.max_seq_len,
+        rms_norm_eps=a.norm_eps,
+        rope_theta=a.rope_theta,
+        tie_word_embeddings=False,
+        attn_implementation="eager",
+    )
+    state = {}
+    for name, t in model.state_dict().items():
+        if name.endswith("attention.wq.weight"):
+            t = permute_for_hf(t, a.n_heads)
+        elif name.endswith("attention.wk.weight"):
+            t = permute_for_hf(t, a.n_kv_heads)
+        state[meta_to_hf_name(name)] = t.detach().float()
+    hf = LlamaForCausalLM(config).eval()
+    hf.load_state_dict(state)
+    return hf
