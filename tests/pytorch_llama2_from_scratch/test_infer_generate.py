@@ -200,3 +200,34 @@ def test_beam_search_without_cache_is_the_same(pair):
 def test_bad_input_raises_clear_errors(pair, call, match):
     with pytest.raises(ValueError, match=match):
         call(pair[0])
+
+
+@pytest.mark.parametrize(
+    "settings",
+    [
+        dict(temperature=0.9),
+        dict(temperature=0.7, top_k=20),
+        dict(temperature=1.0, top_p=0.8),
+        dict(temperature=0.8, min_p=0.1),
+        dict(temperature=1.3, top_k=30, top_p=0.9, repetition_penalty=1.2),
+    ],
+    ids=["temperature", "top_k", "top_p", "min_p", "chain"],
+)
+@pytest.mark.parametrize("seed", [0, 1])
+def test_sampled_generate_equals_hf_sampling_under_the_same_seed(pair, settings, seed):
+    """HF ``generate(do_sample=True)`` draws one ``torch.multinomial`` per step from the global RNG, in the same
+    order as ours (``generator=None``): with the same seed and the same processed distribution the tokens are
+    equal, token for token. (Ours and HF's probabilities may differ by a few ulps; a draw would have to land
+    within those ulps of a cumulative-probability boundary to differ, about 1e-6 per step.)"""
+    ours, hf = pair
+    prompt, n = PROMPTS[0], 16
+    cfg = SamplingConfig(do_sample=True, **settings)
+    torch.manual_seed(seed)
+    got = generate(ours, [prompt], n, cfg)[0]
+    torch.manual_seed(seed)
+    ids = torch.tensor([prompt])
+    hf_settings = {"top_k": 0, "top_p": 1.0, **settings}  # HF's defaults would add top_k=50
+    ref = hf.generate(
+        ids, attention_mask=torch.ones_like(ids), max_new_tokens=n, do_sample=True, pad_token_id=PAD, **hf_settings
+    )
+    assert got == ref[0, len(prompt) :].tolist()

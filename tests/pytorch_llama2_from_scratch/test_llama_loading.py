@@ -4,6 +4,7 @@ of the Hugging Face reference; broken checkpoints name their keys; tokenizers lo
 from __future__ import annotations
 
 import json
+import sys
 
 import pytest
 import torch
@@ -203,15 +204,67 @@ def test_tokenizer_json(tmp_path):
     assert loaded.vocab_size == tok.get_vocab_size()
 
 
-def test_tokenizer_errors(tmp_path):
+def test_tokenizer_errors(tmp_path, monkeypatch):
     with pytest.raises(FileNotFoundError, match="expected tokenizer.model"):
         load_tokenizer(tmp_path)
-    try:
-        import sentencepiece  # noqa: F401
-    except ImportError:
-        (tmp_path / "tokenizer.model").write_bytes(b"not really")
-        with pytest.raises(ImportError, match="sentencepiece"):
-            load_tokenizer(tmp_path)
+    (tmp_path / "tokenizer.model").write_bytes(b"not really")
+    monkeypatch.setitem(sys.modules, "sentencepiece", None)  # as if the package were not installed
+    with pytest.raises(ImportError, match="needs the 'sentencepiece' package"):
+        load_tokenizer(tmp_path)
+
+
+_SP_TEXT = [
+    "To be, or not to be, that is the question:",
+    "Whether 'tis nobler in the mind to suffer",
+    "The slings and arrows of outrageous fortune,",
+    "Or to take arms against a sea of troubles, 1601",
+] * 30
+
+
+def _train_sentencepiece(directory) -> None:
+    """A tiny BPE tokenizer.model trained offline with Llama's settings (byte fallback, identity normalisation,
+    a dummy prefix space, digits split)."""
+    import io
+
+    import sentencepiece as spm
+
+    buf = io.BytesIO()
+    spm.SentencePieceTrainer.train(
+        sentence_iterator=iter(_SP_TEXT),
+        model_writer=buf,
+        vocab_size=400,
+        model_type="bpe",
+        character_coverage=1.0,
+        byte_fallback=True,
+        unk_id=0,
+        bos_id=1,
+        eos_id=2,
+        normalization_rule_name="identity",
+        remove_extra_whitespaces=False,
+        add_dummy_prefix=True,
+        split_digits=True,
+        minloglevel=2,
+    )
+    (directory / "tokenizer.model").write_bytes(buf.getvalue())
+
+
+def test_sentencepiece_tokenizer_matches_transformers(tmp_path):
+    """``tokenizer.model`` through SentencePiece against transformers' ``LlamaTokenizer`` on the same file (which
+    converts the pieces into its own BPE implementation): the same ids after BOS, the same text back."""
+    from transformers import LlamaTokenizer
+
+    _train_sentencepiece(tmp_path)
+    tok = load_tokenizer(tmp_path)
+    assert tok.kind == "sentencepiece" and (tok.bos_id, tok.eos_id, tok.pad_id) == (1, 2, None)
+    assert tok.vocab_size == 400
+    ref = LlamaTokenizer.from_pretrained(str(tmp_path))
+    # texts that start with a non-space (HF and SentencePiece treat leading spaces differently, by design)
+    texts = ["To be or not", "Whether the question \u00e9 \u00fcn\u00efcode \U0001f642", "a\nb  c", "x 12345 y"]
+    for text in texts:
+        ids = tok.encode(text, bos=True, eos=True)
+        assert ids == [1, *ref(text, add_special_tokens=False)["input_ids"], 2], text
+        assert tok.decode(ids) == text == ref.decode(ids, skip_special_tokens=True)
+    assert any(i >= 3 and i < 3 + 256 for i in tok.encode("\U0001f642"))  # unseen emoji -> byte-fallback pieces
 
 
 def test_published_llama2_configs_map_to_the_presets():
