@@ -41,6 +41,10 @@ def _qkv(B, H, H_kv, N, D, N_kv=None, dtype=torch.float32):
     )
 
 
+# the parity subset (rerun per CPU instruction set, kept fast): the grouped-query and the odd-length shapes
+PARITY_SHAPES = [pytest.param(s, marks=pytest.mark.parity) if i in (1, 2) else s for i, s in enumerate(SHAPES)]
+
+
 def _sdpa(q, k, v, causal, scale=None):
     rep = q.shape[1] // k.shape[1]  # expand K/V heads explicitly: independent of the GQA code under test
     k, v = k.repeat_interleave(rep, dim=1), v.repeat_interleave(rep, dim=1)
@@ -78,9 +82,8 @@ def _autograd_reference(q, k, v, do, causal, dtype=torch.float32):
     return o.detach(), q.grad, k.grad, v.grad
 
 
-@pytest.mark.parity
 @pytest.mark.parametrize("causal", [False, True])
-@pytest.mark.parametrize("shape", SHAPES)
+@pytest.mark.parametrize("shape", PARITY_SHAPES)
 def test_forward_matches_sdpa(shape, causal):
     B, H, H_kv, N, D, bq, bk = shape
     q, k, v = _qkv(B, H, H_kv, N, D)
@@ -111,9 +114,8 @@ def test_cross_attention_lengths_and_scale(n_kv):
     close64("flash", flash_attention_forward(q, k, v, False, 0.3, 16, 8)[0], ref)
 
 
-@pytest.mark.parity
 @pytest.mark.parametrize("causal", [False, True])
-@pytest.mark.parametrize("shape", SHAPES)
+@pytest.mark.parametrize("shape", PARITY_SHAPES)
 def test_backward_matches_autograd(shape, causal):
     B, H, H_kv, N, D, bq, bk = shape
     q, k, v = _qkv(B, H, H_kv, N, D)

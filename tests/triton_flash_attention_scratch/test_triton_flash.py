@@ -49,8 +49,8 @@ MATRIX = [
     (1, 2, 1, 257, 32, True, torch.float32),
     (1, 1, 1, 257, 16, False, torch.float16),
 ]
-# the parity subset (rerun per CPU instruction set): the fast cases, still fp32 + fp16, causal + not, GQA
-PARITY_CASES = {0, 2, 3, 4, 5, 6, 7}
+# the parity subset (rerun per CPU instruction set, kept fast): fp32 + fp16, causal + not, GQA, N = 1 and odd N
+PARITY_CASES = {0, 3, 4, 5}
 
 
 def _ids(case):
