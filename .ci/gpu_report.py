@@ -255,41 +255,71 @@ class Recorder:
         self.flush()
 
 
-def cuda_ms(fn: Callable[[], object], inner: int, reps: int = 5, warmup: int = 3) -> list[float]:
-    """Milliseconds per call of ``fn``: ``reps`` CUDA-event timings of ``inner`` back-to-back calls each."""
+def report_device():
+    """The device the parts measure: ``cuda`` (``CUDA_VISIBLE_DEVICES`` picks the GPU); ``$GPU_REPORT_DEVICE=cpu``
+    runs the parts' code on the CPU, which only makes sense with tiny sizes (how this module's code is exercised
+    without a GPU)."""
     import torch
+
+    return torch.device(os.environ.get("GPU_REPORT_DEVICE", "cuda"))
+
+
+def sync(dev) -> None:
+    import torch
+
+    if dev.type == "cuda":
+        torch.cuda.synchronize(dev)
+
+
+def timed_s(fn: Callable[[], object], dev) -> tuple[float, object]:
+    """Seconds of one call of ``fn`` (CUDA events on a GPU, synchronised before and after) and its result."""
+    import torch
+
+    sync(dev)
+    if dev.type != "cuda":
+        t0 = time.perf_counter()
+        out = fn()
+        return time.perf_counter() - t0, out
+    start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
+    start.record()
+    out = fn()
+    end.record()
+    end.synchronize()
+    return start.elapsed_time(end) / 1e3, out
+
+
+def cuda_ms(fn: Callable[[], object], dev, inner: int, reps: int = 5, warmup: int = 3) -> list[float]:
+    """Milliseconds per call of ``fn``: ``reps`` timings (CUDA events) of ``inner`` back-to-back calls each."""
+
+    def batch():
+        for _ in range(inner):
+            fn()
 
     for _ in range(warmup):
         fn()
-    torch.cuda.synchronize()
-    out = []
-    for _ in range(reps):
-        start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
-        start.record()
-        for _ in range(inner):
-            fn()
-        end.record()
-        end.synchronize()
-        out.append(start.elapsed_time(end) / inner)
-    return out
+    return [timed_s(batch, dev)[0] * 1e3 / inner for _ in range(reps)]
 
 
-def measure_peaks(n: int = 4096, copy_bytes: int = 1 << 30) -> dict:
+MATMUL_N, COPY_BYTES = 4096, 1 << 30
+
+
+def measure_peaks(n: int | None = None, copy_bytes: int | None = None) -> dict:
     """The bf16 matmul peak (TFLOP/s) and device-to-device copy bandwidth (GB/s, read + write) of this GPU."""
     import torch
 
-    dev = torch.device("cuda")
+    n, copy_bytes = n or MATMUL_N, copy_bytes or COPY_BYTES
+    dev = report_device()
     a = torch.randn(n, n, device=dev, dtype=torch.bfloat16)
     b = torch.randn(n, n, device=dev, dtype=torch.bfloat16)
     c = torch.empty(n, n, device=dev, dtype=torch.bfloat16)
-    mm = cuda_ms(lambda: torch.matmul(a, b, out=c), inner=50)
+    mm = cuda_ms(lambda: torch.matmul(a, b, out=c), dev, inner=50)
     a = b = c = None
     src = torch.empty(copy_bytes, dtype=torch.uint8, device=dev)
     src.fill_(1)
     dst = torch.empty_like(src)
-    cp = cuda_ms(lambda: dst.copy_(src), inner=20)
+    cp = cuda_ms(lambda: dst.copy_(src), dev, inner=20)
     src = dst = None
-    torch.cuda.empty_cache()
+    free_cuda()
     flops = 2 * n**3
     return {
         "matmul_n": n,
@@ -321,6 +351,7 @@ def free_cuda() -> None:
     if torch.cuda.is_available():
         torch.cuda.synchronize()
         torch.cuda.empty_cache()
+        torch.cuda.reset_peak_memory_stats()
 
 
 # ============================================================================================ part 1: environment
@@ -344,7 +375,7 @@ def run_environment(rec: Recorder, ctx: dict) -> None:
 
     if not torch.cuda.is_available():
         raise RuntimeError("torch.cuda.is_available() is False: no CUDA GPU visible to this torch build")
-    dev = torch.device("cuda")
+    dev = report_device()
     props = torch.cuda.get_device_properties(dev)
     env = {
         "gpu": torch.cuda.get_device_name(dev),
@@ -467,6 +498,8 @@ def run_gpu_tests(rec: Recorder, ctx: dict) -> None:
     rec.summary(counts=counts, pytest_rc=rc, tail=tail[-5:])
     if rc not in (0, 5):
         rec.fail(f"pytest -m gpu exited {rc}: {counts}")
+    if counts.get("SKIPPED") and report_device().type == "cuda":
+        rec.fail(f"{counts['SKIPPED']} gpu test(s) skipped although a GPU is present (see the junit file)")
 
 
 def check_gpu_tests() -> list[str]:
@@ -492,7 +525,7 @@ def run_flash_bench(rec: Recorder, ctx: dict) -> None:
 
     les = ch4_lesson21()
     peak = peaks_from(ctx)["bf16_tflops"]
-    dev = torch.device("cuda")
+    dev = report_device()
     rec.summary(peak_tflops=peak, grid=dict(N=FLASH_SEQ_LENS, D=FLASH_HEAD_DIMS, dtypes=FLASH_DTYPES))
     ratios = []
     for N in FLASH_SEQ_LENS:
@@ -561,7 +594,7 @@ def check_flash_bench() -> list[str]:
 
 
 # ============================================================================================ part 4: GPT-2 ladder
-GPT2_B, GPT2_T = 16, 1024
+GPT2_PRESET, GPT2_B, GPT2_T = "gpt2", 16, 1024
 GPT2_MFU_TARGET = 0.45
 TRITON_RUNG = ("+ Triton flash attention (chapter 4 kernels)", {"attn_impl": "triton"}, None)
 
@@ -578,8 +611,8 @@ def run_gpt2_ladder(rec: Recorder, ctx: dict) -> None:
     les = ch2_lesson11()
     model_mod = ch2_model()
     peak = peaks_from(ctx)["bf16_tflops"] * 1e12
-    dev = torch.device("cuda")
-    config = model_mod.GPTConfig.preset("gpt2")
+    dev = report_device()
+    config = model_mod.GPTConfig.preset(GPT2_PRESET)
     g = torch.Generator().manual_seed(1337)
     x = torch.randint(0, config.vocab_size, (GPT2_B, GPT2_T), generator=g).to(dev)
     y = torch.randint(0, config.vocab_size, (GPT2_B, GPT2_T), generator=g).to(dev)
@@ -612,7 +645,7 @@ def run_gpt2_ladder(rec: Recorder, ctx: dict) -> None:
                     first_step_s=firsts[0],
                     tokens_per_s=GPT2_B * GPT2_T / ms * 1e3,
                     mfu=flops / (ms * 1e-3) / peak,
-                    max_mem_gib=torch.cuda.max_memory_allocated() / 2**30,
+                    max_mem_gib=torch.cuda.max_memory_allocated(dev) / 2**30 if dev.type == "cuda" else None,
                 )
                 print(
                     f"{name:48s} {ms:8.1f} ms/step  MFU {row['mfu']:6.1%}  first step {firsts[0]:.1f} s  "
@@ -625,7 +658,6 @@ def run_gpt2_ladder(rec: Recorder, ctx: dict) -> None:
             row["seconds"] = round(time.perf_counter() - t0, 1)
             rec.row(row)
             model = step = None
-            torch.cuda.reset_peak_memory_stats()
             free_cuda()
             if "error" not in row:
                 break
@@ -690,7 +722,7 @@ def run_decode(rec: Recorder, ctx: dict) -> None:
     fast_fn, fast_note = ch3_fast_decode()
     rec.note(fast_note)
     peaks = peaks_from(ctx)
-    dev = torch.device("cuda")
+    dev = report_device()
     total = DECODE_PROMPT + DECODE_NEW
     args = decode_args(llama_model, total)
     torch.manual_seed(0)
@@ -740,13 +772,8 @@ def run_decode(rec: Recorder, ctx: dict) -> None:
             fn(8)  # warm-up: cuBLAS handles, allocator, kernels
         for _ in range(DECODE_REPEATS):
             for name, fn in methods.items():  # interleaved
-                torch.cuda.synchronize()
-                start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
-                start.record()
-                outputs[name] = fn(DECODE_NEW)
-                end.record()
-                end.synchronize()
-                best[name] = min(best[name], start.elapsed_time(end) / 1e3)
+                seconds, outputs[name] = timed_s(lambda fn=fn: fn(DECODE_NEW), dev)
+                best[name] = min(best[name], seconds)
     kv_bytes = llama_model.kv_cache_bytes(args, 1, total, torch.bfloat16) / 2  # mean cached context read per token
     for name, seconds in best.items():
         tps = DECODE_NEW / seconds
@@ -835,9 +862,11 @@ def smoke_argv(overrides: dict, stop_after: int | None, resume: bool) -> list[st
     argv = ["--preset", "gpt2-124M"]
     for key, value in overrides.items():
         flag = "--" + key.replace("_", "-")
-        if key == "hellaswag":
-            argv += [] if value else ["--no-hellaswag"]
-        elif key != "progress":
+        if key == "progress":
+            continue  # not a command-line option: the CLI shows its bar
+        if isinstance(value, bool):
+            argv += [flag] if value else ["--no-" + key.replace("_", "-")]
+        else:
             argv += [flag, str(value)]
     if stop_after is not None:
         argv += ["--stop-after", str(stop_after)]
@@ -931,7 +960,7 @@ def run_train_smoke(rec: Recorder, ctx: dict) -> None:
             "run": name,
             "rc": rc,
             "seconds": round(time.perf_counter() - t0, 1),
-            "command": " ".join(Path(c).name if i == 0 else c for i, c in enumerate(cmd)),
+            "command": " ".join(Path(c).name if i == 0 else c for i, c in enumerate(cmd)).replace(f"{ROOT}/", ""),
         }
         losses = _losses(out)
         row["steps_logged"] = sorted(losses)
