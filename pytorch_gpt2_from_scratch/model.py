@@ -58,6 +58,8 @@ def register_attention(name: str, fn) -> None:
 def attention_impls() -> tuple[str, ...]:
     """Every ``attn_impl`` usable now: the built-in ones and those registered so far."""
     return ATTN_IMPLS + tuple(sorted(_REGISTERED_ATTENTION))
+
+
 INITS = ("gpt2", "default")
 
 # name -> (n_layer, n_head, n_embd, block_size). The four published GPT-2 sizes, a tiny test model and a
