@@ -25,7 +25,10 @@ Milakov & Gimelshein, "Online normalizer calculation for softmax" (2018).
 
 from __future__ import annotations
 
+import contextlib
 import math
+import os
+import sys
 from collections.abc import Callable
 
 import torch
@@ -524,10 +527,31 @@ def peak_memory_bytes(fn: Callable[[], object], device: torch.device | str = "cp
     return _cpu_peak_memory(fn)
 
 
+@contextlib.contextmanager
+def _silence_native_stderr():
+    """Send file descriptor 2 to /dev/null for the block: the profiler's C++ side (Kineto) prints a
+    ``USDT: ... profiler_start`` / ``profiler_stop`` line per run there, bypassing Python's ``sys.stderr``."""
+    sys.stderr.flush()
+    try:
+        saved = os.dup(2)
+    except OSError:  # no real fd 2 (embedded interpreters): nothing to silence
+        yield
+        return
+    devnull = os.open(os.devnull, os.O_WRONLY)
+    try:
+        os.dup2(devnull, 2)
+        yield
+    finally:
+        sys.stderr.flush()
+        os.dup2(saved, 2)
+        os.close(saved)
+        os.close(devnull)
+
+
 def _cpu_peak_memory(fn: Callable[[], object]) -> int:
     from torch.profiler import ProfilerActivity, profile
 
-    with profile(activities=[ProfilerActivity.CPU], profile_memory=True) as prof:
+    with _silence_native_stderr(), profile(activities=[ProfilerActivity.CPU], profile_memory=True) as prof:
         fn()
     # Each "[memory]" event is one allocation (nbytes > 0) or free (nbytes < 0) by the CPU allocator.
     events = [e for e in prof.profiler.kineto_results.events() if e.name() == "[memory]"]
