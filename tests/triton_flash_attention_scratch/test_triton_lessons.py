@@ -131,6 +131,21 @@ def test_lesson19_autotuning_counts(load_lesson):
     assert out["counts"]["fwd"][(128, 32)] < len(tf.config_space("fwd", "full"))  # pruning removes something
 
 
+@pytest.mark.slow
+def test_lesson20_pipelining_in_the_compiled_code(load_lesson):
+    """Compiled for sm_80: no async copies without pipelining; from 2 stages on, each extra stage adds exactly one
+    more K tile + V tile of shared memory (2 x BLOCK_N x D x 2 bytes, by hand) and more cp.async instructions,
+    and the kernel holds at least the Q tile (BLOCK_M x D x 2 bytes) and one K+V buffer besides."""
+    out = load_lesson(CH, 20).main(head_dim=64, block_m=64, block_n=64, num_warps=4, stages=(1, 2, 3), archs=(80,))
+    c = {s: out["compiled"][(80, s)] for s in (1, 2, 3)}
+    one_stage, q_tile = 2 * 64 * 64 * 2, 64 * 64 * 2
+    assert out["smem"] == {1: one_stage, 2: 2 * one_stage, 3: 3 * one_stage}
+    assert c[1]["cp_async"] == 0 and 0 < c[2]["cp_async"] < c[3]["cp_async"]
+    assert c[3]["shared_bytes"] - c[2]["shared_bytes"] == one_stage
+    assert c[2]["shared_bytes"] >= q_tile + one_stage
+    assert all(f["tma"] == 0 and f["mma_sync"] > 0 and f["wgmma"] == 0 for f in c.values())
+
+
 def test_lesson21_correctness_and_cpu_message(load_lesson, capsys):
     mod = load_lesson(CH, 21)
     out = mod.main(bench=not CUDA)
