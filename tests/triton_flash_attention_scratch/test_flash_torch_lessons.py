@@ -5,6 +5,7 @@ reference can run in float64, ``tests/numerics.py``) instead of re-reading the e
 """
 
 import math
+import re
 import shutil
 import subprocess
 
@@ -144,9 +145,25 @@ def test_07_cuda_simulation(load_lesson):
 def test_07_lesson_runs(load_lesson):
     out = load_lesson(CH, 7).main(n=300, threads=128, rows=20, cols=33, device="cpu")
     assert out["vector_ok"] and out["matrix_ok"]
-    if shutil.which("nvcc") is not None:  # without a GPU the lesson compiles the kernel to PTX and shows it
-        text = out["ptx"].read_text()
-        assert "vector_add_kernel" in text and "%ctaid.x" in text and "%tid.x" in text
+
+
+def test_07_ptx_index_math_matches_the_simulation(load_lesson, tmp_path):
+    """The compiled PTX (nvcc is part of the CI image): every line annotated; its integer arithmetic, executed
+    for every thread, stores exactly the elements 0..n-1 at byte 4·i; a guard made off by one is caught."""
+    mod = load_lesson(CH, 7)
+    ptx = mod.nvcc_compile(mod.SOURCES["vector_add"], tmp_path / "v.ptx", ptx=True)
+    body = mod.kernel_ptx_body(ptx.read_text())
+    notes = mod.annotate_ptx(body)
+    assert all(note for _, note in notes), [line for line, note in notes if not note]
+    assert any(line.startswith("setp.") for line in body) and any(line.startswith("@") for line in body)
+    for n, t in mod.AWKWARD_SIZES:
+        assert mod.check_ptx_against_simulation(body, n, t), (n, t)
+        ran = mod.run_ptx_index_math(body, n, t)
+        assert int(ran["stores"].sum()) == n and ran["blocks"] == -(-n // t)  # by hand: ceil(n / t) blocks
+    wrong_guard = [line.replace("setp.ge.s32", "setp.gt.s32") for line in body]  # i > n: one thread too many
+    assert not mod.check_ptx_against_simulation(wrong_guard, 257, 256)
+    wrong_index = [re.sub(r"^(mul\.wide\.s32 .*), 4$", r"\1, 2", line) for line in body]  # 2-byte stride
+    assert wrong_index != body and not mod.check_ptx_against_simulation(wrong_index, 1000, 256)
 
 
 @pytest.mark.skipif(
