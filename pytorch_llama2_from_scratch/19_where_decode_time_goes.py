@@ -37,6 +37,7 @@ from pytorch_basis.common import add_device_argument, resolve_device, seed_every
 from pytorch_llama2_from_scratch.fast_decode import (
     bytes_per_token,
     measure,
+    model_gemv_probe,
     random_llama_pair,
     random_prompt,
     spread,
@@ -89,7 +90,7 @@ def percent_of_limit(model: Transformer, prompt_len: int, new_tokens: int, repea
     bpt = bytes_per_token(model, prompt_len + new_tokens // 2)
     methods = {"KV-cache generate": (lambda: generate(model, [prompt], new_tokens)[0], bpt)}
     methods["KV-cache generate"][0]()  # warm-up
-    return measure(methods, new_tokens, repeats, device, weight_bytes(model), torch.float32, clock)
+    return measure(methods, new_tokens, repeats, device, model_gemv_probe(model), clock)
 
 
 def main(

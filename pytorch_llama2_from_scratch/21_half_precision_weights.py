@@ -40,6 +40,7 @@ from pytorch_llama2_from_scratch.fast_decode import (
     bytes_per_token,
     gemv_bandwidth,
     measure,
+    model_gemv_probe,
     random_llama_pair,
     random_prompt,
     spread,
@@ -63,7 +64,7 @@ def speed(model, dtypes, prompt_len, new_tokens, repeats, device, clock) -> dict
         )
     for fn, _ in methods.values():
         fn()  # warm-up
-    return measure(methods, new_tokens, repeats, device, weight_bytes(model), torch.float32, clock, "fp32 weights")
+    return measure(methods, new_tokens, repeats, device, model_gemv_probe(model), clock, "fp32 weights")
 
 
 def accuracy(dtypes, windows_n: int, train_steps: int, checkpoint: str | None = None) -> dict:

@@ -41,6 +41,7 @@ from pytorch_llama2_from_scratch.fast_decode import (
     FastDecoder,
     bytes_per_token,
     measure,
+    model_gemv_probe,
     random_llama_pair,
     random_prompt,
     spread,
@@ -141,7 +142,7 @@ def main(
         methods[name] = (lambda d=dec: d.generate(prompt, new_tokens), bytes_per_token(m, total))
     for fn, _ in methods.values():
         fn()
-    res = measure(methods, new_tokens, repeats, dev, weight_bytes(model), torch.float32, clock, "fp32 weights")
+    res = measure(methods, new_tokens, repeats, dev, model_gemv_probe(model), clock, "fp32 weights")
     base = res["methods"]["fp32 weights"]["median_tok_s"]
     for name, row in res["methods"].items():
         print(

@@ -44,10 +44,10 @@ from pytorch_llama2_from_scratch.fast_decode import (
     FastDecoder,
     bytes_per_token,
     measure,
+    model_gemv_probe,
     random_llama_pair,
     random_prompt,
     spread,
-    weight_bytes,
 )
 from pytorch_llama2_from_scratch.quantize import quantize_int8_
 from pytorch_llama2_from_scratch.speculative import speculative_generate, truncated_draft
@@ -114,7 +114,7 @@ def main(
     methods[f"draft alone ({draft})"] = (lambda: ddec.generate(prompt, new_tokens), bytes_per_token(small, total))
     for fn, _ in methods.values():
         fn()  # warm-up (and the statistics, which are deterministic for greedy)
-    res = measure(methods, new_tokens, repeats, dev, weight_bytes(model), torch.float32, clock, "plain greedy",
+    res = measure(methods, new_tokens, repeats, dev, model_gemv_probe(model), clock, "plain greedy",
                   progress=True)  # fmt: skip
     base = res["methods"]["plain greedy"]["median_tok_s"]
     print(f"\n{repeats} interleaved rounds, {new_tokens} new tokens, greedy, {clock} clock")

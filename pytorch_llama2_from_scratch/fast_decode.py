@@ -51,6 +51,7 @@ __all__ = [
     "bytes_per_token",
     "gemv_bandwidth",
     "measure",
+    "model_gemv_probe",
     "weight_bytes",
 ]
 
@@ -354,23 +355,49 @@ def spread(values: Sequence[float], fmt: str = ".1f") -> str:
     return f"{statistics.median(values):{fmt}} [{min(values):{fmt}}-{max(values):{fmt}}]"
 
 
+def model_gemv_probe(model: nn.Module, repeats: int = 3) -> Callable[[], float]:
+    """A probe returning bytes/s of ``F.linear(x, W)`` over every ``nn.Linear`` weight of ``model``, best of
+    ``repeats``: the model's own matrix shapes and dtype, i.e. the time of one decode step's matmuls and nothing
+    else. (A GEMV's speed depends on its shape: on one CPU core a 768-wide matrix streams at ~3/4 the speed of a
+    4096-wide one, so a single big matrix would promise a limit the model's shapes cannot reach.)"""
+    weights = [m.weight for m in model.modules() if isinstance(m, nn.Linear)]
+    if not weights:
+        raise ValueError("model_gemv_probe needs a model with nn.Linear layers")
+    xs = [torch.randn(1, w.shape[1], device=w.device).to(w.dtype) for w in weights]
+    nbytes = sum(w.nelement() * w.element_size() for w in weights)
+    device = weights[0].device
+
+    def probe(now: Callable[[], float] = time.perf_counter) -> float:
+        best = float("inf")
+        with torch.inference_mode():
+            for _ in range(repeats):
+                _sync(device)
+                t0 = now()
+                for x, w in zip(xs, weights):
+                    F.linear(x, w)
+                _sync(device)
+                best = min(best, now() - t0)
+        return nbytes / max(best, 1e-9)
+
+    return probe
+
+
 def measure(
     methods: dict[str, tuple[Callable[[], list[int]], int]],
     new_tokens: int,
     repeats: int,
     device: torch.device | str,
-    gemv_nbytes: int,
-    gemv_dtype: torch.dtype = torch.float32,
+    probe: Callable[..., float],
     clock: str = "wall",
     reference: str | None = None,
     progress: bool = False,
 ) -> dict:
     """Time ``methods`` ``{name: (fn() -> new tokens, bytes read per token)}`` interleaved, ``repeats`` rounds.
 
-    Every round first measures the GEMV bandwidth (``gemv_nbytes`` of ``gemv_dtype`` weights, best of 5), then
-    runs every method once, so a burst of load from elsewhere hits the probe and all methods alike. The bandwidth
-    limit of a method in a round is ``bandwidth / its bytes per token``; ``pct_of_limit`` is its tok/s over that,
-    per round.
+    Every round first runs the bandwidth ``probe`` (e.g. :func:`model_gemv_probe`: bytes/s of the GEMVs of the
+    model's own matrices), then every method once, so a burst of load from elsewhere hits the probe and all
+    methods alike. The limit of a method in a round is ``bandwidth / its bytes per token``; ``pct_of_limit`` is
+    its tok/s over that, per round.
 
     ``clock="cpu"`` counts this process's CPU time (``time.process_time``) instead of elapsed time: on a CPU shared
     with other jobs and one thread, it leaves out the time the scheduler gave to others. Returns
@@ -383,12 +410,6 @@ def measure(
     if clock == "cpu" and device.type != "cpu":
         raise ValueError("clock='cpu' measures CPU time and is meaningless on an accelerator; use clock='wall'")
     now = CLOCKS[clock]
-    element = torch.empty((), dtype=gemv_dtype).element_size()
-    cols = 4096
-    rows = max(1, gemv_nbytes // (cols * element))
-    w = torch.randn(rows, cols, device=device).to(gemv_dtype)
-    x = torch.randn(1, cols, device=device).to(gemv_dtype)
-    F.linear(x, w)
     bandwidth: list[float] = []
     rows_out = {name: {"tok_s": [], "pct_of_limit": [], "bytes_per_token": b} for name, (_, b) in methods.items()}
     outputs: dict[str, list[int]] = {}
@@ -398,14 +419,7 @@ def measure(
 
         rounds = tqdm(rounds, desc="interleaved rounds", leave=False)
     for _ in rounds:
-        samples = []
-        for _ in range(5):
-            _sync(device)
-            t0 = now()
-            F.linear(x, w)
-            _sync(device)
-            samples.append(rows * cols * element / max(now() - t0, 1e-9))
-        bw = max(samples)  # the best of 5: the limit is what the memory can deliver, not what a preemption left
+        bw = probe(now)
         bandwidth.append(bw)
         for name, (fn, nbytes) in methods.items():
             _sync(device)
@@ -423,7 +437,6 @@ def measure(
     return {
         "methods": rows_out,
         "bandwidth_GBs": [b / 1e9 for b in bandwidth],
-        "gemv_dtype": str(gemv_dtype).replace("torch.", ""),
         "new_tokens": new_tokens,
         "repeats": repeats,
         "clock": clock,
@@ -501,7 +514,7 @@ def benchmark(
     Methods: ``dynamic cache`` (the chapter's ``generate``), ``static cache`` (eager :class:`FastDecoder`),
     ``static + compile`` (if ``compile``; on CUDA with CUDA graphs), ``HF generate`` (if ``hf_model`` is given;
     it must hold the same weights) and ``extra_methods`` ``{name: (fn(prompt, n) -> tokens, bytes per token)}``.
-    The GEMV-bandwidth probe uses the model's dtype and weight bytes.
+    The bandwidth probe is :func:`model_gemv_probe` of the model (its own matrices, shapes and dtype).
 
     Returns :func:`measure`'s dict plus ``median_tok_s`` / ``median_pct_of_limit`` {method: float},
     ``bytes_per_token``, ``limit_tok_s`` (median bandwidth / bytes per token), ``compile_seconds`` (first
@@ -535,7 +548,8 @@ def benchmark(
         methods[name] = (lambda fn=fn: fn(prompt, new_tokens), nbytes)
     for fn, _ in methods.values():  # warm-up: lazy initialisation, allocator, first-call dispatch
         fn()
-    result = measure(methods, new_tokens, repeats, device, weight_bytes(model), dtype, clock, "dynamic cache", progress)
+    probe = model_gemv_probe(model)
+    result = measure(methods, new_tokens, repeats, device, probe, clock, "dynamic cache", progress)
     rows = result["methods"]
     result.update(
         median_tok_s={m: r["median_tok_s"] for m, r in rows.items()},
