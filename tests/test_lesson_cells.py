@@ -57,6 +57,19 @@ TINY: dict[tuple[str, int], dict] = {
         steps=3, batch_size=2, seq_len=16, dim=32, n_layers=1, n_heads=2, n_kv_heads=1, eval_every=3, eval_batches=1
     ),
     ("pytorch_llama2_from_scratch", 13): dict(lengths=(4, 8), repeats=1, prompt_len=4, hidden=32, layers=1, heads=2),
+    **{
+        ("pytorch_llama2_from_scratch", n): dict(
+            hidden=64, layers=2, heads=4, kv_heads=2, intermediate=96, vocab=512, prompt_len=4, new_tokens=6,
+            repeats=1, clock="cpu", **extra,
+        )
+        for n, extra in (
+            (19, {}),
+            (20, {"compile": False}),
+            (21, {"windows": 2, "train_steps": 2, "checkpoint": "tiny_llama"}),
+            (22, {"windows": 2, "train_steps": 2, "checkpoint": "tiny_llama"}),
+            (23, {"ks": (1, 2)}),
+        )
+    },
     ("triton_flash_attention_scratch", 1): dict(seq_len=7, n_embd=16, n_head=4, n_kv_head=2, device="cpu"),
     ("triton_flash_attention_scratch", 2): dict(seq_lens=(512, 1024), head_dim=64, device="cpu"),
     ("triton_flash_attention_scratch", 6): dict(
