@@ -188,6 +188,7 @@ def ch3_llama():
             raise CheckFailed(f"ModelArgs has no field {f!r}")
     require(model, "Transformer")
     require(model.Transformer, "init_weights", ("std",), "Transformer")
+    require(model, "kv_cache_bytes", ("args", "batch", "context", "dtype"))
     require(generate, "generate", ("model", "prompts", "max_new_tokens"))
     require(loading, "hf_to_meta_state_dict", ("hf_state", "args"))
     return model, generate, loading
@@ -741,7 +742,9 @@ def run_decode(rec: Recorder, ctx: dict) -> None:
         ours.load_state_dict(loading.hf_to_meta_state_dict(hf.state_dict(), args))  # the same weights
     else:
         rec.note("transformers is not installed: HF generate skipped (ours only, random weights)")
-    weight_bytes = sum(p.numel() * p.element_size() for p in ours.parameters())
+    # bytes a decode step reads: every matrix once, but only one row of the embedding table
+    emb = ours.tok_embeddings.weight
+    weight_bytes = sum(p.numel() * p.element_size() for p in ours.parameters()) - emb.numel() * emb.element_size()
     rec.summary(
         params=sum(p.numel() for p in ours.parameters()),
         weight_bytes=weight_bytes,
@@ -774,7 +777,9 @@ def run_decode(rec: Recorder, ctx: dict) -> None:
             for name, fn in methods.items():  # interleaved
                 seconds, outputs[name] = timed_s(lambda fn=fn: fn(DECODE_NEW), dev)
                 best[name] = min(best[name], seconds)
-    kv_bytes = llama_model.kv_cache_bytes(args, 1, total, torch.bfloat16) / 2  # mean cached context read per token
+    kv_bytes = (
+        llama_model.kv_cache_bytes(args=args, batch=1, context=total, dtype=torch.bfloat16) / 2
+    )  # mean cached context read per token
     for name, seconds in best.items():
         tps = DECODE_NEW / seconds
         gbps = tps * (weight_bytes + kv_bytes) / 1e9
@@ -813,7 +818,7 @@ def check_decode() -> list[str]:
         f"{DECODE_NEW} new tokens, best of {DECODE_REPEATS} interleaved"
     ]
     with torch.device("meta"):
-        llama_model.Transformer(args)
+        require(llama_model.Transformer(args), "tok_embeddings", where="Transformer")
     if has_module("transformers"):
         hf_llama_config(args)
     else:
@@ -1133,6 +1138,18 @@ def _stream(proc: subprocess.Popen, prefix: str, log: Path) -> threading.Thread:
     return t
 
 
+def _kill_group(proc: subprocess.Popen) -> int:
+    """SIGTERM the part's process group (the part and everything it started), SIGKILL after 10 s."""
+    with contextlib.suppress(ProcessLookupError):
+        os.killpg(proc.pid, signal.SIGTERM)
+    try:
+        return proc.wait(timeout=10)
+    except subprocess.TimeoutExpired:
+        with contextlib.suppress(ProcessLookupError):
+            os.killpg(proc.pid, signal.SIGKILL)
+        return proc.wait()
+
+
 def run_part(part: Part, limit: float, report_dir: Path, ctx_path: Path) -> dict:
     """Run ``part`` in a new process group; kill the whole group when it exceeds ``limit`` seconds."""
     out = report_dir / "parts" / f"{part.number}_{part.key}.json"
@@ -1159,14 +1176,10 @@ def run_part(part: Part, limit: float, report_dir: Path, ctx_path: Path) -> dict
         rc = proc.wait(timeout=limit)
     except subprocess.TimeoutExpired:
         timed_out = True
-        with contextlib.suppress(ProcessLookupError):
-            os.killpg(proc.pid, signal.SIGTERM)
-        try:
-            rc = proc.wait(timeout=10)
-        except subprocess.TimeoutExpired:
-            with contextlib.suppress(ProcessLookupError):
-                os.killpg(proc.pid, signal.SIGKILL)
-            rc = proc.wait()
+        rc = _kill_group(proc)
+    except BaseException:  # Ctrl-C: the part runs in its own session, so stop it too
+        _kill_group(proc)
+        raise
     pump.join(timeout=5)
     result = json.loads(out.read_text()) if out.exists() else {"status": "crashed", "rows": [], "notes": []}
     if timed_out:
@@ -1193,7 +1206,9 @@ def _part_headline(p: dict) -> str:
     if p["key"] == "tests" and s.get("counts"):
         return ", ".join(f"{v} {k.lower()}" for k, v in sorted(s["counts"].items()))
     if p["key"] == "flash":
-        return f"{len(rows)} rows"
+        at = [r for r in s.get("ratios", []) if r["N"] == FLASH_TARGET_N]
+        worst = f"; at N={FLASH_TARGET_N} ours/SDPA fwd >= {min(r['fwd'] for r in at):.2f}, bwd >= " if at else ""
+        return f"{len(rows)} rows" + (worst + f"{min(r['bwd'] for r in at):.2f}" if at else "")
     if p["key"] == "gpt2":
         done = [r for r in rows if "ms" in r]
         return (
@@ -1226,7 +1241,7 @@ def markdown_report(parts: list[dict], started: str, total_s: float) -> str:
             f"(read + write, median {peaks['copy_gbps_median']:.0f}). Every percentage below is against these."
         )
     lines += [
-        f"Started {started} UTC; total {total_s:.0f} s.",
+        f"Started {started} UTC; total {total_s:.0f} s (capped at {TOTAL_BUDGET_S} s, each part at its own limit).",
         "",
         "| part | status | wall s | limit s | headline |",
         "|---|---|---:|---:|---|",
@@ -1337,7 +1352,7 @@ def write_report(parts: list[dict], report_dir: Path, started: str, total_s: flo
 def dry_run(parts: list[Part], limits: dict[int, float], budget: float) -> int:
     """List the parts and check every import and adapter they use; 1 when any check fails."""
     print(
-        f".ci/gpu --dry-run: {len(parts)} part(s), limits add up to {sum(limits.values()):.0f} s "
+        f".ci/gpu --dry-run: {len(parts)} part(s), limits add up to {sum(limits[q.number] for q in parts):.0f} s "
         f"(whole run capped at {budget:.0f} s)"
     )
     failed = 0
