@@ -56,7 +56,7 @@ ROOT = Path(__file__).resolve().parents[1]
 if str(ROOT) not in sys.path:
     sys.path.insert(0, str(ROOT))
 
-TOTAL_BUDGET_S = 470  # the whole run, CUDA start-up and compilation included, stays under 8 minutes
+TOTAL_BUDGET_S = 475  # the whole run, CUDA start-up and compilation included, stays under 8 minutes
 GPT2_CH = "pytorch_gpt2_from_scratch"
 LLAMA_CH = "pytorch_llama2_from_scratch"
 FLASH_CH = "triton_flash_attention_scratch"
@@ -194,18 +194,15 @@ def ch3_llama():
     return model, generate, loading
 
 
-FAST_DECODE_NAMES = ("benchmark_decode", "decode_benchmark", "bench_decode", "benchmark")
-
-
 def ch3_fast_decode():
-    """The optional fast decode module (``fast_decode.py``); None while it does not exist."""
+    """``fast_decode.benchmark(model, prompt_len, new_tokens, repeats, compile, hf_model)`` (static cache, compiled
+    step, GEMV-bandwidth probe); ``(None, note)`` where the module does not exist (then plain ``generate`` is timed)."""
     if importlib.util.find_spec(f"{LLAMA_CH}.fast_decode") is None:
         return None, "pytorch_llama2_from_scratch/fast_decode.py not present: part 5 times generate.generate only"
     mod = importlib.import_module(f"{LLAMA_CH}.fast_decode")
-    for name in FAST_DECODE_NAMES:
-        if callable(getattr(mod, name, None)):
-            return getattr(mod, name), f"fast_decode.{name} found"
-    raise CheckFailed(f"fast_decode.py has none of the functions {FAST_DECODE_NAMES}: update .ci/gpu_report.py")
+    require(mod, "benchmark", ("model", "prompt_len", "new_tokens", "repeats", "compile", "hf_model"))
+    require(mod, "bytes_per_token", ("model", "context"))
+    return mod, "fast_decode.benchmark: dynamic cache, static cache, static + torch.compile, HF generate"
 
 
 def ch2_train():
@@ -477,7 +474,7 @@ def run_gpu_tests(rec: Recorder, ctx: dict) -> None:
     junit = Path(ctx["report_dir"]) / "gpu_tests.junit.xml"
     cmd = pytest_command(junit)
     env = {k: v for k, v in os.environ.items() if k not in ("LLM_SCRATCH_FORBID_SKIPS", "TRITON_INTERPRET")}
-    rec.summary(command=" ".join(cmd[1:]))
+    rec.summary(command=" ".join(cmd[1:]), autotune=os.environ.get("LLM_SCRATCH_AUTOTUNE") or "small (default)")
     counts: dict[str, int] = {}
     proc = subprocess.Popen(cmd, cwd=ROOT, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
     tail: list[str] = []
@@ -521,10 +518,20 @@ FLASH_TARGET_N = 4096
 FLASH_TARGETS = {"fwd": 0.9, "bwd": 0.7}
 
 
+def autotune_mode(tf) -> str:
+    """The kernels' autotuning volume (``LLM_SCRATCH_AUTOTUNE``: small by default, full opt-in, off)."""
+    mode = getattr(tf, "AUTOTUNE_MODE", None)
+    if mode is None:
+        return "this version of triton_flash.py has no autotune modes (full config space)"
+    return f"LLM_SCRATCH_AUTOTUNE={mode}" + (" (the default)" if mode == "small" else "")
+
+
 def run_flash_bench(rec: Recorder, ctx: dict) -> None:
     import torch
 
     les = ch4_lesson21()
+    tf = ch4_kernels()
+    rec.note(f"autotuning: {autotune_mode(tf)}")
     peak = peaks_from(ctx)["bf16_tflops"]
     dev = report_device()
     rec.summary(peak_tflops=peak, grid=dict(N=FLASH_SEQ_LENS, D=FLASH_HEAD_DIMS, dtypes=FLASH_DTYPES))
@@ -585,12 +592,12 @@ def run_flash_bench(rec: Recorder, ctx: dict) -> None:
 
 
 def check_flash_bench() -> list[str]:
-    ch4_kernels()
+    tf = ch4_kernels()
     les = ch4_lesson21()
     n = len(FLASH_SEQ_LENS) * len(FLASH_HEAD_DIMS) * len(FLASH_DTYPES) * 2
     return [
         f"lesson 21 bench_one over N={FLASH_SEQ_LENS} x D={FLASH_HEAD_DIMS} x {FLASH_DTYPES} x causal/not: "
-        f"{n} cases x (triton, sdpa); B*N = {les.TOKENS} tokens"
+        f"{n} cases x (triton, sdpa); B*N = {les.TOKENS} tokens; autotuning: {autotune_mode(tf)}"
     ]
 
 
@@ -716,16 +723,10 @@ def hf_llama_config(args):
     )
 
 
-def run_decode(rec: Recorder, ctx: dict) -> None:
+def _decode_models(rec: Recorder, llama_model, loading, args, dev):
+    """Our random bf16 LLaMA on the GPU and, with transformers, a LlamaForCausalLM holding the same weights."""
     import torch
 
-    llama_model, gen, loading = ch3_llama()
-    fast_fn, fast_note = ch3_fast_decode()
-    rec.note(fast_note)
-    peaks = peaks_from(ctx)
-    dev = report_device()
-    total = DECODE_PROMPT + DECODE_NEW
-    args = decode_args(llama_model, total)
     torch.manual_seed(0)
     with torch.device(dev):
         ours = llama_model.Transformer(args)
@@ -737,38 +738,77 @@ def run_decode(rec: Recorder, ctx: dict) -> None:
 
         with torch.device(dev):
             hf = LlamaForCausalLM(hf_llama_config(args)).to(torch.bfloat16).eval()
-        hf.generation_config.eos_token_id = None
+        hf.generation_config.eos_token_id = None  # exactly new_tokens tokens
         hf.generation_config.pad_token_id = 0
-        ours.load_state_dict(loading.hf_to_meta_state_dict(hf.state_dict(), args))  # the same weights
+        ours.load_state_dict(loading.hf_to_meta_state_dict(hf.state_dict(), args))
     else:
-        rec.note("transformers is not installed: HF generate skipped (ours only, random weights)")
-    # bytes a decode step reads: every matrix once, but only one row of the embedding table
+        rec.note("transformers is not installed: HF generate skipped (ours only)")
+    return ours, hf
+
+
+def _decode_rows(rec: Recorder, res: dict, copy_gbps: float, only: tuple[str, ...] = ()) -> None:
+    """One row per method of a ``fast_decode.benchmark`` result, with the fraction of part 1's copy bandwidth."""
+    bpt = res["bytes_per_token"]
+    for method, samples in res["tok_s"].items():
+        if only and method not in only:
+            continue
+        tps = statistics.median(samples)
+        row = {
+            "method": method, "tokens_per_s": tps, "tok_s_samples": samples, "bytes_per_token": bpt,
+            "weight_read_gbps": tps * bpt / 1e9, "bandwidth_fraction": tps * bpt / 1e9 / copy_gbps,
+            "pct_of_gemv_limit": res["pct_of_limit"][method], "same_tokens_as_ours": res["same_tokens"].get(method),
+        }  # fmt: skip
+        if method == "static + compile":
+            row["compile_seconds"] = res.get("compile_seconds")
+        rec.row(row)
+        print(f"{method:18s} {tps:8.1f} tok/s (samples {', '.join(f'{v:.0f}' for v in samples)})  "
+              f"{row['weight_read_gbps']:6.0f} GB/s read = {row['bandwidth_fraction']:.1%} of the copy bandwidth, "
+              f"{row['pct_of_gemv_limit']:.0f}% of the GEMV limit", flush=True)  # fmt: skip
+
+
+def run_decode(rec: Recorder, ctx: dict) -> None:
+    import torch
+
+    llama_model, gen, loading = ch3_llama()
+    fast, fast_note = ch3_fast_decode()
+    rec.note(fast_note)
+    peaks = peaks_from(ctx)
+    dev = report_device()
+    total = DECODE_PROMPT + DECODE_NEW
+    args = decode_args(llama_model, total)
+    ours, hf = _decode_models(rec, llama_model, loading, args, dev)
+    rec.summary(params=sum(p.numel() for p in ours.parameters()), shape=DECODE_SHAPE, prompt=DECODE_PROMPT,
+                new_tokens=DECODE_NEW, dtype="bfloat16", batch=1, copy_gbps=peaks["copy_gbps"])  # fmt: skip
+    if fast is not None:
+        # eager methods first (HF included), so that a part that runs out of time during compilation keeps them
+        res = fast.benchmark(model=ours, prompt_len=DECODE_PROMPT, new_tokens=DECODE_NEW, repeats=DECODE_REPEATS,
+                             compile=False, hf_model=hf)  # fmt: skip
+        rec.summary(
+            gemv_gbps=res["bandwidth_GBs"], limit_tok_s=res["limit_tok_s"], bytes_per_token=res["bytes_per_token"]
+        )
+        _decode_rows(rec, res, peaks["copy_gbps"])
+        free_cuda()
+        res = fast.benchmark(model=ours, prompt_len=DECODE_PROMPT, new_tokens=DECODE_NEW, repeats=DECODE_REPEATS,
+                             compile=True, hf_model=None)  # fmt: skip
+        _decode_rows(rec, res, peaks["copy_gbps"], only=("static + compile",))
+        rec.summary(compile_seconds=res.get("compile_seconds"), break_even_tokens=res.get("break_even_tokens"))
+        return
+    # without fast_decode.py: our generate (dynamic KV cache) vs HF generate, timed here
     emb = ours.tok_embeddings.weight
-    weight_bytes = sum(p.numel() * p.element_size() for p in ours.parameters()) - emb.numel() * emb.element_size()
-    rec.summary(
-        params=sum(p.numel() for p in ours.parameters()),
-        weight_bytes=weight_bytes,
-        shape=DECODE_SHAPE,
-        prompt=DECODE_PROMPT,
-        new_tokens=DECODE_NEW,
-        dtype="bfloat16",
-        batch=1,
-        copy_gbps=peaks["copy_gbps"],
-    )
+    bpt = sum(p.numel() * p.element_size() for p in ours.parameters()) - emb.numel() * emb.element_size()
+    bpt += llama_model.kv_cache_bytes(args=args, batch=1, context=total, dtype=torch.bfloat16) // 2
     prompt = torch.randint(3, args.vocab_size, (DECODE_PROMPT,), generator=torch.Generator().manual_seed(0)).tolist()
-
-    def ours_run(n):
-        return gen.generate(model=ours, prompts=[prompt], max_new_tokens=n)[0]
-
-    def hf_run(n):
-        ids = torch.tensor([prompt], device=dev)
-        out = hf.generate(ids, attention_mask=torch.ones_like(ids), max_new_tokens=n, min_new_tokens=n, do_sample=False)
-        return out[0, len(prompt) :].tolist()
-
-    methods = {"ours + KV cache": ours_run}
+    methods = {"dynamic cache": lambda n: gen.generate(model=ours, prompts=[prompt], max_new_tokens=n)[0]}
     if hf is not None:
+
+        def hf_run(n):
+            ids = torch.tensor([prompt], device=dev)
+            out = hf.generate(ids, attention_mask=torch.ones_like(ids), max_new_tokens=n, min_new_tokens=n,
+                              do_sample=False)  # fmt: skip
+            return out[0, len(prompt) :].tolist()
+
         methods["HF generate"] = hf_run
-    best = dict.fromkeys(methods, math.inf)
+    samples = {name: [] for name in methods}
     outputs = {}
     with torch.inference_mode():
         for fn in methods.values():
@@ -776,46 +816,22 @@ def run_decode(rec: Recorder, ctx: dict) -> None:
         for _ in range(DECODE_REPEATS):
             for name, fn in methods.items():  # interleaved
                 seconds, outputs[name] = timed_s(lambda fn=fn: fn(DECODE_NEW), dev)
-                best[name] = min(best[name], seconds)
-    kv_bytes = (
-        llama_model.kv_cache_bytes(args=args, batch=1, context=total, dtype=torch.bfloat16) / 2
-    )  # mean cached context read per token
-    for name, seconds in best.items():
-        tps = DECODE_NEW / seconds
-        gbps = tps * (weight_bytes + kv_bytes) / 1e9
-        row = {
-            "method": name,
-            "seconds": seconds,
-            "tokens_per_s": tps,
-            "weight_read_gbps": gbps,
-            "bandwidth_fraction": gbps / peaks["copy_gbps"],
-        }
-        if name != "ours + KV cache" and "ours + KV cache" in outputs:
-            ref = outputs[name]
-            row["same_tokens_as_ours"] = sum(a == b for a, b in zip(outputs["ours + KV cache"], ref)) / len(ref)
-        rec.row(row)
-        print(
-            f"{name:18s} {tps:8.1f} tok/s  {gbps:7.0f} GB/s of weights  {row['bandwidth_fraction']:.1%} of copy "
-            "bandwidth",
-            flush=True,
-        )
-    if fast_fn is not None:
-        try:
-            res = fast_fn(model=ours, prompt=prompt, max_new_tokens=DECODE_NEW)
-            rec.row({"method": f"fast_decode.{fast_fn.__name__}", "result": res})
-        except Exception as e:
-            rec.fail(f"fast_decode.{fast_fn.__name__}: {type(e).__name__}: {e}")
+                samples[name].append(DECODE_NEW / seconds)
+    ref = outputs["dynamic cache"]
+    res = {"bytes_per_token": bpt, "tok_s": samples, "pct_of_limit": dict.fromkeys(samples, math.nan),
+           "same_tokens": {m: sum(a == b for a, b in zip(o, ref)) / len(ref) for m, o in outputs.items()}}  # fmt: skip
+    _decode_rows(rec, res, peaks["copy_gbps"])
 
 
 def check_decode() -> list[str]:
     import torch
 
     llama_model, _, _ = ch3_llama()
-    _, fast_note = ch3_fast_decode()
+    fast, fast_note = ch3_fast_decode()
     args = decode_args(llama_model, DECODE_PROMPT + DECODE_NEW)
     lines = [
         f"random LLaMA {args.num_params() / 1e9:.2f} B parameters, bf16, batch 1, prompt {DECODE_PROMPT}, "
-        f"{DECODE_NEW} new tokens, best of {DECODE_REPEATS} interleaved"
+        f"{DECODE_NEW} new tokens, median of {DECODE_REPEATS} interleaved runs"
     ]
     with torch.device("meta"):
         require(llama_model.Transformer(args), "tok_embeddings", where="Transformer")
@@ -1040,7 +1056,7 @@ PARTS = [
         1,
         "env",
         "environment, bf16 matmul peak, device copy bandwidth",
-        30,
+        25,
         ("torch",),
         run_environment,
         check_environment,
@@ -1049,7 +1065,7 @@ PARTS = [
         2,
         "tests",
         "pytest -m gpu (kernel correctness)",
-        95,
+        85,
         ("torch", "triton", "pytest"),
         run_gpu_tests,
         check_gpu_tests,
@@ -1058,7 +1074,7 @@ PARTS = [
         3,
         "flash",
         "flash attention: ours vs SDPA flash, trimmed grid",
-        75,
+        70,
         ("torch", "triton"),
         run_flash_bench,
         check_flash_bench,
@@ -1067,12 +1083,12 @@ PARTS = [
         4,
         "gpt2",
         "GPT-2 124M training-step ladder, B=16 T=1024",
-        140,
+        135,
         ("torch", "triton"),
         run_gpt2_ladder,
         check_gpt2_ladder,
     ),
-    Part(5, "decode", "LLaMA ~1B bf16 decode, KV cache vs HF generate", 40, ("torch",), run_decode, check_decode),
+    Part(5, "decode", "LLaMA ~1B bf16 decode, KV cache vs HF generate", 75, ("torch",), run_decode, check_decode),
     Part(
         6,
         "train",
@@ -1190,7 +1206,8 @@ def run_part(part: Part, limit: float, report_dir: Path, ctx_path: Path) -> dict
         number=part.number,
         key=part.key,
         title=part.title,
-        limit_s=round(limit),
+        limit_s=part.limit_s,
+        granted_s=round(limit),
         rc=rc,
         wall_s=round(time.perf_counter() - t0, 1),
     )
@@ -1223,6 +1240,11 @@ def _part_headline(p: dict) -> str:
     return p.get("error", "") or (p.get("skip_reason") or "")
 
 
+def granted(p: dict) -> str:
+    g = p.get("granted_s")
+    return f" (given {g})" if g is not None and g != round(p.get("limit_s") or -1) else ""
+
+
 def markdown_report(parts: list[dict], started: str, total_s: float) -> str:
     env = next((p.get("summary", {}).get("env") for p in parts if p["key"] == "env"), None) or {}
     peaks = next((p.get("summary", {}).get("peaks") for p in parts if p["key"] == "env"), None) or {}
@@ -1249,7 +1271,7 @@ def markdown_report(parts: list[dict], started: str, total_s: float) -> str:
     for p in parts:
         lines.append(
             f"| {p['number']}. {p['title']} | {p['status']} | {fmt(p.get('wall_s'), '.0f')} | "
-            f"{p.get('limit_s', '')} | {_part_headline(p)} |"
+            f"{fmt(p.get('limit_s'), '.0f', '')}{granted(p)} | {_part_headline(p)} |"
         )
     targets = [(p, t) for p in parts for t in p.get("targets", [])]
     if targets:
@@ -1311,18 +1333,23 @@ def _part_table(p: dict) -> list[str]:
                 f"{r['tokens_per_s']:,.0f} | {r['mfu']:.1%} | {r['first_step_s']:.1f} | {r.get('video_ms') or ''} |"
             )
     elif key == "decode" and rows:
+        s = p.get("summary", {})
+        if s.get("bytes_per_token"):
+            out += [f"{s['params'] / 1e9:.2f} B parameters, bf16, batch 1, greedy, prompt {s['prompt']} + "
+                    f"{s['new_tokens']} new tokens (prefill included); {s['bytes_per_token'] / 1e9:.2f} GB read per "
+                    f"token; medians of interleaved runs.", ""]  # fmt: skip
         out += [
-            "| method | tok/s | GB/s of weights read | % of copy bandwidth | same tokens as ours |",
-            "|---|---:|---:|---:|---:|",
+            "| method | tok/s | samples | GB/s read | % of copy bandwidth | % of GEMV limit | same tokens "
+            "| compile s |",
+            "|---|---:|---|---:|---:|---:|---:|---:|",
         ]
         for r in rows:
-            if "tokens_per_s" in r:
-                out.append(
-                    f"| {r['method']} | {r['tokens_per_s']:.1f} | {r['weight_read_gbps']:.0f} | "
-                    f"{r['bandwidth_fraction']:.1%} | {fmt(r.get('same_tokens_as_ours'), '.0%')} |"
-                )
-            else:
-                out.append(f"| {r['method']} | {json.dumps(r.get('result'), default=str)[:200]} ||||")
+            out.append(
+                f"| {r['method']} | {r['tokens_per_s']:.1f} | {', '.join(f'{v:.0f}' for v in r['tok_s_samples'])} | "
+                f"{r['weight_read_gbps']:.0f} | {r['bandwidth_fraction']:.1%} | "
+                f"{fmt(r.get('pct_of_gemv_limit'), '.0f')} | "
+                f"{fmt(r.get('same_tokens_as_ours'), '.0%')} | {fmt(r.get('compile_seconds'), '.0f')} |"
+            )
     elif key == "train" and rows:
         out += ["| run | exit | s | steps logged | checkpoint | resumed / NCCL |", "|---|---:|---:|---|---|---|"]
         for r in rows:
@@ -1433,8 +1460,11 @@ def main(argv=None) -> int:
     started = datetime.datetime.now(datetime.timezone.utc).strftime("%Y-%m-%d %H:%M")
     t_start = time.perf_counter()
     results: list[dict] = []
+    runnable = [q for q in parts if all(has_module(m) for m in q.requires)]
     for part in parts:
         remaining = args.budget - (time.perf_counter() - t_start)
+        # a part gets its own limit plus whatever the parts before it left unused, never the time of later parts
+        later = sum(limits[q.number] for q in runnable if q.number > part.number)
         base = dict(number=part.number, key=part.key, title=part.title, rows=[], notes=[], limit_s=limits[part.number])
         missing = [m for m in part.requires if not has_module(m)]
         if missing:
@@ -1442,9 +1472,10 @@ def main(argv=None) -> int:
         elif remaining < 15:
             res = dict(base, status="not run", skip_reason=f"the whole run's {args.budget:.0f} s were used up")
         else:
-            limit = min(limits[part.number], remaining)
+            limit = min(remaining, max(limits[part.number], remaining - later))
             print(f"\n=== part {part.number}/{len(PARTS)}: {part.title} (limit {limit:.0f} s)", flush=True)
             res = run_part(part, limit, report_dir, ctx_path)
+            res["limit_s"] = limits[part.number]
             if part.key == "env" and res.get("summary", {}).get("peaks"):
                 ctx["peaks"] = res["summary"]["peaks"]
                 write_json(ctx, ctx_path)
