@@ -57,6 +57,7 @@ if str(ROOT) not in sys.path:
     sys.path.insert(0, str(ROOT))
 
 TOTAL_BUDGET_S = 475  # the whole run, CUDA start-up and compilation included, stays under 8 minutes
+PART_OVERHEAD_S = 1  # kept back per later part for starting and stopping its process
 GPT2_CH = "pytorch_gpt2_from_scratch"
 LLAMA_CH = "pytorch_llama2_from_scratch"
 FLASH_CH = "triton_flash_attention_scratch"
@@ -1228,7 +1229,7 @@ def granted(p: dict) -> str:
     return f" (given {g})" if g is not None and g != round(p.get("limit_s") or -1) else ""
 
 
-def markdown_report(parts: list[dict], started: str, total_s: float) -> str:
+def markdown_report(parts: list[dict], started: str, total_s: float, budget: float = TOTAL_BUDGET_S) -> str:
     env = next((p.get("summary", {}).get("env") for p in parts if p["key"] == "env"), None) or {}
     peaks = next((p.get("summary", {}).get("peaks") for p in parts if p["key"] == "env"), None) or {}
     lines = ["# GPU report (`bash .ci/gpu`)", ""]
@@ -1246,7 +1247,8 @@ def markdown_report(parts: list[dict], started: str, total_s: float) -> str:
             f"(read + write, median {peaks['copy_gbps_median']:.0f}). Every percentage below is against these."
         )
     lines += [
-        f"Started {started} UTC; total {total_s:.0f} s (capped at {TOTAL_BUDGET_S} s, each part at its own limit).",
+        f"Started {started} UTC; total {total_s:.0f} s (capped at {budget:.0f} s; each part has its own limit "
+        "plus what the parts before it left unused).",
         "",
         "| part | status | wall s | limit s | headline |",
         "|---|---|---:|---:|---|",
@@ -1350,11 +1352,14 @@ def _part_table(p: dict) -> list[str]:
     return out
 
 
-def write_report(parts: list[dict], report_dir: Path, started: str, total_s: float) -> None:
+def write_report(
+    parts: list[dict], report_dir: Path, started: str, total_s: float, budget: float = TOTAL_BUDGET_S
+) -> None:
     report_dir.mkdir(parents=True, exist_ok=True)
-    write_json({"started_utc": started, "total_s": round(total_s, 1), "parts": parts}, report_dir / "report.json")
+    meta = {"started_utc": started, "total_s": round(total_s, 1), "budget_s": budget}
+    write_json({**meta, "parts": parts}, report_dir / "report.json")
     tmp = report_dir / ".report.md.tmp"
-    tmp.write_text(markdown_report(parts, started, total_s))
+    tmp.write_text(markdown_report(parts, started, total_s, budget))
     os.replace(tmp, report_dir / "report.md")
 
 
@@ -1447,12 +1452,12 @@ def main(argv=None) -> int:
     for part in parts:
         remaining = args.budget - (time.perf_counter() - t_start)
         # a part gets its own limit plus whatever the parts before it left unused, never the time of later parts
-        later = sum(limits[q.number] for q in runnable if q.number > part.number)
+        later = sum(limits[q.number] + PART_OVERHEAD_S for q in runnable if q.number > part.number)
         base = dict(number=part.number, key=part.key, title=part.title, rows=[], notes=[], limit_s=limits[part.number])
         missing = [m for m in part.requires if not has_module(m)]
         if missing:
             res = dict(base, status="skipped", skip_reason=f"{', '.join(missing)} not installed on this machine")
-        elif remaining < 15:
+        elif remaining < min(15, limits[part.number]):
             res = dict(base, status="not run", skip_reason=f"the whole run's {args.budget:.0f} s were used up")
         else:
             limit = min(remaining, max(limits[part.number], remaining - later))
@@ -1469,9 +1474,9 @@ def main(argv=None) -> int:
             flush=True,
         )
         results.append(res)
-        write_report(results, report_dir, started, time.perf_counter() - t_start)
+        write_report(results, report_dir, started, time.perf_counter() - t_start, args.budget)
     total = time.perf_counter() - t_start
-    write_report(results, report_dir, started, total)
+    write_report(results, report_dir, started, total, args.budget)
     print(f"\nreport: {report_dir / 'report.md'} (and report.json); {total:.0f} s in all")
     for r in results:
         print(f"  {r['number']}. {r['title']}: {r['status']}")
