@@ -158,6 +158,7 @@ def ch2_lesson11():
     require(les, "train_flops", ("config", "B", "T"))
     require(les, "matmul_precision", ("tf32",))
     require(les, "GPU_BF16_PEAK")
+    require(les, "cpu_model_name")
     return les
 
 
@@ -400,7 +401,7 @@ def run_environment(rec: Recorder, ctx: dict) -> None:
         "cudnn": torch.backends.cudnn.version(),
         "torch": torch.__version__,
         "python": platform.python_version(),
-        "cpu": platform.processor() or platform.machine(),
+        "cpu": ch2_lesson11().cpu_model_name(),
         "cpu_count": os.cpu_count(),
         "date_utc": datetime.datetime.now(datetime.timezone.utc).strftime("%Y-%m-%d %H:%M"),
     }
@@ -542,6 +543,20 @@ def autotune_mode(tf) -> str:
     return f"LLM_SCRATCH_AUTOTUNE={mode}" + (" (the default)" if mode == "small" else "")
 
 
+def flash_targets(rec: Recorder, ratios: list[dict]) -> None:
+    at_target = [r for r in ratios if r["N"] == FLASH_TARGET_N]
+    for mode, goal in FLASH_TARGETS.items():
+        if at_target:
+            worst = min(r[mode] for r in at_target)
+            met = sum(r[mode] >= goal for r in at_target)
+            rec.target(
+                f"{mode} ours/SDPA at N={FLASH_TARGET_N} (worst of {len(at_target)}; {met} meet it)",
+                round(worst, 3),
+                f">= {goal}",
+                worst >= goal,
+            )
+
+
 def run_flash_bench(rec: Recorder, ctx: dict) -> None:
     import torch
 
@@ -588,17 +603,8 @@ def run_flash_bench(rec: Recorder, ctx: dict) -> None:
                         ratio = {m: pair["triton"][f"{m}_tflops"] / pair["sdpa"][f"{m}_tflops"] for m in ("fwd", "bwd")}
                         ratios.append({"N": N, "D": D, "dtype": dtype, "causal": causal, **ratio})
                         rec.summary(ratios=ratios)
-    at_target = [r for r in ratios if r["N"] == FLASH_TARGET_N]
-    for mode, goal in FLASH_TARGETS.items():
-        if at_target:
-            worst = min(r[mode] for r in at_target)
-            met = sum(r[mode] >= goal for r in at_target)
-            rec.target(
-                f"{mode} ours/SDPA at N={FLASH_TARGET_N} (worst of {len(at_target)}; {met} meet it)",
-                round(worst, 3),
-                f">= {goal}",
-                worst >= goal,
-            )
+        if N == FLASH_TARGET_N:  # the targets as soon as their rows exist (the part may run out of time later)
+            flash_targets(rec, ratios)
     try:
         from triton_flash_attention_scratch.triton_flash import best_configs
 
