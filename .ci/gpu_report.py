@@ -135,8 +135,11 @@ def ch2_model():
     for f in ("attn_impl", "pad_vocab_to"):
         if f not in fields:
             raise CheckFailed(f"GPTConfig has no field {f!r}")
-    if "triton" not in model.ATTN_IMPLS:
-        raise CheckFailed(f"GPTConfig.attn_impl does not offer 'triton' (ATTN_IMPLS = {model.ATTN_IMPLS})")
+    import triton_flash_attention_scratch.triton_flash  # noqa: F401  (registers attn_impl="triton")
+
+    if "triton" not in model.attention_impls():
+        offered = model.attention_impls()
+        raise CheckFailed(f"GPTConfig.attn_impl does not offer 'triton' (attention_impls() = {offered})")
     return model
 
 

@@ -81,6 +81,8 @@ NOT_YET_CELLS = {
     ("triton_flash_attention_scratch", 19),
     ("triton_flash_attention_scratch", 20),
     ("triton_flash_attention_scratch", 21),
+    # measures a 2048^3 bf16 matmul peak whatever its options: minutes on a CPU without native bf16 (AVX2)
+    ("pytorch_gpt2_from_scratch", 11),
 }
 LESSONS = [p for p in lesson_paths() if (p.parent.name, int(p.name[:2])) not in NOT_YET_CELLS]
 

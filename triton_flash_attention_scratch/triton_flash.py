@@ -1,6 +1,7 @@
 """Flash attention in Triton: forward, backward, the autograd Function, input validation and autotuning.
 
-This is the module the lessons 15-22 build up and that chapter 2's GPT-2 imports as its ``attn_impl="triton"``::
+This is the module the lessons 15-22 build up; importing it registers the kernel with chapter 2's GPT-2 as
+``attn_impl="triton"`` (see ``_register_with_gpt2``)::
 
     from triton_flash_attention_scratch.triton_flash import flash_attention
     o = flash_attention(q, k, v, causal=True)          # q (B, H, N, D), k/v (B, H_kv, N, D), H % H_kv == 0
@@ -998,6 +999,22 @@ def flash_attention(
 
 
 # ============================================================================================ lesson helpers
+def causal_flash_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor) -> torch.Tensor:
+    """``flash_attention(q, k, v, causal=True)``: the form chapter 2's GPT-2 calls as ``attn_impl="triton"``."""
+    return flash_attention(q, k, v, causal=True)
+
+
+def _register_with_gpt2() -> None:
+    """Chapter 2's GPT-2 takes attention implementations by name; importing this module adds ``"triton"``.
+    (Chapter 4 may import chapter 2; never the other way round.)"""
+    from pytorch_gpt2_from_scratch.model import register_attention
+
+    register_attention("triton", causal_flash_attention)
+
+
+_register_with_gpt2()
+
+
 def resolve_kernel_device(name: str = "auto") -> torch.device:
     """The device the kernels run on: CUDA when compiled, the CPU under the interpreter (``auto`` picks it)."""
     from pytorch_basis.common import resolve_device
