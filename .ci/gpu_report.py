@@ -183,6 +183,15 @@ def ch4_lesson21():
     return les
 
 
+def ch4_benchmark_rows(les):
+    """Lesson 21's ``benchmark_rows`` (ours and SDPA side by side, with the spread, stopping at a time limit), or
+    ``None`` for a lesson 21 without it (then this module loops over ``bench_one``)."""
+    if not hasattr(les, "benchmark_rows"):
+        return None, "lesson 21 has no benchmark_rows: bench_one per case (ours, then SDPA)"
+    params = ("seq_lens", "head_dims", "dtypes", "causal", "time_limit_s", "device", "log")
+    return require(les, "benchmark_rows", params), "lesson 21 benchmark_rows (ours and SDPA side by side, spread)"
+
+
 def ch3_llama():
     """LLaMA: ModelArgs, Transformer, generate(model, prompts, max_new_tokens), the HF state-dict converter."""
     from pytorch_llama2_from_scratch import generate, loading, model
@@ -561,7 +570,6 @@ def flash_targets(rec: Recorder, ratios: list[dict]) -> None:
 
 
 def run_flash_bench(rec: Recorder, ctx: dict) -> None:
-    import torch
 
     les = ch4_lesson21()
     tf = ch4_kernels()
@@ -569,6 +577,57 @@ def run_flash_bench(rec: Recorder, ctx: dict) -> None:
     peak = peaks_from(ctx)["bf16_tflops"]
     dev = report_device()
     rec.summary(peak_tflops=peak, grid=dict(N=FLASH_SEQ_LENS, D=FLASH_HEAD_DIMS, dtypes=FLASH_DTYPES))
+    rows_fn, how = ch4_benchmark_rows(les)
+    rec.note(how)
+    if rows_fn is not None:
+        _flash_with_benchmark_rows(rec, ctx, rows_fn, peak, dev)
+    else:
+        _flash_with_bench_one(rec, les, peak, dev)
+    try:
+        from triton_flash_attention_scratch.triton_flash import best_configs
+
+        rec.summary(best_configs=best_configs())
+    except Exception as e:
+        rec.note(f"best_configs unavailable: {e}")
+
+
+FLASH_MARGIN_S = 45  # a row started just before the time limit may still autotune and time (tens of seconds)
+
+
+def _flash_with_benchmark_rows(rec: Recorder, ctx: dict, rows_fn, peak: float, dev) -> None:
+    """Lesson 21's trimmed-grid benchmark, stopped (not killed) before the part's deadline."""
+    left = ctx["deadline"] - time.monotonic() - FLASH_MARGIN_S if "deadline" in ctx else None
+    rows = rows_fn(seq_lens=FLASH_SEQ_LENS, head_dims=FLASH_HEAD_DIMS, dtypes=FLASH_DTYPES, causal=(False, True),
+                   time_limit_s=None if left is None else max(left, 1.0), device=str(dev),
+                   log=lambda line: print(line, flush=True))  # fmt: skip
+    ratios, skipped = [], 0
+    for row in rows:
+        key = {k: row[k] for k in ("N", "D", "dtype", "causal")}
+        if row.get("status") == "time limit":
+            skipped += 1
+            continue
+        if row.get("status") != "ok":
+            rec.row({"impl": "both", **key, "error": row.get("status")})
+            rec.fail(f"N={row['N']} D={row['D']} {row['dtype']} causal={row['causal']}: {row.get('status')}")
+            continue
+        for impl, prefix in (("triton", "ours"), ("sdpa", "sdpa")):
+            r = {"impl": impl, **key, "B": row["B"], "H": row["H"]}
+            for mode in ("fwd", "bwd"):
+                r[f"{mode}_tflops"] = row[f"{prefix}_{mode}_tflops"]
+                r[f"{mode}_peak_fraction"] = row[f"{prefix}_{mode}_tflops"] / peak
+                for q in ("", "_q20", "_q80"):
+                    r[f"{mode}_ms{q}"] = row.get(f"{prefix}_{mode}_ms{q}")
+            rec.row(r)
+        ratios.append({**key, "fwd": row["fwd_vs_sdpa"], "bwd": row["bwd_vs_sdpa"]})
+    rec.summary(ratios=ratios)
+    if skipped:
+        rec.fail(f"{skipped} of {len(rows)} benchmark rows not run: the part's time ran out")
+    flash_targets(rec, ratios)
+
+
+def _flash_with_bench_one(rec: Recorder, les, peak: float, dev) -> None:
+    import torch
+
     ratios = []
     for N in FLASH_SEQ_LENS:
         for dtype in FLASH_DTYPES:
@@ -608,21 +667,17 @@ def run_flash_bench(rec: Recorder, ctx: dict) -> None:
                         rec.summary(ratios=ratios)
         if N == FLASH_TARGET_N:  # the targets as soon as their rows exist (the part may run out of time later)
             flash_targets(rec, ratios)
-    try:
-        from triton_flash_attention_scratch.triton_flash import best_configs
-
-        rec.summary(best_configs=best_configs())
-    except Exception as e:
-        rec.note(f"best_configs unavailable: {e}")
 
 
 def check_flash_bench() -> list[str]:
     tf = ch4_kernels()
     les = ch4_lesson21()
+    _, how = ch4_benchmark_rows(les)
     n = len(FLASH_SEQ_LENS) * len(FLASH_HEAD_DIMS) * len(FLASH_DTYPES) * 2
     return [
-        f"lesson 21 bench_one over N={FLASH_SEQ_LENS} x D={FLASH_HEAD_DIMS} x {FLASH_DTYPES} x causal/not: "
-        f"{n} cases x (triton, sdpa); B*N = {les.TOKENS} tokens; autotuning: {autotune_mode(tf)}"
+        f"lesson 21 over N={FLASH_SEQ_LENS} x D={FLASH_HEAD_DIMS} x {FLASH_DTYPES} x causal/not: "
+        f"{n} cases x (triton, sdpa); B*N = {les.TOKENS} tokens; autotuning: {autotune_mode(tf)}",
+        how,
     ]
 
 
@@ -1114,9 +1169,11 @@ SELFTEST_PARTS = {
 PART_BY_KEY |= SELFTEST_PARTS
 
 
-def _run_part_child(part: Part, out: Path, ctx_path: Path) -> int:
-    """Inside the part's own process."""
+def _run_part_child(part: Part, out: Path, ctx_path: Path, time_limit: float | None = None) -> int:
+    """Inside the part's own process (``ctx["deadline"]``: ``time.monotonic()`` at which it will be killed)."""
     ctx = json.loads(ctx_path.read_text()) if ctx_path.exists() else {}
+    if time_limit is not None:
+        ctx["deadline"] = time.monotonic() + time_limit
     rec = Recorder(out)
     try:
         part.run(rec, ctx)
@@ -1172,6 +1229,8 @@ def run_part(part: Part, limit: float, report_dir: Path, ctx_path: Path) -> dict
         str(out),
         "--context",
         str(ctx_path),
+        "--time-limit",
+        str(limit),
     ]
     env = {k: v for k, v in os.environ.items() if k != "TRITON_INTERPRET"}
     env["PYTHONUNBUFFERED"] = "1"
@@ -1420,6 +1479,7 @@ def main(argv=None) -> int:
     )
     p.add_argument("--out", default=None, help="report folder (default: $GPU_REPORT_DIR or out/gpu_report)")
     p.add_argument("--run-part", default=None, help=argparse.SUPPRESS)
+    p.add_argument("--time-limit", type=float, default=None, help=argparse.SUPPRESS)
     p.add_argument("--part-out", default=None, help=argparse.SUPPRESS)
     p.add_argument("--context", default=None, help=argparse.SUPPRESS)
     p.add_argument("--train-worker", default=None, help=argparse.SUPPRESS)
@@ -1429,7 +1489,7 @@ def main(argv=None) -> int:
         train_worker(args.train_worker)
         return 0
     if args.run_part is not None:
-        return _run_part_child(PART_BY_KEY[args.run_part], Path(args.part_out), Path(args.context))
+        return _run_part_child(PART_BY_KEY[args.run_part], Path(args.part_out), Path(args.context), args.time_limit)
 
     unknown = [k for k in (args.only or []) if k not in PART_BY_KEY or k in SELFTEST_PARTS]
     if unknown:
