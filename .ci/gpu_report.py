@@ -1311,7 +1311,8 @@ def markdown_report(parts: list[dict], started: str, total_s: float, budget: flo
     if peaks:
         lines.append(
             f"Measured in this run: bf16 {peaks['matmul_n']}³ matmul {peaks['bf16_tflops']:.0f} TFLOP/s (best of 5, "
-            f"median {peaks['bf16_tflops_median']:.0f}); 1 GiB device-to-device copy {peaks['copy_gbps']:.0f} GB/s "
+            f"median {peaks['bf16_tflops_median']:.0f}); {peaks['copy_bytes'] / 2**30:g} GiB device-to-device copy "
+            f"{peaks['copy_gbps']:.0f} GB/s "
             f"(read + write, median {peaks['copy_gbps_median']:.0f}). Every percentage below is against these."
         )
     lines += [
@@ -1348,7 +1349,13 @@ def markdown_report(parts: list[dict], started: str, total_s: float, budget: flo
 def _part_table(p: dict) -> list[str]:
     rows, key = p.get("rows", []), p["key"]
     out = [""]
-    if key == "tests":
+    if key == "env" and p.get("summary", {}).get("env"):
+        s = p["summary"]
+        out.append("; ".join(f"{k}: {v}" for k, v in s["env"].items()))
+        if s.get("published_bf16_tflops") and s.get("peaks"):
+            out += ["", f"The measured bf16 matmul is {s['peaks']['bf16_tflops'] / s['published_bf16_tflops']:.0%} "
+                        f"of the data sheet's dense peak ({s['published_bf16_tflops']:.0f} TFLOP/s)."]  # fmt: skip
+    elif key == "tests":
         bad = [r for r in rows if r["outcome"] not in ("PASSED", "SKIPPED")]
         out.append(f"{len(rows)} tests reported; command `{p.get('summary', {}).get('command', '')}`.")
         if bad:
@@ -1373,6 +1380,13 @@ def _part_table(p: dict) -> list[str]:
             for r in sorted(ratios, key=lambda r: (r["dtype"], r["D"], r["causal"], r["N"])):
                 out.append(f"| {r['dtype']} | {r['causal']} | {r['D']} | {r['N']} | {r['fwd']:.2f} | {r['bwd']:.2f} |")
     elif key == "gpt2" and rows:
+        s = p.get("summary", {})
+        if s.get("flops_per_step"):
+            out += [f"{s['model']}, B={s['B']}, T={s['T']}, AdamW (fused); {s['flops_per_step'] / 1e12:.1f} TFLOP per "
+                    f"step (6N + 12LCT per token); MFU against the measured bf16 peak ({s['peak_tflops']:.0f} "
+                    "TFLOP/s); "
+                    "median of the timed steps after warm-up (the first step, compilation included, is timed apart); "
+                    "each rung adds one change to the one above.", ""]  # fmt: skip
         out += [
             "| rung | ms/step (median) | min-max | tokens/s | MFU | first step s | video ms (A100) |",
             "|---|---:|---:|---:|---:|---:|---:|",
