@@ -193,8 +193,11 @@ def build_cells(path: str | Path, overrides: dict[str, object] | None = None) ->
     out.cells.append(
         Cell(
             "code",
-            "# The lesson this was made from: its imports resolve the chapter modules from this path.\n"
-            f"__file__ = {str(path)!r}",
+            "# The lesson this was made from: its imports resolve the chapter modules from this path, and its\n"
+            "# docstring (the text of --help, which some lessons also use) is read from it.\n"
+            "import ast as _ast\n\n"
+            f"__file__ = {str(path)!r}\n"
+            "__doc__ = _ast.get_docstring(_ast.parse(open(__file__, encoding='utf-8').read()), clean=False)",
             "where the lesson lives",
         )
     )
