@@ -56,7 +56,8 @@ ROOT = Path(__file__).resolve().parents[1]
 if str(ROOT) not in sys.path:
     sys.path.insert(0, str(ROOT))
 
-TOTAL_BUDGET_S = 470  # the whole run, CUDA start-up and compilation included, stays under 8 minutes
+TOTAL_BUDGET_S = 475  # the whole run, CUDA start-up and compilation included, stays under 8 minutes
+PART_OVERHEAD_S = 1  # kept back per later part for starting and stopping its process
 GPT2_CH = "pytorch_gpt2_from_scratch"
 LLAMA_CH = "pytorch_llama2_from_scratch"
 FLASH_CH = "triton_flash_attention_scratch"
@@ -160,6 +161,7 @@ def ch2_lesson11():
     require(les, "train_flops", ("config", "B", "T"))
     require(les, "matmul_precision", ("tf32",))
     require(les, "GPU_BF16_PEAK")
+    require(les, "cpu_model_name")
     return les
 
 
@@ -181,6 +183,15 @@ def ch4_lesson21():
     return les
 
 
+def ch4_benchmark_rows(les):
+    """Lesson 21's ``benchmark_rows`` (ours and SDPA side by side, with the spread, stopping at a time limit), or
+    ``None`` for a lesson 21 without it (then this module loops over ``bench_one``)."""
+    if not hasattr(les, "benchmark_rows"):
+        return None, "lesson 21 has no benchmark_rows: bench_one per case (ours, then SDPA)"
+    params = ("seq_lens", "head_dims", "dtypes", "causal", "time_limit_s", "device", "log")
+    return require(les, "benchmark_rows", params), "lesson 21 benchmark_rows (ours and SDPA side by side, spread)"
+
+
 def ch3_llama():
     """LLaMA: ModelArgs, Transformer, generate(model, prompts, max_new_tokens), the HF state-dict converter."""
     from pytorch_llama2_from_scratch import generate, loading, model
@@ -191,23 +202,21 @@ def ch3_llama():
             raise CheckFailed(f"ModelArgs has no field {f!r}")
     require(model, "Transformer")
     require(model.Transformer, "init_weights", ("std",), "Transformer")
+    require(model, "kv_cache_bytes", ("args", "batch", "context", "dtype"))
     require(generate, "generate", ("model", "prompts", "max_new_tokens"))
     require(loading, "hf_to_meta_state_dict", ("hf_state", "args"))
     return model, generate, loading
 
 
-FAST_DECODE_NAMES = ("benchmark_decode", "decode_benchmark", "bench_decode", "benchmark")
-
-
 def ch3_fast_decode():
-    """The optional fast decode module (``fast_decode.py``); None while it does not exist."""
+    """``fast_decode.benchmark(model, prompt_len, new_tokens, repeats, compile, hf_model)`` (static cache, compiled
+    step, GEMV-bandwidth probe); ``(None, note)`` where the module does not exist (then plain ``generate`` is timed)."""
     if importlib.util.find_spec(f"{LLAMA_CH}.fast_decode") is None:
         return None, "pytorch_llama2_from_scratch/fast_decode.py not present: part 5 times generate.generate only"
     mod = importlib.import_module(f"{LLAMA_CH}.fast_decode")
-    for name in FAST_DECODE_NAMES:
-        if callable(getattr(mod, name, None)):
-            return getattr(mod, name), f"fast_decode.{name} found"
-    raise CheckFailed(f"fast_decode.py has none of the functions {FAST_DECODE_NAMES}: update .ci/gpu_report.py")
+    require(mod, "benchmark", ("model", "prompt_len", "new_tokens", "repeats", "compile", "hf_model"))
+    require(mod, "bytes_per_token", ("model", "context"))
+    return mod, "fast_decode.benchmark: dynamic cache, static cache, static + torch.compile, HF generate"
 
 
 def ch2_train():
@@ -373,6 +382,20 @@ def _nvidia_smi() -> dict:
         return {}
 
 
+def compile_cache_sizes() -> dict:
+    """Entries in Triton's and inductor's on-disk caches before the run (warm caches make parts 2-6 much faster)."""
+    import getpass
+
+    dirs = {
+        "triton": Path(os.environ.get("TRITON_CACHE_DIR") or Path.home() / ".triton" / "cache"),
+        "inductor": Path(
+            os.environ.get("TORCHINDUCTOR_CACHE_DIR")
+            or Path(tempfile.gettempdir()) / f"torchinductor_{getpass.getuser()}"
+        ),
+    }
+    return {k: (sum(1 for _ in d.iterdir()) if d.is_dir() else 0) for k, d in dirs.items()}
+
+
 def run_environment(rec: Recorder, ctx: dict) -> None:
     import torch
 
@@ -390,7 +413,7 @@ def run_environment(rec: Recorder, ctx: dict) -> None:
         "cudnn": torch.backends.cudnn.version(),
         "torch": torch.__version__,
         "python": platform.python_version(),
-        "cpu": platform.processor() or platform.machine(),
+        "cpu": ch2_lesson11().cpu_model_name(),
         "cpu_count": os.cpu_count(),
         "date_utc": datetime.datetime.now(datetime.timezone.utc).strftime("%Y-%m-%d %H:%M"),
     }
@@ -404,6 +427,7 @@ def run_environment(rec: Recorder, ctx: dict) -> None:
         env[f"has_{name}"] = has_module(name)
     env.update(_nvidia_smi())
     env["nvcc"] = shutil.which("nvcc")
+    env["compile_caches"] = compile_cache_sizes()
     rec.summary(env=env)
     print(json.dumps(env, indent=1), flush=True)
     peaks = measure_peaks()
@@ -428,6 +452,7 @@ def check_environment() -> list[str]:
 
 
 # ============================================================================================ part 2: gpu tests
+GPU_TESTS_FIRST = ("test_triton_flash.py",)
 GPU_MARK = re.compile(r"pytest\.mark\.gpu\b")
 RESULT_LINE = re.compile(r"^(tests/\S+::\S+) (PASSED|FAILED|ERROR|SKIPPED|XFAIL|XPASS)\b")
 
@@ -439,7 +464,8 @@ def gpu_test_files() -> list[str]:
     for path in sorted((ROOT / "tests").rglob("test_*.py")):
         if GPU_MARK.search(path.read_text(encoding="utf-8", errors="replace")):
             files.append(str(path.relative_to(ROOT)))
-    return files
+    # the kernels' own tests first: if the part runs out of time (e.g. compiling a CUDA extension), they have run
+    return sorted(files, key=lambda f: (Path(f).name not in GPU_TESTS_FIRST, f))
 
 
 def pytest_command(junit: Path) -> list[str]:
@@ -479,7 +505,7 @@ def run_gpu_tests(rec: Recorder, ctx: dict) -> None:
     junit = Path(ctx["report_dir"]) / "gpu_tests.junit.xml"
     cmd = pytest_command(junit)
     env = {k: v for k, v in os.environ.items() if k not in ("LLM_SCRATCH_FORBID_SKIPS", "TRITON_INTERPRET")}
-    rec.summary(command=" ".join(cmd[1:]))
+    rec.summary(command=" ".join(cmd[1:]), autotune=os.environ.get("LLM_SCRATCH_AUTOTUNE") or "small (default)")
     counts: dict[str, int] = {}
     proc = subprocess.Popen(cmd, cwd=ROOT, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
     tail: list[str] = []
@@ -523,13 +549,87 @@ FLASH_TARGET_N = 4096
 FLASH_TARGETS = {"fwd": 0.9, "bwd": 0.7}
 
 
+def autotune_mode(tf) -> str:
+    """The kernels' autotuning volume (``LLM_SCRATCH_AUTOTUNE``: small by default, full opt-in, off)."""
+    mode = getattr(tf, "AUTOTUNE_MODE", None)
+    if mode is None:
+        return "this version of triton_flash.py has no autotune modes (full config space)"
+    return f"LLM_SCRATCH_AUTOTUNE={mode}" + (" (the default)" if mode == "small" else "")
+
+
+def flash_targets(rec: Recorder, ratios: list[dict]) -> None:
+    at_target = [r for r in ratios if r["N"] == FLASH_TARGET_N]
+    for mode, goal in FLASH_TARGETS.items():
+        if at_target:
+            worst = min(r[mode] for r in at_target)
+            met = sum(r[mode] >= goal for r in at_target)
+            rec.target(
+                f"{mode} ours/SDPA at N={FLASH_TARGET_N} (worst of {len(at_target)}; {met} meet it)",
+                round(worst, 3),
+                f">= {goal}",
+                worst >= goal,
+            )
+
+
 def run_flash_bench(rec: Recorder, ctx: dict) -> None:
-    import torch
 
     les = ch4_lesson21()
+    tf = ch4_kernels()
+    rec.note(f"autotuning: {autotune_mode(tf)}")
     peak = peaks_from(ctx)["bf16_tflops"]
     dev = report_device()
     rec.summary(peak_tflops=peak, grid=dict(N=FLASH_SEQ_LENS, D=FLASH_HEAD_DIMS, dtypes=FLASH_DTYPES))
+    rows_fn, how = ch4_benchmark_rows(les)
+    rec.note(how)
+    if rows_fn is not None:
+        _flash_with_benchmark_rows(rec, ctx, rows_fn, peak, dev)
+    else:
+        _flash_with_bench_one(rec, les, peak, dev)
+    try:
+        from triton_flash_attention_scratch.triton_flash import best_configs
+
+        rec.summary(best_configs=best_configs())
+    except Exception as e:
+        rec.note(f"best_configs unavailable: {e}")
+
+
+FLASH_MARGIN_S = 45  # a row started just before the time limit may still autotune and time (tens of seconds)
+
+
+def _flash_with_benchmark_rows(rec: Recorder, ctx: dict, rows_fn, peak: float, dev) -> None:
+    """Lesson 21's trimmed-grid benchmark, stopped (not killed) before the part's deadline."""
+    left = ctx["deadline"] - time.monotonic() - FLASH_MARGIN_S if "deadline" in ctx else None
+    rows = rows_fn(seq_lens=FLASH_SEQ_LENS, head_dims=FLASH_HEAD_DIMS, dtypes=FLASH_DTYPES, causal=(False, True),
+                   time_limit_s=None if left is None else max(left, 1.0), device=str(dev),
+                   log=lambda line: print(line, flush=True))  # fmt: skip
+    ratios, skipped = [], 0
+    for row in rows:
+        key = {k: row[k] for k in ("N", "D", "dtype", "causal")}
+        if row.get("status") == "time limit":
+            skipped += 1
+            continue
+        if row.get("status") != "ok":
+            rec.row({"impl": "both", **key, "error": row.get("status")})
+            rec.fail(f"N={row['N']} D={row['D']} {row['dtype']} causal={row['causal']}: {row.get('status')}")
+            continue
+        for impl, prefix in (("triton", "ours"), ("sdpa", "sdpa")):
+            r = {"impl": impl, **key, "B": row["B"], "H": row["H"]}
+            for mode in ("fwd", "bwd"):
+                r[f"{mode}_tflops"] = row[f"{prefix}_{mode}_tflops"]
+                r[f"{mode}_peak_fraction"] = row[f"{prefix}_{mode}_tflops"] / peak
+                for q in ("", "_q20", "_q80"):
+                    r[f"{mode}_ms{q}"] = row.get(f"{prefix}_{mode}_ms{q}")
+            rec.row(r)
+        ratios.append({**key, "fwd": row["fwd_vs_sdpa"], "bwd": row["bwd_vs_sdpa"]})
+    rec.summary(ratios=ratios)
+    if skipped:
+        rec.fail(f"{skipped} of {len(rows)} benchmark rows not run: the part's time ran out")
+    flash_targets(rec, ratios)
+
+
+def _flash_with_bench_one(rec: Recorder, les, peak: float, dev) -> None:
+    import torch
+
     ratios = []
     for N in FLASH_SEQ_LENS:
         for dtype in FLASH_DTYPES:
@@ -567,32 +667,19 @@ def run_flash_bench(rec: Recorder, ctx: dict) -> None:
                         ratio = {m: pair["triton"][f"{m}_tflops"] / pair["sdpa"][f"{m}_tflops"] for m in ("fwd", "bwd")}
                         ratios.append({"N": N, "D": D, "dtype": dtype, "causal": causal, **ratio})
                         rec.summary(ratios=ratios)
-    at_target = [r for r in ratios if r["N"] == FLASH_TARGET_N]
-    for mode, goal in FLASH_TARGETS.items():
-        if at_target:
-            worst = min(r[mode] for r in at_target)
-            met = sum(r[mode] >= goal for r in at_target)
-            rec.target(
-                f"{mode} ours/SDPA at N={FLASH_TARGET_N} (worst of {len(at_target)}; {met} meet it)",
-                round(worst, 3),
-                f">= {goal}",
-                worst >= goal,
-            )
-    try:
-        from triton_flash_attention_scratch.triton_flash import best_configs
-
-        rec.summary(best_configs=best_configs())
-    except Exception as e:
-        rec.note(f"best_configs unavailable: {e}")
+        if N == FLASH_TARGET_N:  # the targets as soon as their rows exist (the part may run out of time later)
+            flash_targets(rec, ratios)
 
 
 def check_flash_bench() -> list[str]:
-    ch4_kernels()
+    tf = ch4_kernels()
     les = ch4_lesson21()
+    _, how = ch4_benchmark_rows(les)
     n = len(FLASH_SEQ_LENS) * len(FLASH_HEAD_DIMS) * len(FLASH_DTYPES) * 2
     return [
-        f"lesson 21 bench_one over N={FLASH_SEQ_LENS} x D={FLASH_HEAD_DIMS} x {FLASH_DTYPES} x causal/not: "
-        f"{n} cases x (triton, sdpa); B*N = {les.TOKENS} tokens"
+        f"lesson 21 over N={FLASH_SEQ_LENS} x D={FLASH_HEAD_DIMS} x {FLASH_DTYPES} x causal/not: "
+        f"{n} cases x (triton, sdpa); B*N = {les.TOKENS} tokens; autotuning: {autotune_mode(tf)}",
+        how,
     ]
 
 
@@ -718,16 +805,10 @@ def hf_llama_config(args):
     )
 
 
-def run_decode(rec: Recorder, ctx: dict) -> None:
+def _decode_models(rec: Recorder, llama_model, loading, args, dev):
+    """Our random bf16 LLaMA on the GPU and, with transformers, a LlamaForCausalLM holding the same weights."""
     import torch
 
-    llama_model, gen, loading = ch3_llama()
-    fast_fn, fast_note = ch3_fast_decode()
-    rec.note(fast_note)
-    peaks = peaks_from(ctx)
-    dev = report_device()
-    total = DECODE_PROMPT + DECODE_NEW
-    args = decode_args(llama_model, total)
     torch.manual_seed(0)
     with torch.device(dev):
         ours = llama_model.Transformer(args)
@@ -739,36 +820,77 @@ def run_decode(rec: Recorder, ctx: dict) -> None:
 
         with torch.device(dev):
             hf = LlamaForCausalLM(hf_llama_config(args)).to(torch.bfloat16).eval()
-        hf.generation_config.eos_token_id = None
+        hf.generation_config.eos_token_id = None  # exactly new_tokens tokens
         hf.generation_config.pad_token_id = 0
-        ours.load_state_dict(loading.hf_to_meta_state_dict(hf.state_dict(), args))  # the same weights
+        ours.load_state_dict(loading.hf_to_meta_state_dict(hf.state_dict(), args))
     else:
-        rec.note("transformers is not installed: HF generate skipped (ours only, random weights)")
-    weight_bytes = sum(p.numel() * p.element_size() for p in ours.parameters())
-    rec.summary(
-        params=sum(p.numel() for p in ours.parameters()),
-        weight_bytes=weight_bytes,
-        shape=DECODE_SHAPE,
-        prompt=DECODE_PROMPT,
-        new_tokens=DECODE_NEW,
-        dtype="bfloat16",
-        batch=1,
-        copy_gbps=peaks["copy_gbps"],
-    )
+        rec.note("transformers is not installed: HF generate skipped (ours only)")
+    return ours, hf
+
+
+def _decode_rows(rec: Recorder, res: dict, copy_gbps: float, only: tuple[str, ...] = ()) -> None:
+    """One row per method of a ``fast_decode.benchmark`` result, with the fraction of part 1's copy bandwidth."""
+    bpt = res["bytes_per_token"]
+    for method, samples in res["tok_s"].items():
+        if only and method not in only:
+            continue
+        tps = statistics.median(samples)
+        row = {
+            "method": method, "tokens_per_s": tps, "tok_s_samples": samples, "bytes_per_token": bpt,
+            "weight_read_gbps": tps * bpt / 1e9, "bandwidth_fraction": tps * bpt / 1e9 / copy_gbps,
+            "pct_of_gemv_limit": res["pct_of_limit"][method], "same_tokens_as_ours": res["same_tokens"].get(method),
+        }  # fmt: skip
+        if method == "static + compile":
+            row["compile_seconds"] = res.get("compile_seconds")
+        rec.row(row)
+        print(f"{method:18s} {tps:8.1f} tok/s (samples {', '.join(f'{v:.0f}' for v in samples)})  "
+              f"{row['weight_read_gbps']:6.0f} GB/s read = {row['bandwidth_fraction']:.1%} of the copy bandwidth, "
+              f"{row['pct_of_gemv_limit']:.0f}% of the GEMV limit", flush=True)  # fmt: skip
+
+
+def run_decode(rec: Recorder, ctx: dict) -> None:
+    import torch
+
+    llama_model, gen, loading = ch3_llama()
+    fast, fast_note = ch3_fast_decode()
+    rec.note(fast_note)
+    peaks = peaks_from(ctx)
+    dev = report_device()
+    total = DECODE_PROMPT + DECODE_NEW
+    args = decode_args(llama_model, total)
+    ours, hf = _decode_models(rec, llama_model, loading, args, dev)
+    rec.summary(params=sum(p.numel() for p in ours.parameters()), shape=DECODE_SHAPE, prompt=DECODE_PROMPT,
+                new_tokens=DECODE_NEW, dtype="bfloat16", batch=1, copy_gbps=peaks["copy_gbps"])  # fmt: skip
+    if fast is not None:
+        # eager methods first (HF included), so that a part that runs out of time during compilation keeps them
+        res = fast.benchmark(model=ours, prompt_len=DECODE_PROMPT, new_tokens=DECODE_NEW, repeats=DECODE_REPEATS,
+                             compile=False, hf_model=hf)  # fmt: skip
+        rec.summary(
+            gemv_gbps=res["bandwidth_GBs"], limit_tok_s=res["limit_tok_s"], bytes_per_token=res["bytes_per_token"]
+        )
+        _decode_rows(rec, res, peaks["copy_gbps"])
+        free_cuda()
+        res = fast.benchmark(model=ours, prompt_len=DECODE_PROMPT, new_tokens=DECODE_NEW, repeats=DECODE_REPEATS,
+                             compile=True, hf_model=None)  # fmt: skip
+        _decode_rows(rec, res, peaks["copy_gbps"], only=("static + compile",))
+        rec.summary(compile_seconds=res.get("compile_seconds"), break_even_tokens=res.get("break_even_tokens"))
+        return
+    # without fast_decode.py: our generate (dynamic KV cache) vs HF generate, timed here
+    emb = ours.tok_embeddings.weight
+    bpt = sum(p.numel() * p.element_size() for p in ours.parameters()) - emb.numel() * emb.element_size()
+    bpt += llama_model.kv_cache_bytes(args=args, batch=1, context=total, dtype=torch.bfloat16) // 2
     prompt = torch.randint(3, args.vocab_size, (DECODE_PROMPT,), generator=torch.Generator().manual_seed(0)).tolist()
-
-    def ours_run(n):
-        return gen.generate(model=ours, prompts=[prompt], max_new_tokens=n)[0]
-
-    def hf_run(n):
-        ids = torch.tensor([prompt], device=dev)
-        out = hf.generate(ids, attention_mask=torch.ones_like(ids), max_new_tokens=n, min_new_tokens=n, do_sample=False)
-        return out[0, len(prompt) :].tolist()
-
-    methods = {"ours + KV cache": ours_run}
+    methods = {"dynamic cache": lambda n: gen.generate(model=ours, prompts=[prompt], max_new_tokens=n)[0]}
     if hf is not None:
+
+        def hf_run(n):
+            ids = torch.tensor([prompt], device=dev)
+            out = hf.generate(ids, attention_mask=torch.ones_like(ids), max_new_tokens=n, min_new_tokens=n,
+                              do_sample=False)  # fmt: skip
+            return out[0, len(prompt) :].tolist()
+
         methods["HF generate"] = hf_run
-    best = dict.fromkeys(methods, math.inf)
+    samples = {name: [] for name in methods}
     outputs = {}
     with torch.inference_mode():
         for fn in methods.values():
@@ -776,47 +898,25 @@ def run_decode(rec: Recorder, ctx: dict) -> None:
         for _ in range(DECODE_REPEATS):
             for name, fn in methods.items():  # interleaved
                 seconds, outputs[name] = timed_s(lambda fn=fn: fn(DECODE_NEW), dev)
-                best[name] = min(best[name], seconds)
-    kv_bytes = llama_model.kv_cache_bytes(args, 1, total, torch.bfloat16) / 2  # mean cached context read per token
-    for name, seconds in best.items():
-        tps = DECODE_NEW / seconds
-        gbps = tps * (weight_bytes + kv_bytes) / 1e9
-        row = {
-            "method": name,
-            "seconds": seconds,
-            "tokens_per_s": tps,
-            "weight_read_gbps": gbps,
-            "bandwidth_fraction": gbps / peaks["copy_gbps"],
-        }
-        if name != "ours + KV cache" and "ours + KV cache" in outputs:
-            ref = outputs[name]
-            row["same_tokens_as_ours"] = sum(a == b for a, b in zip(outputs["ours + KV cache"], ref)) / len(ref)
-        rec.row(row)
-        print(
-            f"{name:18s} {tps:8.1f} tok/s  {gbps:7.0f} GB/s of weights  {row['bandwidth_fraction']:.1%} of copy "
-            "bandwidth",
-            flush=True,
-        )
-    if fast_fn is not None:
-        try:
-            res = fast_fn(model=ours, prompt=prompt, max_new_tokens=DECODE_NEW)
-            rec.row({"method": f"fast_decode.{fast_fn.__name__}", "result": res})
-        except Exception as e:
-            rec.fail(f"fast_decode.{fast_fn.__name__}: {type(e).__name__}: {e}")
+                samples[name].append(DECODE_NEW / seconds)
+    ref = outputs["dynamic cache"]
+    res = {"bytes_per_token": bpt, "tok_s": samples, "pct_of_limit": dict.fromkeys(samples, math.nan),
+           "same_tokens": {m: sum(a == b for a, b in zip(o, ref)) / len(ref) for m, o in outputs.items()}}  # fmt: skip
+    _decode_rows(rec, res, peaks["copy_gbps"])
 
 
 def check_decode() -> list[str]:
     import torch
 
     llama_model, _, _ = ch3_llama()
-    _, fast_note = ch3_fast_decode()
+    fast, fast_note = ch3_fast_decode()
     args = decode_args(llama_model, DECODE_PROMPT + DECODE_NEW)
     lines = [
         f"random LLaMA {args.num_params() / 1e9:.2f} B parameters, bf16, batch 1, prompt {DECODE_PROMPT}, "
-        f"{DECODE_NEW} new tokens, best of {DECODE_REPEATS} interleaved"
+        f"{DECODE_NEW} new tokens, median of {DECODE_REPEATS} interleaved runs"
     ]
     with torch.device("meta"):
-        llama_model.Transformer(args)
+        require(llama_model.Transformer(args), "tok_embeddings", where="Transformer")
     if has_module("transformers"):
         hf_llama_config(args)
     else:
@@ -933,8 +1033,10 @@ def run_train_smoke(rec: Recorder, ctx: dict) -> None:
     env = {k: v for k, v in os.environ.items() if k != "TRITON_INTERPRET"}
     script = str(ROOT / GPT2_CH / "train_gpt2.py") if use_cli else str(Path(__file__).resolve())
 
-    def command(out: Path, stop_after, resume, launcher: list[str]) -> list[str]:
+    def command(out: Path, stop_after, resume, launcher: list[str], compile_: bool = True) -> list[str]:
         ov = smoke_overrides(data, out)
+        if not compile_:
+            ov["compile"] = False
         if use_cli:
             extra = ["--num-samples", "0"] if no_samples else []
             return launcher + [script] + smoke_argv(ov, stop_after, resume) + extra
@@ -951,11 +1053,11 @@ def run_train_smoke(rec: Recorder, ctx: dict) -> None:
     launcher = [torchrun] if torchrun else [sys.executable, "-m", "torch.distributed.run"]
     ddp = report / "train_smoke" / "torchrun"
     shutil.rmtree(ddp, ignore_errors=True)
-    runs.append(
-        ("torchrun --nproc_per_node=1 (3 steps)", ddp, 3, False, launcher + ["--standalone", "--nproc_per_node=1"])
-    )
+    # under torchrun the point is NCCL and DDP; without torch.compile (the runs above compiled) to save a compilation
+    runs.append(("torchrun --nproc_per_node=1 (3 steps, no compile)", ddp, 3, False,
+                 launcher + ["--standalone", "--nproc_per_node=1"]))  # fmt: skip
     for name, out, stop_after, resume, launch in runs:
-        cmd = command(out, stop_after, resume, launch)
+        cmd = command(out, stop_after, resume, launch, compile_="torchrun" not in name)
         run_env = dict(env, NCCL_DEBUG="INFO") if "torchrun" in name else env
         t0 = time.perf_counter()
         rc, text = _run_logged(cmd, run_env, report / f"train_smoke_{len(rec.data['rows'])}.log")
@@ -1017,7 +1119,7 @@ def check_train_smoke() -> list[str]:
     torchrun = shutil.which("torchrun") or "python -m torch.distributed.run"
     return lines + [
         f"preset gpt2-124M: B={cfg.batch_size} T={cfg.seq_len}, compile={cfg.compile}, "
-        f"{SMOKE_STEPS} steps in two runs + 3 steps under {Path(torchrun).name}"
+        f"{SMOKE_STEPS} steps in two runs + 3 steps under {Path(torchrun).name} (no compile)"
     ]
 
 
@@ -1033,54 +1135,22 @@ class Part:
     check: Callable[[], list[str]]
 
 
+# Own limits in seconds (a part also gets what the parts before it left unused). Nearly all of the time is
+# compilation: Triton kernels (parts 2-3, cached on disk for the next run) and torch.compile (parts 4-6).
 PARTS = [
-    Part(
-        1,
-        "env",
-        "environment, bf16 matmul peak, device copy bandwidth",
-        30,
-        ("torch",),
-        run_environment,
-        check_environment,
-    ),
-    Part(
-        2,
-        "tests",
-        "pytest -m gpu (kernel correctness)",
-        95,
-        ("torch", "triton", "pytest"),
-        run_gpu_tests,
-        check_gpu_tests,
-    ),
-    Part(
-        3,
-        "flash",
-        "flash attention: ours vs SDPA flash, trimmed grid",
-        75,
-        ("torch", "triton"),
-        run_flash_bench,
-        check_flash_bench,
-    ),
-    Part(
-        4,
-        "gpt2",
-        "GPT-2 124M training-step ladder, B=16 T=1024",
-        140,
-        ("torch", "triton"),
-        run_gpt2_ladder,
-        check_gpt2_ladder,
-    ),
-    Part(5, "decode", "LLaMA ~1B bf16 decode, KV cache vs HF generate", 40, ("torch",), run_decode, check_decode),
-    Part(
-        6,
-        "train",
-        "train_gpt2.py --preset gpt2-124M smoke + resume + torchrun",
-        80,
-        ("torch", "numpy", "tqdm", "matplotlib"),
-        run_train_smoke,
-        check_train_smoke,
-    ),
-]
+    Part(1, "env", "environment, bf16 matmul peak, device copy bandwidth", 20, ("torch",),
+         run_environment, check_environment),
+    Part(2, "tests", "pytest -m gpu (kernel correctness)", 95, ("torch", "triton", "pytest"),
+         run_gpu_tests, check_gpu_tests),
+    Part(3, "flash", "flash attention: ours vs SDPA flash, trimmed grid", 95, ("torch", "triton"),
+         run_flash_bench, check_flash_bench),
+    Part(4, "gpt2", "GPT-2 124M training-step ladder, B=16 T=1024", 125, ("torch", "triton"),
+         run_gpt2_ladder, check_gpt2_ladder),
+    Part(5, "decode", "LLaMA ~1B bf16 decode, KV cache vs HF generate", 60, ("torch",),
+         run_decode, check_decode),
+    Part(6, "train", "train_gpt2.py --preset gpt2-124M smoke + resume + torchrun", 75,
+         ("torch", "numpy", "tqdm", "matplotlib"), run_train_smoke, check_train_smoke),
+]  # fmt: skip
 PART_BY_KEY = {p.key: p for p in PARTS} | {str(p.number): p for p in PARTS}
 
 
@@ -1103,9 +1173,11 @@ SELFTEST_PARTS = {
 PART_BY_KEY |= SELFTEST_PARTS
 
 
-def _run_part_child(part: Part, out: Path, ctx_path: Path) -> int:
-    """Inside the part's own process."""
+def _run_part_child(part: Part, out: Path, ctx_path: Path, time_limit: float | None = None) -> int:
+    """Inside the part's own process (``ctx["deadline"]``: ``time.monotonic()`` at which it will be killed)."""
     ctx = json.loads(ctx_path.read_text()) if ctx_path.exists() else {}
+    if time_limit is not None:
+        ctx["deadline"] = time.monotonic() + time_limit
     rec = Recorder(out)
     try:
         part.run(rec, ctx)
@@ -1136,6 +1208,18 @@ def _stream(proc: subprocess.Popen, prefix: str, log: Path) -> threading.Thread:
     return t
 
 
+def _kill_group(proc: subprocess.Popen) -> int:
+    """SIGTERM the part's process group (the part and everything it started), SIGKILL after 10 s."""
+    with contextlib.suppress(ProcessLookupError):
+        os.killpg(proc.pid, signal.SIGTERM)
+    try:
+        return proc.wait(timeout=10)
+    except subprocess.TimeoutExpired:
+        with contextlib.suppress(ProcessLookupError):
+            os.killpg(proc.pid, signal.SIGKILL)
+        return proc.wait()
+
+
 def run_part(part: Part, limit: float, report_dir: Path, ctx_path: Path) -> dict:
     """Run ``part`` in a new process group; kill the whole group when it exceeds ``limit`` seconds."""
     out = report_dir / "parts" / f"{part.number}_{part.key}.json"
@@ -1149,6 +1233,8 @@ def run_part(part: Part, limit: float, report_dir: Path, ctx_path: Path) -> dict
         str(out),
         "--context",
         str(ctx_path),
+        "--time-limit",
+        str(limit),
     ]
     env = {k: v for k, v in os.environ.items() if k != "TRITON_INTERPRET"}
     env["PYTHONUNBUFFERED"] = "1"
@@ -1162,14 +1248,10 @@ def run_part(part: Part, limit: float, report_dir: Path, ctx_path: Path) -> dict
         rc = proc.wait(timeout=limit)
     except subprocess.TimeoutExpired:
         timed_out = True
-        with contextlib.suppress(ProcessLookupError):
-            os.killpg(proc.pid, signal.SIGTERM)
-        try:
-            rc = proc.wait(timeout=10)
-        except subprocess.TimeoutExpired:
-            with contextlib.suppress(ProcessLookupError):
-                os.killpg(proc.pid, signal.SIGKILL)
-            rc = proc.wait()
+        rc = _kill_group(proc)
+    except BaseException:  # Ctrl-C: the part runs in its own session, so stop it too
+        _kill_group(proc)
+        raise
     pump.join(timeout=5)
     result = json.loads(out.read_text()) if out.exists() else {"status": "crashed", "rows": [], "notes": []}
     if timed_out:
@@ -1180,7 +1262,8 @@ def run_part(part: Part, limit: float, report_dir: Path, ctx_path: Path) -> dict
         number=part.number,
         key=part.key,
         title=part.title,
-        limit_s=round(limit),
+        limit_s=part.limit_s,
+        granted_s=round(limit),
         rc=rc,
         wall_s=round(time.perf_counter() - t0, 1),
     )
@@ -1196,7 +1279,9 @@ def _part_headline(p: dict) -> str:
     if p["key"] == "tests" and s.get("counts"):
         return ", ".join(f"{v} {k.lower()}" for k, v in sorted(s["counts"].items()))
     if p["key"] == "flash":
-        return f"{len(rows)} rows"
+        at = [r for r in s.get("ratios", []) if r["N"] == FLASH_TARGET_N]
+        worst = f"; at N={FLASH_TARGET_N} ours/SDPA fwd >= {min(r['fwd'] for r in at):.2f}, bwd >= " if at else ""
+        return f"{len(rows)} rows" + (worst + f"{min(r['bwd'] for r in at):.2f}" if at else "")
     if p["key"] == "gpt2":
         done = [r for r in rows if "ms" in r]
         return (
@@ -1211,7 +1296,12 @@ def _part_headline(p: dict) -> str:
     return p.get("error", "") or (p.get("skip_reason") or "")
 
 
-def markdown_report(parts: list[dict], started: str, total_s: float) -> str:
+def granted(p: dict) -> str:
+    g = p.get("granted_s")
+    return f" (given {g})" if g is not None and g != round(p.get("limit_s") or -1) else ""
+
+
+def markdown_report(parts: list[dict], started: str, total_s: float, budget: float = TOTAL_BUDGET_S) -> str:
     env = next((p.get("summary", {}).get("env") for p in parts if p["key"] == "env"), None) or {}
     peaks = next((p.get("summary", {}).get("peaks") for p in parts if p["key"] == "env"), None) or {}
     lines = ["# GPU report (`bash .ci/gpu`)", ""]
@@ -1225,11 +1315,13 @@ def markdown_report(parts: list[dict], started: str, total_s: float) -> str:
     if peaks:
         lines.append(
             f"Measured in this run: bf16 {peaks['matmul_n']}³ matmul {peaks['bf16_tflops']:.0f} TFLOP/s (best of 5, "
-            f"median {peaks['bf16_tflops_median']:.0f}); 1 GiB device-to-device copy {peaks['copy_gbps']:.0f} GB/s "
+            f"median {peaks['bf16_tflops_median']:.0f}); {peaks['copy_bytes'] / 2**30:g} GiB device-to-device copy "
+            f"{peaks['copy_gbps']:.0f} GB/s "
             f"(read + write, median {peaks['copy_gbps_median']:.0f}). Every percentage below is against these."
         )
     lines += [
-        f"Started {started} UTC; total {total_s:.0f} s.",
+        f"Started {started} UTC; total {total_s:.0f} s (capped at {budget:.0f} s; each part has its own limit "
+        "plus what the parts before it left unused).",
         "",
         "| part | status | wall s | limit s | headline |",
         "|---|---|---:|---:|---|",
@@ -1237,7 +1329,7 @@ def markdown_report(parts: list[dict], started: str, total_s: float) -> str:
     for p in parts:
         lines.append(
             f"| {p['number']}. {p['title']} | {p['status']} | {fmt(p.get('wall_s'), '.0f')} | "
-            f"{p.get('limit_s', '')} | {_part_headline(p)} |"
+            f"{fmt(p.get('limit_s'), '.0f', '')}{granted(p)} | {_part_headline(p)} |"
         )
     targets = [(p, t) for p in parts for t in p.get("targets", [])]
     if targets:
@@ -1261,7 +1353,13 @@ def markdown_report(parts: list[dict], started: str, total_s: float) -> str:
 def _part_table(p: dict) -> list[str]:
     rows, key = p.get("rows", []), p["key"]
     out = [""]
-    if key == "tests":
+    if key == "env" and p.get("summary", {}).get("env"):
+        s = p["summary"]
+        out.append("; ".join(f"{k}: {v}" for k, v in s["env"].items()))
+        if s.get("published_bf16_tflops") and s.get("peaks"):
+            out += ["", f"The measured bf16 matmul is {s['peaks']['bf16_tflops'] / s['published_bf16_tflops']:.0%} "
+                        f"of the data sheet's dense peak ({s['published_bf16_tflops']:.0f} TFLOP/s)."]  # fmt: skip
+    elif key == "tests":
         bad = [r for r in rows if r["outcome"] not in ("PASSED", "SKIPPED")]
         out.append(f"{len(rows)} tests reported; command `{p.get('summary', {}).get('command', '')}`.")
         if bad:
@@ -1286,6 +1384,13 @@ def _part_table(p: dict) -> list[str]:
             for r in sorted(ratios, key=lambda r: (r["dtype"], r["D"], r["causal"], r["N"])):
                 out.append(f"| {r['dtype']} | {r['causal']} | {r['D']} | {r['N']} | {r['fwd']:.2f} | {r['bwd']:.2f} |")
     elif key == "gpt2" and rows:
+        s = p.get("summary", {})
+        if s.get("flops_per_step"):
+            out += [f"{s['model']}, B={s['B']}, T={s['T']}, AdamW (fused); {s['flops_per_step'] / 1e12:.1f} TFLOP per "
+                    f"step (6N + 12LCT per token); MFU against the measured bf16 peak ({s['peak_tflops']:.0f} "
+                    "TFLOP/s); "
+                    "median of the timed steps after warm-up (the first step, compilation included, is timed apart); "
+                    "each rung adds one change to the one above.", ""]  # fmt: skip
         out += [
             "| rung | ms/step (median) | min-max | tokens/s | MFU | first step s | video ms (A100) |",
             "|---|---:|---:|---:|---:|---:|---:|",
@@ -1299,18 +1404,23 @@ def _part_table(p: dict) -> list[str]:
                 f"{r['tokens_per_s']:,.0f} | {r['mfu']:.1%} | {r['first_step_s']:.1f} | {r.get('video_ms') or ''} |"
             )
     elif key == "decode" and rows:
+        s = p.get("summary", {})
+        if s.get("bytes_per_token"):
+            out += [f"{s['params'] / 1e9:.2f} B parameters, bf16, batch 1, greedy, prompt {s['prompt']} + "
+                    f"{s['new_tokens']} new tokens (prefill included); {s['bytes_per_token'] / 1e9:.2f} GB read per "
+                    f"token; medians of interleaved runs.", ""]  # fmt: skip
         out += [
-            "| method | tok/s | GB/s of weights read | % of copy bandwidth | same tokens as ours |",
-            "|---|---:|---:|---:|---:|",
+            "| method | tok/s | samples | GB/s read | % of copy bandwidth | % of GEMV limit | same tokens "
+            "| compile s |",
+            "|---|---:|---|---:|---:|---:|---:|---:|",
         ]
         for r in rows:
-            if "tokens_per_s" in r:
-                out.append(
-                    f"| {r['method']} | {r['tokens_per_s']:.1f} | {r['weight_read_gbps']:.0f} | "
-                    f"{r['bandwidth_fraction']:.1%} | {fmt(r.get('same_tokens_as_ours'), '.0%')} |"
-                )
-            else:
-                out.append(f"| {r['method']} | {json.dumps(r.get('result'), default=str)[:200]} ||||")
+            out.append(
+                f"| {r['method']} | {r['tokens_per_s']:.1f} | {', '.join(f'{v:.0f}' for v in r['tok_s_samples'])} | "
+                f"{r['weight_read_gbps']:.0f} | {r['bandwidth_fraction']:.1%} | "
+                f"{fmt(r.get('pct_of_gemv_limit'), '.0f')} | "
+                f"{fmt(r.get('same_tokens_as_ours'), '.0%')} | {fmt(r.get('compile_seconds'), '.0f')} |"
+            )
     elif key == "train" and rows:
         out += ["| run | exit | s | steps logged | checkpoint | resumed / NCCL |", "|---|---:|---:|---|---|---|"]
         for r in rows:
@@ -1328,11 +1438,14 @@ def _part_table(p: dict) -> list[str]:
     return out
 
 
-def write_report(parts: list[dict], report_dir: Path, started: str, total_s: float) -> None:
+def write_report(
+    parts: list[dict], report_dir: Path, started: str, total_s: float, budget: float = TOTAL_BUDGET_S
+) -> None:
     report_dir.mkdir(parents=True, exist_ok=True)
-    write_json({"started_utc": started, "total_s": round(total_s, 1), "parts": parts}, report_dir / "report.json")
+    meta = {"started_utc": started, "total_s": round(total_s, 1), "budget_s": budget}
+    write_json({**meta, "parts": parts}, report_dir / "report.json")
     tmp = report_dir / ".report.md.tmp"
-    tmp.write_text(markdown_report(parts, started, total_s))
+    tmp.write_text(markdown_report(parts, started, total_s, budget))
     os.replace(tmp, report_dir / "report.md")
 
 
@@ -1340,7 +1453,7 @@ def write_report(parts: list[dict], report_dir: Path, started: str, total_s: flo
 def dry_run(parts: list[Part], limits: dict[int, float], budget: float) -> int:
     """List the parts and check every import and adapter they use; 1 when any check fails."""
     print(
-        f".ci/gpu --dry-run: {len(parts)} part(s), limits add up to {sum(limits.values()):.0f} s "
+        f".ci/gpu --dry-run: {len(parts)} part(s), limits add up to {sum(limits[q.number] for q in parts):.0f} s "
         f"(whole run capped at {budget:.0f} s)"
     )
     failed = 0
@@ -1384,6 +1497,7 @@ def main(argv=None) -> int:
     )
     p.add_argument("--out", default=None, help="report folder (default: $GPU_REPORT_DIR or out/gpu_report)")
     p.add_argument("--run-part", default=None, help=argparse.SUPPRESS)
+    p.add_argument("--time-limit", type=float, default=None, help=argparse.SUPPRESS)
     p.add_argument("--part-out", default=None, help=argparse.SUPPRESS)
     p.add_argument("--context", default=None, help=argparse.SUPPRESS)
     p.add_argument("--train-worker", default=None, help=argparse.SUPPRESS)
@@ -1393,7 +1507,7 @@ def main(argv=None) -> int:
         train_worker(args.train_worker)
         return 0
     if args.run_part is not None:
-        return _run_part_child(PART_BY_KEY[args.run_part], Path(args.part_out), Path(args.context))
+        return _run_part_child(PART_BY_KEY[args.run_part], Path(args.part_out), Path(args.context), args.time_limit)
 
     unknown = [k for k in (args.only or []) if k not in PART_BY_KEY or k in SELFTEST_PARTS]
     if unknown:
@@ -1421,18 +1535,22 @@ def main(argv=None) -> int:
     started = datetime.datetime.now(datetime.timezone.utc).strftime("%Y-%m-%d %H:%M")
     t_start = time.perf_counter()
     results: list[dict] = []
+    runnable = [q for q in parts if all(has_module(m) for m in q.requires)]
     for part in parts:
         remaining = args.budget - (time.perf_counter() - t_start)
+        # a part gets its own limit plus whatever the parts before it left unused, never the time of later parts
+        later = sum(limits[q.number] + PART_OVERHEAD_S for q in runnable if q.number > part.number)
         base = dict(number=part.number, key=part.key, title=part.title, rows=[], notes=[], limit_s=limits[part.number])
         missing = [m for m in part.requires if not has_module(m)]
         if missing:
             res = dict(base, status="skipped", skip_reason=f"{', '.join(missing)} not installed on this machine")
-        elif remaining < 15:
+        elif remaining < min(15, limits[part.number]):
             res = dict(base, status="not run", skip_reason=f"the whole run's {args.budget:.0f} s were used up")
         else:
-            limit = min(limits[part.number], remaining)
+            limit = min(remaining, max(limits[part.number], remaining - later))
             print(f"\n=== part {part.number}/{len(PARTS)}: {part.title} (limit {limit:.0f} s)", flush=True)
             res = run_part(part, limit, report_dir, ctx_path)
+            res["limit_s"] = limits[part.number]
             if part.key == "env" and res.get("summary", {}).get("peaks"):
                 ctx["peaks"] = res["summary"]["peaks"]
                 write_json(ctx, ctx_path)
@@ -1443,9 +1561,9 @@ def main(argv=None) -> int:
             flush=True,
         )
         results.append(res)
-        write_report(results, report_dir, started, time.perf_counter() - t_start)
+        write_report(results, report_dir, started, time.perf_counter() - t_start, args.budget)
     total = time.perf_counter() - t_start
-    write_report(results, report_dir, started, total)
+    write_report(results, report_dir, started, total, args.budget)
     print(f"\nreport: {report_dir / 'report.md'} (and report.json); {total:.0f} s in all")
     for r in results:
         print(f"  {r['number']}. {r['title']}: {r['status']}")
