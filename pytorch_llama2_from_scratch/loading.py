@@ -269,17 +269,29 @@ def _is_hf_state(state: Mapping[str, torch.Tensor]) -> bool:
 def _build(
     args: ModelArgs, state: Mapping[str, torch.Tensor], where: str, device, dtype: torch.dtype | None
 ) -> Transformer:
-    """Check the keys, then materialise ``Transformer(args)`` on ``device`` in ``dtype`` and copy the weights in."""
+    """Check the keys, then build ``Transformer(args)`` around the loaded tensors themselves.
+
+    The model is created on the meta device (no memory) and ``load_state_dict(assign=True)`` makes the checkpoint's
+    tensors its parameters: nothing is allocated twice. The safetensors / ``torch.load(mmap=True)`` tensors are
+    memory-mapped views of the files, so a checkpoint in its stored dtype (``dtype=None``: bf16 stays bf16) on the
+    CPU costs about its file size; only the q/k projections (re-ordered for the RoPE convention), dtype
+    conversions and moves to another device make copies, one tensor at a time.
+    """
     _check_keys(state, expected_shapes(args), where)
+    device = torch.device(device)
     if dtype is None:
         dtype = state["tok_embeddings.weight"].dtype
     with torch.device("meta"):
         model = Transformer(args)
-    model.to(dtype=dtype)
-    model.to_empty(device=torch.device(device))  # allocate (uninitialised) on the target device
+    converted = {}
+    for name, tensor in state.items():
+        converted[name] = tensor.to(device=device, dtype=dtype)  # no copy when both already match
+    model.load_state_dict(converted, strict=True, assign=True)
     model.tie_weights()
-    model.load_state_dict(state, strict=True)
-    model.reset_cache()  # the cache buffers were allocated uninitialised
+    for module in model.modules():  # the KV cache buffers are not in the state dict: allocate them (zeros)
+        for name, buf in list(module.named_buffers(recurse=False)):
+            if buf.is_meta:
+                module.register_buffer(name, torch.zeros(buf.shape, dtype=dtype, device=device), persistent=False)
     return model.eval()
 
 
@@ -450,6 +462,58 @@ def detect_layout(directory: str | Path) -> str:
         f"{directory} is neither a Hugging Face checkpoint (config.json + *.safetensors/*.bin) nor a Meta one "
         f"(params.json + consolidated.*.pth); found: {found}"
     )
+
+
+def _proc_status_bytes(key: str) -> int:
+    """A memory line of Linux ``/proc/self/status`` in bytes (``VmRSS`` now, ``VmHWM`` peak), 0 where unavailable.
+
+    (``VmHWM`` belongs to this process image; ``getrusage``'s ``ru_maxrss`` would carry over the peak of the
+    parent that started it.)"""
+    try:
+        for line in Path("/proc/self/status").read_text().splitlines():
+            if line.startswith(key + ":"):
+                return int(line.split()[1]) * 1024
+    except OSError:
+        pass
+    return 0
+
+
+def _write_tiny_checkpoint(directory: Path) -> Path:
+    from safetensors.torch import save_file
+
+    args = ModelArgs(dim=8, n_layers=1, n_heads=2, vocab_size=8, hidden_dim=8, max_seq_len=4)
+    shapes = expected_shapes(args)
+    save_file({meta_to_hf_name(k): torch.zeros(v, dtype=torch.bfloat16) for k, v in shapes.items()},
+              str(directory / "model.safetensors"))  # fmt: skip
+    config = dict(hidden_size=8, num_hidden_layers=1, num_attention_heads=2, vocab_size=8, intermediate_size=8)
+    (directory / "config.json").write_text(json.dumps(config))
+    return directory
+
+
+def measure_loading_memory(directory: str | Path, **kwargs) -> dict:
+    """Load a checkpoint and report how much memory that took, relative to the size of the weights.
+
+    ``peak_extra_bytes`` = the process's peak resident memory after loading *and touching every weight page* minus
+    its resident memory before: an upper bound of what loading added (exact when loading set the peak; run it
+    early in a fresh process, as lesson 18 does). Linux only (``/proc``).
+    Returns ``{"model", "args", "weight_bytes", "peak_extra_bytes", "ratio"}``.
+    """
+    import safetensors.torch  # noqa: F401  (imported before measuring: a module, not part of the weights)
+
+    import tempfile
+
+    with tempfile.TemporaryDirectory() as tmp:  # first-call costs of the code path itself, not of the weights
+        load_checkpoint(_write_tiny_checkpoint(Path(tmp)), max_seq_len=4)
+    before = _proc_status_bytes("VmRSS")
+    if before == 0:
+        raise RuntimeError("measure_loading_memory needs Linux (/proc/self/status)")
+    model, args = load_checkpoint(directory, **kwargs)
+    for p in model.parameters():  # memory-mapped pages count once they are read: read one byte of every page
+        int(p.detach().reshape(-1).view(torch.uint8)[::1024].sum())
+    weight_bytes = sum(p.numel() * p.element_size() for p in {id(p): p for p in model.parameters()}.values())
+    extra = _proc_status_bytes("VmHWM") - before
+    return {"model": model, "args": args, "weight_bytes": weight_bytes, "peak_extra_bytes": extra,
+            "ratio": extra / weight_bytes}  # fmt: skip
 
 
 def checkpoint_context_length(directory: str | Path) -> int:

@@ -205,3 +205,58 @@ def test_sliding_window_mask_in_isolation():
         inside[0, 5] = 9
         assert torch.equal(model(old, use_cache=False)[0, -1], base)
         assert not torch.allclose(model(inside, use_cache=False)[0, -1], base)
+
+
+_MEMORY_SCRIPT = """
+import json, sys
+sys.path.insert(0, sys.argv[1])
+import torch
+from pytorch_llama2_from_scratch.loading import measure_loading_memory
+r = measure_loading_memory(sys.argv[2], max_seq_len=16)
+dtypes = sorted({str(p.dtype) for p in r["model"].parameters()})
+print(json.dumps({"ratio": r["ratio"], "weight_bytes": r["weight_bytes"], "dtypes": dtypes}))
+"""
+
+
+@pytest.mark.slow
+def test_sharded_bf16_checkpoint_loads_in_place_with_low_peak_memory(tmp_path):
+    """A 2-shard bf16 safetensors folder (+ index) of ~5 M parameters, loaded in a fresh process: the weights
+    stay bf16 and the peak resident memory grows by at most 1.3x the weights' size (no second copy)."""
+    import json
+    import os
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    from safetensors.torch import save_file
+    from transformers import LlamaConfig, LlamaForCausalLM
+
+    config = LlamaConfig(
+        vocab_size=4000, hidden_size=256, intermediate_size=768, num_hidden_layers=4, num_attention_heads=8,
+        num_key_value_heads=4, max_position_embeddings=256,
+    )  # fmt: skip
+    with torch.device("meta"):
+        shapes = {k: v.shape for k, v in LlamaForCausalLM(config).state_dict().items()}
+    g = torch.Generator().manual_seed(0)
+    names, weight_map = list(shapes), {}
+    for i, part in enumerate((names[: len(names) // 2], names[len(names) // 2 :])):
+        fname = f"model-{i + 1:05d}-of-00002.safetensors"
+        tensors = {k: (torch.randn(shapes[k], generator=g) * 0.02).to(torch.bfloat16) for k in part}
+        save_file(tensors, str(tmp_path / fname), metadata={"format": "pt"})
+        weight_map.update(dict.fromkeys(part, fname))
+    (tmp_path / "model.safetensors.index.json").write_text(json.dumps({"metadata": {}, "weight_map": weight_map}))
+    config.save_pretrained(tmp_path)
+    root = str(Path(__file__).resolve().parents[2])
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    proc = subprocess.run(
+        [sys.executable, "-c", _MEMORY_SCRIPT, root, str(tmp_path)],
+        capture_output=True,
+        text=True,
+        env=env,
+        timeout=120,
+    )
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    result = json.loads(proc.stdout.strip().splitlines()[-1])
+    assert result["dtypes"] == ["torch.bfloat16"]
+    assert result["weight_bytes"] == 2 * sum(s.numel() for s in shapes.values())
+    assert result["ratio"] <= 1.3, result
