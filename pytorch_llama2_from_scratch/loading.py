@@ -498,9 +498,9 @@ def measure_loading_memory(directory: str | Path, **kwargs) -> dict:
     early in a fresh process, as lesson 18 does). Linux only (``/proc``).
     Returns ``{"model", "args", "weight_bytes", "peak_extra_bytes", "ratio"}``.
     """
-    import safetensors.torch  # noqa: F401  (imported before measuring: a module, not part of the weights)
-
     import tempfile
+
+    import safetensors.torch  # noqa: F401  (imported before measuring: a module, not part of the weights)
 
     with tempfile.TemporaryDirectory() as tmp:  # first-call costs of the code path itself, not of the weights
         load_checkpoint(_write_tiny_checkpoint(Path(tmp)), max_seq_len=4)
