@@ -90,12 +90,14 @@ def _run(seed: int, prompt_len: int, new_tokens: int, device: str) -> dict:
     steps = [model(tokens[:, :prompt_len])]
     for pos in range(prompt_len, tokens.shape[1]):
         steps.append(model(tokens[:, pos : pos + 1], start_pos=pos))
-    decode_err = (torch.cat(steps, dim=1) - full).abs().max().item()
+    decoded = torch.cat(steps, dim=1)
+    decode_err = (decoded - full).abs().max().item()
     # chunked prefill at non-zero start positions
     model.reset_cache()
     bounds = [0, 5, 17, 30, tokens.shape[1]]
     chunks = [model(tokens[:, a:b], start_pos=a) for a, b in zip(bounds[:-1], bounds[1:])]
-    chunk_err = (torch.cat(chunks, dim=1) - full).abs().max().item()
+    chunked = torch.cat(chunks, dim=1)
+    chunk_err = (chunked - full).abs().max().item()
     n_dec = tokens.shape[1] - prompt_len
     print(f"prefill {prompt_len} + {n_dec} decode steps vs full forward: max diff {decode_err:.1e}")
     print(f"chunked prefill {bounds} vs full forward:   max diff {chunk_err:.1e}")
@@ -133,6 +135,11 @@ def _run(seed: int, prompt_len: int, new_tokens: int, device: str) -> dict:
         "tokens_per_s_no_cache": new_tokens / times[False],
         "speedup": speedup,
         "same_tokens": same,
+        "model": model,
+        "tokens": tokens,
+        "decoded_logits": decoded,
+        "chunked_logits": chunked,
+        "greedy_with_cache": outs[True],
     }
 
 

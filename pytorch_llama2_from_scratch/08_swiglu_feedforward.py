@@ -78,7 +78,7 @@ def main(seed: int = 0, dim: int = 64, plot: bool = True) -> dict:
         fig.savefig(path, dpi=100)
         plt.close(fig)
         print(f"plot: {path}")
-    return {"err": err, "hidden": hidden, "rows": rows, "plot": path}
+    return {"err": err, "hidden": hidden, "rows": rows, "plot": path, "ffn": ffn, "x": x, "out": ffn(x)}
 
 
 def parse_args(argv=None):

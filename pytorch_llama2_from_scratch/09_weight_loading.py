@@ -151,7 +151,18 @@ def main(
     print(f"{tok}; {ids.shape[1]} prompt tokens")
     print(f"logits vs transformers.LlamaForCausalLM: HF-layout loader {hf_err:.1e}, Meta-layout loader {meta_err:.1e}")
     print(f"(scale of the logits: {ref.abs().max().item():.1f})")
-    return {"hf_err": hf_err, "meta_err": meta_err, "hf_dir": hf_dir, "meta_dir": meta_dir, "n_tokens": ids.shape[1]}
+    with torch.no_grad():
+        logits = {"hf": from_hf(ids), "meta": from_meta(ids)}
+    return {
+        "hf_err": hf_err,
+        "meta_err": meta_err,
+        "hf_dir": hf_dir,
+        "meta_dir": meta_dir,
+        "n_tokens": ids.shape[1],
+        "ids": ids,
+        "logits": logits,
+        "hf_model": hf,
+    }
 
 
 def parse_args(argv=None):

@@ -25,7 +25,7 @@ from __future__ import annotations
 
 import json
 import re
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from pathlib import Path
 
 import torch
@@ -128,8 +128,16 @@ def _check_keys(
 # ============================================================================================ args from configs
 
 
+_REQUIRED_HF_KEYS = ("hidden_size", "num_hidden_layers", "num_attention_heads", "vocab_size", "intermediate_size")
+
+
 def args_from_hf_config(config: Mapping, **overrides) -> ModelArgs:
     """``ModelArgs`` from a Hugging Face ``config.json`` dict; rejects features this model does not have."""
+    if not isinstance(config, Mapping):
+        raise ValueError(f"config.json must hold a JSON object, got {type(config).__name__}")
+    missing = [k for k in _REQUIRED_HF_KEYS if k not in config]
+    if missing:
+        raise ValueError(f"config.json lacks the required key(s) {', '.join(missing)}")
     model_type = config.get("model_type", "llama")
     if model_type != "llama":
         raise ValueError(f"config.json has model_type {model_type!r}; this loader handles 'llama' only")
@@ -138,12 +146,18 @@ def args_from_hf_config(config: Mapping, **overrides) -> ModelArgs:
             raise ValueError(f"config.json sets {flag}=true; LLaMA-2 has no biases and neither does this model")
     if config.get("hidden_act", "silu") != "silu":
         raise ValueError(f"config.json has hidden_act {config['hidden_act']!r}; SwiGLU needs 'silu'")
-    rope = config.get("rope_parameters") or config.get("rope_scaling") or {}
+    # transformers >= 5 writes `rope_parameters` (theta and type together); older configs `rope_theta` and
+    # `rope_scaling`. A scaling given in either place counts.
+    rope = {**(config.get("rope_parameters") or {}), **(config.get("rope_scaling") or {})}
     rope_type = rope.get("rope_type", rope.get("type", "default"))
     if rope_type != "default":
         raise ValueError(f"rope type {rope_type!r} (RoPE scaling) is not supported; only plain Llama-2 RoPE")
     theta = rope.get("rope_theta", config.get("rope_theta", 10000.0))
     dim, n_heads = config["hidden_size"], config["num_attention_heads"]
+    for key in _REQUIRED_HF_KEYS:
+        value = config[key]
+        if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+            raise ValueError(f"config.json {key} must be a positive integer, got {value!r}")
     head_dim = config.get("head_dim") or dim // n_heads
     if head_dim * n_heads != dim:
         raise ValueError(f"config.json head_dim {head_dim} * num_attention_heads {n_heads} != hidden_size {dim}")
@@ -230,21 +244,43 @@ def _build(
 
 def _read_json(path: Path) -> dict:
     try:
-        return json.loads(path.read_text())
-    except json.JSONDecodeError as e:
+        value = json.loads(path.read_text())
+    except (json.JSONDecodeError, UnicodeDecodeError) as e:
         raise ValueError(f"{path} is not valid JSON: {e}") from None
+    if not isinstance(value, dict):
+        raise ValueError(f"{path} must hold a JSON object, got {type(value).__name__}")
+    return value
 
 
 def _read_json_if_exists(path: Path) -> dict:
     return _read_json(path) if path.exists() else {}
 
 
-def _load_weight_file(path: Path) -> dict[str, torch.Tensor]:
-    if path.suffix == ".safetensors":
-        from safetensors.torch import load_file
+def _first_line(e: BaseException) -> str:
+    text = str(e).strip().splitlines()
+    return f"{type(e).__name__}: {text[0]}" if text else type(e).__name__
 
-        return load_file(str(path), device="cpu")
-    return torch.load(path, map_location="cpu", weights_only=True, mmap=True)
+
+def _load_weight_file(path: Path) -> dict[str, torch.Tensor]:
+    """A weight file as a dict of tensors; an empty, truncated or foreign file raises :class:`CheckpointError`."""
+    if path.stat().st_size == 0:
+        raise CheckpointError(f"{path} is empty (0 bytes): an interrupted download?")
+    try:
+        if path.suffix == ".safetensors":
+            from safetensors.torch import load_file
+
+            state = load_file(str(path), device="cpu")
+        else:
+            state = torch.load(path, map_location="cpu", weights_only=True, mmap=True)
+    except MemoryError:
+        raise
+    except Exception as e:  # safetensors, zipfile, pickle and torch each raise their own kinds for a bad file
+        raise CheckpointError(
+            f"{path} is not a readable weight file (truncated or of another kind): {_first_line(e)}"
+        ) from None
+    if not isinstance(state, Mapping) or not all(isinstance(v, torch.Tensor) for v in state.values()):
+        raise CheckpointError(f"{path} does not hold a dict of tensors (got {type(state).__name__})")
+    return dict(state)
 
 
 def _hf_weight_files(directory: Path) -> list[Path]:
@@ -350,7 +386,7 @@ def load_meta_checkpoint(
     files = sorted(directory.glob("consolidated.*.pth"))
     if not files:
         raise FileNotFoundError(f"no consolidated.*.pth weight files in {directory}")
-    shards = [torch.load(f, map_location="cpu", weights_only=True, mmap=True) for f in files]
+    shards = [_load_weight_file(f) for f in files]
     state = merge_meta_shards(shards)
     vocab = state["tok_embeddings.weight"].shape[0] if "tok_embeddings.weight" in state else None
     args = args_from_meta_params(
@@ -373,6 +409,21 @@ def detect_layout(directory: str | Path) -> str:
         f"{directory} is neither a Hugging Face checkpoint (config.json + *.safetensors/*.bin) nor a Meta one "
         f"(params.json + consolidated.*.pth); found: {found}"
     )
+
+
+def checkpoint_context_length(directory: str | Path) -> int:
+    """The context length a checkpoint was made for, read from its config alone (no weights are loaded):
+    ``max_position_embeddings`` of ``config.json``, or ``max_seq_len`` of Meta's ``params.json`` (default 2048)."""
+    directory = Path(directory)
+    if detect_layout(directory) == "meta":
+        value = _read_json(directory / "params.json").get("max_seq_len", ModelArgs.max_seq_len)
+        key = "params.json max_seq_len"
+    else:
+        value = _read_json(directory / "config.json").get("max_position_embeddings", ModelArgs.max_seq_len)
+        key = "config.json max_position_embeddings"
+    if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+        raise ValueError(f"{key} must be a positive integer, got {value!r}")
+    return value
 
 
 def load_checkpoint(directory: str | Path, **kwargs) -> tuple[Transformer, ModelArgs]:
@@ -456,13 +507,26 @@ class Tokenizer:
 
     ``encode(text, bos=True, eos=False) -> list[int]``, ``decode(ids) -> str``, and the ids ``bos_id``,
     ``eos_id``, ``pad_id`` (None when the vocabulary has no such token), ``vocab_size``.
+
+    ``eos_ids`` lists *every* id that ends a generation (Llama 3 checkpoints have two or three: ``<|end_of_text|>``,
+    ``<|eot_id|>``, ``<|eom_id|>``); ``eos_id`` is the first of them (the one ``encode(eos=True)`` appends).
     """
 
-    def __init__(self, backend, kind: str, bos_id: int | None, eos_id: int | None, pad_id: int | None = None):
+    def __init__(
+        self,
+        backend,
+        kind: str,
+        bos_id: int | None,
+        eos_id: int | None,
+        pad_id: int | None = None,
+        eos_ids: Sequence[int] | None = None,
+    ):
         self.backend = backend
         self.kind = kind
         self.bos_id = bos_id
-        self.eos_id = eos_id
+        ids = list(dict.fromkeys(([eos_id] if eos_id is not None else []) + list(eos_ids or [])))
+        self.eos_ids: tuple[int, ...] = tuple(ids)
+        self.eos_id = ids[0] if ids else None
         self.pad_id = pad_id
 
     @property
@@ -499,6 +563,26 @@ def _special_token(config: Mapping, key: str) -> str | None:
     return value if isinstance(value, str) else None
 
 
+def _id_list(value) -> list[int]:
+    """``eos_token_id`` as configs write it: an int, a list of ints, or null."""
+    if isinstance(value, bool):
+        return []
+    if isinstance(value, int):
+        return [value]
+    if isinstance(value, list):
+        return [v for v in value if isinstance(v, int) and not isinstance(v, bool)]
+    return []
+
+
+def config_eos_ids(directory: str | Path) -> list[int]:
+    """Every EOS id that ``config.json`` and ``generation_config.json`` of a checkpoint folder name, in order."""
+    directory = Path(directory)
+    ids: list[int] = []
+    for name in ("generation_config.json", "config.json"):
+        ids += _id_list(_read_json_if_exists(directory / name).get("eos_token_id"))
+    return list(dict.fromkeys(ids))
+
+
 def load_tokenizer(directory: str | Path) -> Tokenizer:
     """SentencePiece ``tokenizer.model`` if the ``sentencepiece`` package is installed, else ``tokenizer.json``.
 
@@ -522,7 +606,9 @@ def load_tokenizer(directory: str | Path) -> Tokenizer:
             def valid(i: int) -> int | None:
                 return i if i >= 0 else None
 
-            return Tokenizer(sp, "sentencepiece", valid(sp.bos_id()), valid(sp.eos_id()), valid(sp.pad_id()))
+            eos = valid(sp.eos_id())
+            extra = [i for i in config_eos_ids(directory) if 0 <= i < sp.vocab_size()]
+            return Tokenizer(sp, "sentencepiece", valid(sp.bos_id()), eos, valid(sp.pad_id()), eos_ids=extra)
     if json_path.exists():
         try:
             from tokenizers import Tokenizer as HFTokenizer
@@ -540,10 +626,18 @@ def load_tokenizer(directory: str | Path) -> Tokenizer:
             name = _special_token(tok_config, f"{key}_token") or default
             if name is not None and tok.token_to_id(name) is not None:
                 return tok.token_to_id(name)
-            value = model_config.get(f"{key}_token_id")
-            return value if isinstance(value, int) else None
+            ids = _id_list(model_config.get(f"{key}_token_id"))
+            return ids[0] if ids else None
 
-        return Tokenizer(tok, "tokenizers", special("bos", "<s>"), special("eos", "</s>"), special("pad", None))
+        # EOS: tokenizer_config's eos_token first, then every id of generation_config.json / config.json
+        named = _special_token(tok_config, "eos_token")
+        eos = tok.token_to_id(named) if named is not None else None
+        eos_ids = config_eos_ids(directory)
+        if eos is None and not eos_ids:
+            eos = tok.token_to_id("</s>")
+        vocab = tok.get_vocab_size(with_added_tokens=True)
+        eos_ids = [i for i in eos_ids if 0 <= i < vocab]
+        return Tokenizer(tok, "tokenizers", special("bos", "<s>"), eos, special("pad", None), eos_ids=eos_ids)
     if sp_path.exists():
         raise ImportError(
             f"{sp_path} needs the 'sentencepiece' package (pip install sentencepiece), and there is no "

@@ -517,13 +517,20 @@ class Transformer(nn.Module):
         so row b of a padded batch produces exactly the logits of prompt b run alone (logits at padding slots
         are meaningless). A padding query may still attend to itself, which keeps every softmax row finite.
 
-        Errors: ``start_pos + T > max_seq_len`` or ``B > max_batch_size`` (with the cache) raise ``ValueError``.
+        Errors: ``start_pos + T > max_seq_len``, ``B > max_batch_size`` (with the cache), or a token id outside
+        ``[0, vocab_size)`` raise ``ValueError`` naming the numbers.
         """
         if tokens.dim() != 2:
             raise ValueError(f"tokens must have shape (batch, seq_len), got {tuple(tokens.shape)}")
         b, t = tokens.shape
         if t < 1:
             raise ValueError("tokens must contain at least one token per row")
+        if tokens.dtype.is_floating_point or tokens.dtype.is_complex or tokens.dtype == torch.bool:
+            raise ValueError(f"tokens must be integer token ids (torch.long), got dtype {tokens.dtype}")
+        lo, hi = int(tokens.min()), int(tokens.max())
+        if lo < 0 or hi >= self.vocab_size:
+            bad = lo if lo < 0 else hi
+            raise ValueError(f"token id {bad} is outside the vocabulary [0, {self.vocab_size}) of this model")
         if not isinstance(start_pos, int) or start_pos < 0:
             raise ValueError(f"start_pos must be a non-negative int, got {start_pos!r}")
         end = start_pos + t

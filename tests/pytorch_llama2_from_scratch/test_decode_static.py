@@ -1,0 +1,115 @@
+"""Static KV cache + fixed-shape decode step (fast_decode.py) against HF transformers and the chapter's decoding."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+from pytorch_llama2_from_scratch.fast_decode import FastDecoder, _rotate, bytes_per_token, gemv_bandwidth, weight_bytes
+from pytorch_llama2_from_scratch.generate import generate
+from pytorch_llama2_from_scratch.loading import load_hf_checkpoint
+from pytorch_llama2_from_scratch.model import ModelArgs, Transformer, apply_rotary_emb
+from tests.numerics import assert_close_scaled, assert_close_to_fp64
+
+
+@pytest.fixture(scope="module")
+def pair(hf_llama_dir):
+    directory, hf = hf_llama_dir
+    model, _ = load_hf_checkpoint(directory, max_batch_size=2)
+    return model.eval(), hf
+
+
+def _hf_logits(hf, tokens, dtype):
+    ref = hf.to(dtype)
+    try:
+        with torch.no_grad():
+            return ref(tokens).logits
+    finally:
+        hf.float()
+
+
+@pytest.mark.parity
+def test_static_prefill_and_steps_equal_hf_full_forward(pair):
+    model, hf = pair
+    tokens = torch.randint(0, 96, (2, 24), generator=torch.Generator().manual_seed(0))
+    ref64, ref32 = _hf_logits(hf, tokens, torch.float64), _hf_logits(hf, tokens, torch.float32)
+    dec = FastDecoder(model, batch=2, max_seq_len=40)
+    with torch.inference_mode():
+        chunks = [dec.prefill(tokens[:, :10], last_only=False)]  # prefill 10, then one token at a time
+        chunks += [dec.step(tokens[:, i : i + 1], i) for i in range(10, 24)]
+        static = torch.cat(chunks, dim=1)
+        dynamic = [model(tokens[:, :10])] + [model(tokens[:, i : i + 1], start_pos=i) for i in range(10, 24)]
+        dynamic = torch.cat(dynamic, dim=1)
+    assert_close_to_fp64(static, ref64.double(), ref32, what="static cache vs HF full forward")
+    assert_close_to_fp64(dynamic, ref64.double(), ref32, what="dynamic cache vs HF full forward")
+
+
+@pytest.mark.parity
+def test_real_rope_equals_complex_rope():
+    g = torch.Generator().manual_seed(1)
+    q, k = torch.randn(2, 5, 4, 16, generator=g), torch.randn(2, 5, 2, 16, generator=g)
+    model = Transformer(ModelArgs.preset("tiny", dim=64, n_heads=4))
+    table = model.freqs_cis(torch.device("cpu"))[3:8]  # positions 3..7
+    ref_q, ref_k = apply_rotary_emb(q.double(), k.double(), table.to(torch.complex128))
+    assert_close_to_fp64(_rotate(q, table.real, table.imag), ref_q, what="q")
+    assert_close_to_fp64(_rotate(k, table.real, table.imag), ref_k, what="k")
+
+
+def test_static_greedy_equals_chapter_greedy_over_prompts(pair):
+    model, _ = pair
+    dec = FastDecoder(model, max_seq_len=48)
+    g = torch.Generator().manual_seed(3)
+    for n_prompt in (1, 2, 5, 11):
+        prompt = torch.randint(3, 96, (n_prompt,), generator=g).tolist()
+        assert dec.generate(prompt, 30) == generate(model, [prompt], 30)[0]  # token for token
+
+
+def test_cache_is_written_in_place_and_fixed_shape(pair):
+    model, _ = pair
+    dec = FastDecoder(model, max_seq_len=16)
+    before = [(b.data_ptr(), tuple(b.shape)) for b in dec.cache.buffers()]
+    dec.generate([5, 6, 7], 10)
+    after = [(b.data_ptr(), tuple(b.shape)) for b in dec.cache.buffers()]
+    assert before == after
+    assert dec.cache.nbytes() == 2 * 2 * 1 * 2 * 16 * 16 * 4  # K,V x layers x B x KV x S_max x hd x fp32
+
+
+def test_bytes_per_token_is_the_weights_plus_the_cache():
+    args = ModelArgs.preset("tiny")
+    model = Transformer(args)
+    expected = 4 * (args.num_params() - args.vocab_size * args.dim + args.dim)  # embedding: one row read
+    assert weight_bytes(model) == 4 * args.num_params()
+    kv = 2 * args.n_layers * 20 * args.n_kv_heads * args.head_dim * 4
+    assert bytes_per_token(model, 20) == expected + kv
+    assert all(b > 0 for b in gemv_bandwidth(1 << 20, repeats=2))
+
+
+def test_bad_input_gives_one_clear_line(pair):
+    model, _ = pair
+    dec = FastDecoder(model, max_seq_len=8)
+    with pytest.raises(ValueError, match="exceeds the static cache's max_seq_len 8"):
+        dec.generate([1, 2, 3], 10)
+    with pytest.raises(ValueError, match=r"max_seq_len must be in \[1, 64\]"):
+        FastDecoder(model, max_seq_len=65)
+    with pytest.raises(TypeError, match="needs a model.Transformer"):
+        FastDecoder(torch.nn.Linear(2, 2))
+    with pytest.raises(ValueError, match="do not fit the static cache"):
+        dec.step(torch.tensor([[1]]), 8)
+
+
+@pytest.mark.slow
+def test_compiled_step_equals_eager():
+    """torch.compile (inductor, CPU) of the decode step: same logits up to fp rounding, same greedy tokens."""
+    torch.manual_seed(0)
+    model = Transformer(ModelArgs.preset("tiny", n_layers=1, dim=32, n_heads=2, n_kv_heads=1, vocab_size=64)).eval()
+    eager = FastDecoder(model, max_seq_len=24)
+    compiled = FastDecoder(model, max_seq_len=24, compile=True)
+    prompt = [3, 9, 4]
+    assert compiled.generate(prompt, 16) == eager.generate(prompt, 16)
+    assert compiled.compile_seconds is not None and compiled.compile_seconds > 0
+    with torch.inference_mode():
+        eager.prefill(torch.tensor([prompt]))
+        compiled.prefill(torch.tensor([prompt]))
+        a = eager.step(torch.tensor([[7]]), 3)
+        b = compiled.step(torch.tensor([[7]]), 3)
+    assert_close_scaled(b, a, ulps=64, what="compiled vs eager logits")
