@@ -81,8 +81,9 @@ class Muon(torch.optim.Optimizer):
     """Muon for groups with ``use_muon=True`` (2-D parameters), AdamW for the other groups.
 
     Muon group options: ``lr``, ``momentum`` (0.95), ``nesterov`` (True), ``ns_steps`` (5), ``weight_decay`` (0).
-    AdamW group options: ``lr``, ``betas`` ((0.9, 0.95)), ``eps`` (1e-8), ``weight_decay`` (0). Any extra key
-    (e.g. ``max_lr`` for a schedule) is kept in the group untouched.
+    AdamW group options: ``lr``, ``betas`` ((0.9, 0.95)), ``eps`` (1e-8), ``weight_decay`` (0). Every group may
+    have an ``lr_scale`` (default 1): the step uses ``lr * lr_scale``, so a loop that sets one ``lr`` for all groups
+    (``training.train_step``) keeps their ratios. Any extra key (e.g. ``max_lr``) is kept untouched.
     """
 
     def __init__(self, param_groups: list[dict]):
@@ -119,7 +120,7 @@ class Muon(torch.optim.Optimizer):
         return loss
 
     def _muon_group(self, group: dict) -> None:
-        lr, mu, wd = group["lr"], group["momentum"], group["weight_decay"]
+        lr, mu, wd = group["lr"] * group.get("lr_scale", 1.0), group["momentum"], group["weight_decay"]
         for p in group["params"]:
             if p.grad is None:
                 continue
@@ -137,7 +138,8 @@ class Muon(torch.optim.Optimizer):
             p.add_(o, alpha=-lr * scale)
 
     def _adamw_group(self, group: dict) -> None:
-        lr, (b1, b2), eps, wd = group["lr"], group["betas"], group["eps"], group["weight_decay"]
+        lr = group["lr"] * group.get("lr_scale", 1.0)
+        (b1, b2), eps, wd = group["betas"], group["eps"], group["weight_decay"]
         for p in group["params"]:
             if p.grad is None:
                 continue
