@@ -7,7 +7,7 @@ a log, checkpoints that resume a run exactly, and a plot.
 
 Presets (``--preset``):
 
-* ``cpu`` (default): a 6-layer, 384-wide GPT on tiny Shakespeare; a few minutes on a laptop CPU.
+* ``cpu`` (default): a 4-layer, 4-head, 128-wide GPT (block 128) on tiny Shakespeare; a few minutes on a laptop CPU.
 * ``speedrun``: Section 5's recipe (``speedrun.py``'s last rung: ``modern.ModernGPT`` with RoPE, RMSNorm, QK-norm,
   ReLU^2, untied zero-init head, soft-cap, value embeddings, embedding skips; Muon + AdamW) for a wall-clock budget
   (``--time-budget``, default 120 s of training steps; the learning rate follows the elapsed fraction of it).
@@ -176,6 +176,9 @@ PRESETS: dict[str, dict] = {
 }
 
 
+_SIZE_FIELDS = ("n_layer", "n_head", "n_embd", "block_size")
+
+
 def make_config(preset: str = "cpu", **overrides) -> TrainConfig:
     """The preset's ``TrainConfig`` with ``overrides`` (``None`` values keep the preset's setting)."""
     if preset not in PRESETS:
@@ -198,6 +201,22 @@ def make_config(preset: str = "cpu", **overrides) -> TrainConfig:
             raise ValueError(f"unknown speedrun recipe {cfg.recipe!r}; choose from {', '.join(RUNG_KEYS)}")
     if not 0 <= cfg.warmup_steps <= cfg.max_steps:
         raise ValueError(f"need 0 <= --warmup-steps <= --max-steps, got {cfg.warmup_steps} and {cfg.max_steps}")
+    for name in ("batch_size", "seq_len", "total_batch_size", "max_steps", *_SIZE_FIELDS):
+        value = getattr(cfg, name)
+        if value is not None and value <= 0:
+            raise ValueError(f"--{name.replace('_', '-')} must be positive, got {value}")
+    if cfg.stop_after is not None and cfg.stop_after < 0:
+        raise ValueError(f"--stop-after must be >= 0, got {cfg.stop_after}")
+    for name in ("batch_ramp_steps", "hellaswag_every", "weight_decay", "grad_clip", "max_lr"):
+        if getattr(cfg, name) < 0:
+            raise ValueError(f"--{name.replace('_', '-')} must be >= 0, got {getattr(cfg, name)}")
+    if cfg.hellaswag_limit is not None and cfg.hellaswag_limit <= 0:
+        raise ValueError(f"--hellaswag-limit must be positive, got {cfg.hellaswag_limit}")
+    if not 0 < cfg.val_fraction < 1:
+        raise ValueError(f"val_fraction must be in (0, 1), got {cfg.val_fraction}")
+    for name in ("max_lr", "weight_decay", "min_lr_ratio"):
+        if not math.isfinite(getattr(cfg, name)):
+            raise ValueError(f"--{name.replace('_', '-')} must be a finite number, got {getattr(cfg, name)}")
     for name in ("eval_every", "sample_every", "checkpoint_every", "log_every", "val_steps"):
         if getattr(cfg, name) <= 0:
             raise ValueError(f"--{name.replace('_', '-')} must be positive, got {getattr(cfg, name)}")
@@ -273,8 +292,23 @@ def sample_text(model: GPT, cfg: TrainConfig, device: torch.device, seed: int) -
 
 
 # --------------------------------------------------------------------------------------------- plot
-def plot_history(history: list[dict], path: Path, title: str) -> Path:
-    """Train/val loss and HellaSwag against the GPT-2 / GPT-3 124M reference lines, as a PNG."""
+def plot_history(history: list[dict], path: Path, title: str, fineweb_reference: bool = False) -> Path:
+    """:func:`history_figure` written to ``path`` as a PNG."""
+    import matplotlib.pyplot as plt
+
+    fig = history_figure(history, title, fineweb_reference)
+    fig.savefig(path, dpi=80)
+    plt.close(fig)
+    return path
+
+
+def history_figure(history: list[dict], title: str, fineweb_reference: bool = False):
+    """Train/val loss (and HellaSwag, when it was evaluated) as a matplotlib figure.
+
+    Reference lines only where they are comparable: GPT-2 124M's validation loss is measured on FineWeb-Edu, so it
+    is drawn only when ``fineweb_reference`` (the run trains on FineWeb-Edu shards); the HellaSwag panel, with the
+    GPT-2 124M and GPT-3 Small (125M) scores, only when the history holds HellaSwag results.
+    """
     import matplotlib
 
     matplotlib.use("Agg")
@@ -283,32 +317,33 @@ def plot_history(history: list[dict], path: Path, title: str) -> Path:
     train = [(h["step"], h["train_loss"]) for h in history if "train_loss" in h]
     val = [(h["step"], h["val_loss"]) for h in history if "val_loss" in h]
     hs = [(h["step"], h["hellaswag"]) for h in history if "hellaswag" in h]
-    fig, (ax1, ax2) = plt.subplots(1, 2, figsize=(12, 4.2))
+    fig, axes = plt.subplots(1, 2 if hs else 1, figsize=(12 if hs else 6.5, 4.2), squeeze=False)
+    ax1 = axes[0, 0]
     if train:
         ax1.plot(*zip(*train), lw=0.8, alpha=0.7, label="train loss")
     if val:
         ax1.plot(*zip(*val), "o-", ms=3, label="val loss")
-    ax1.axhline(REF_GPT2_VAL_LOSS, color="r", ls="--", lw=1, label=f"GPT-2 124M val ({REF_GPT2_VAL_LOSS}, FineWeb-Edu)")
-    ax1.set_xlabel("step")
-    ax1.set_ylabel("loss")
-    ax1.set_ylim(bottom=min([REF_GPT2_VAL_LOSS - 0.3] + [v for _, v in val]))
+    if fineweb_reference:
+        ax1.axhline(
+            REF_GPT2_VAL_LOSS, color="r", ls="--", lw=1, label=f"GPT-2 124M val ({REF_GPT2_VAL_LOSS}, FineWeb-Edu)"
+        )
+        ax1.set_ylim(bottom=min([REF_GPT2_VAL_LOSS - 0.3] + [v for _, v in val]))
+    ax1.set_xlabel("optimizer step")
+    ax1.set_ylabel("cross-entropy loss (nats/token)")
     ax1.legend()
     ax1.set_title(title)
     if hs:
+        ax2 = axes[0, 1]
         ax2.plot(*zip(*hs), "o-", ms=3, label="ours (acc_norm)")
-    else:
-        ax2.text(0.5, 0.5, "HellaSwag not evaluated\n(dataset not available)", ha="center", transform=ax2.transAxes)
-    ax2.axhline(REF_GPT2_HELLASWAG, color="r", ls="--", lw=1, label=f"GPT-2 124M ({REF_GPT2_HELLASWAG})")
-    ax2.axhline(REF_GPT3_HELLASWAG, color="g", ls="--", lw=1, label=f"GPT-3 124M ({REF_GPT3_HELLASWAG})")
-    ax2.axhline(0.25, color="gray", ls=":", lw=1, label="chance (0.25)")
-    ax2.set_ylim(0.2, 0.4)
-    ax2.set_xlabel("step")
-    ax2.set_ylabel("HellaSwag acc_norm")
-    ax2.legend()
+        ax2.axhline(REF_GPT2_HELLASWAG, color="r", ls="--", lw=1, label=f"GPT-2 124M ({REF_GPT2_HELLASWAG})")
+        ax2.axhline(REF_GPT3_HELLASWAG, color="g", ls="--", lw=1, label=f"GPT-3 Small (125M) ({REF_GPT3_HELLASWAG})")
+        ax2.axhline(0.25, color="gray", ls=":", lw=1, label="chance (0.25)")
+        ax2.set_ylim(0.2, 0.4)
+        ax2.set_xlabel("optimizer step")
+        ax2.set_ylabel("HellaSwag acc_norm (fraction correct)")
+        ax2.legend()
     fig.tight_layout()
-    fig.savefig(path, dpi=80)
-    plt.close(fig)
-    return path
+    return fig
 
 
 # --------------------------------------------------------------------------------------------- the loop
@@ -611,59 +646,107 @@ def _train(cfg: TrainConfig, env) -> TrainResult:  # noqa: C901 - the training l
     bar.close()
     if master:
         title = f"preset {cfg.preset}: {mc.n_layer}L/{mc.n_head}H/{mc.n_embd}C, {n_params / 1e6:.1f}M params"
-        result.plot = plot_history(history, out / "loss.png", title)
+        on_fineweb = Path(cfg.data if cfg.data else default_data(cfg)).is_dir()  # shards: FineWeb(-Edu)
+        result.plot = plot_history(history, out / "loss.png", title, fineweb_reference=on_fineweb)
         log(f"wrote {out / 'loss.png'}, {log_txt}, {log_jsonl}")
     result.history = history
     return result
 
 
 # --------------------------------------------------------------------------------------------- CLI
+_HELP = {
+    "model": "GPTConfig preset (gpt2, gpt2-medium, cpu-small, tiny, ...) with its own sizes",
+    "n_layer": "transformer blocks L",
+    "n_head": "attention heads per block",
+    "n_embd": "embedding width C",
+    "block_size": "longest sequence the model has positions for",
+    "data": "a fineweb.py shard directory or a .txt/.jsonl file",
+    "batch_size": "micro-batch B (sequences per forward, per process)",
+    "seq_len": "sequence length T",
+    "total_batch_size": "tokens per optimizer step (all micro-steps, all ranks); a multiple of B*T*ranks",
+    "batch_ramp_steps": "linear batch-size ramp length in steps (0: off)",
+    "max_lr": "peak learning rate after warmup",
+    "warmup_steps": "linear warmup steps",
+    "max_steps": "optimizer steps in all",
+    "weight_decay": "AdamW weight decay on the 2-D tensors",
+    "eval_every": "validation loss every N steps",
+    "val_steps": "micro-batches per validation estimate",
+    "hellaswag_every": "HellaSwag every N steps (0: only at the end)",
+    "hellaswag_limit": "HellaSwag examples per evaluation (none: all 10,042)",
+    "hellaswag": "skip HellaSwag entirely",
+    "sample_every": "print samples every N steps",
+    "checkpoint_every": "save a checkpoint every N steps",
+    "log_every": "log a training line every N steps",
+    "time_budget": "seconds of training steps; the run ends there and the lr follows the elapsed fraction",
+    "compile": "torch.compile the model",
+    "seed": "random seed (weights, data order, samples)",
+    "out": "output folder",
+    "resume": "continue from a checkpoint (no value: <out>/ckpt.pt)",
+    "stop_after": "stop and checkpoint after this many steps, as Ctrl-C would",
+}
+
+
+def _preset_defaults(name: str) -> str:
+    """``(default: 4)`` or, where the presets differ, ``(default: 4; gpt2-124M: preset's sizes)``."""
+
+    def show(v) -> str:
+        if v is None:
+            return "the model preset's" if name in ("n_layer", "n_head", "n_embd", "block_size") else "none"
+        return str(v)
+
+    base = getattr(TrainConfig(), name)
+    text = f"default: {show(base)}"
+    others = [f"{p}: {show(PRESETS[p][name])}" for p in PRESETS if p != "cpu" and name in PRESETS[p]]
+    others = [o for o in others if o.split(": ", 1)[1] != show(base)]
+    return f"({text}; {'; '.join(others)})" if others else f"({text})"
+
+
 def parse_args(argv=None) -> argparse.Namespace:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    p.add_argument("--preset", default="cpu", choices=list(PRESETS))
-    p.add_argument(
-        "--model", default=None, help="GPTConfig preset (gpt2, gpt2-medium, cpu-small, tiny, ...) with its own sizes"
-    )
+
+    def option(name: str, default_text: str | None = None, **kwargs) -> None:
+        """``--name-with-dashes`` with its help text and default (the cpu preset's, and where others differ)."""
+        text = f"(default: {default_text})" if default_text else _preset_defaults(name)
+        p.add_argument(f"--{name.replace('_', '-')}", default=None, help=f"{_HELP[name]} {text}", **kwargs)
+
+    p.add_argument("--preset", default="cpu", choices=list(PRESETS), help="settings to start from (default: cpu)")
+    option("model", "cpu-small with the preset's sizes")
     for name in ("n_layer", "n_head", "n_embd", "block_size"):
-        p.add_argument(f"--{name.replace('_', '-')}", type=int, default=None, help=f"override the model's {name}")
-    p.add_argument("--data", default=None, help="a fineweb.py shard directory or a .txt/.jsonl file")
-    p.add_argument("--batch-size", type=int, default=None, help="micro-batch B per process")
-    p.add_argument("--seq-len", type=int, default=None, help="sequence length T")
-    p.add_argument("--total-batch-size", type=int, default=None, help="tokens per optimizer step")
-    p.add_argument("--batch-ramp-steps", type=int, default=None, help="linear batch-size ramp length (0: off)")
-    p.add_argument("--max-lr", type=float, default=None)
-    p.add_argument("--warmup-steps", type=int, default=None)
-    p.add_argument("--max-steps", type=int, default=None)
-    p.add_argument("--weight-decay", type=float, default=None)
-    p.add_argument("--eval-every", type=int, default=None)
-    p.add_argument("--val-steps", type=int, default=None)
-    p.add_argument("--hellaswag-every", type=int, default=None)
-    p.add_argument("--hellaswag-limit", type=int, default=None)
-    p.add_argument("--no-hellaswag", dest="hellaswag", action="store_false", default=None)
-    p.add_argument("--sample-every", type=int, default=None)
-    p.add_argument("--checkpoint-every", type=int, default=None)
-    p.add_argument("--log-every", type=int, default=None)
+        option(name, type=int)
+    option("data", "tiny Shakespeare; gpt2-124M: $LLM_SCRATCH_DATA/edu_fineweb10B")
+    for name in ("batch_size", "seq_len", "total_batch_size", "batch_ramp_steps"):
+        option(name, type=int)
+    option("max_lr", type=float)
+    option("warmup_steps", type=int)
+    option("max_steps", type=int)
+    option("weight_decay", type=float)
+    for name in ("eval_every", "val_steps", "hellaswag_every", "hellaswag_limit"):
+        option(name, type=int)
+    p.add_argument(
+        "--no-hellaswag",
+        dest="hellaswag",
+        action="store_false",
+        default=None,
+        help=f"{_HELP['hellaswag']} (default: evaluate it when the dataset is available)",
+    )
+    for name in ("sample_every", "checkpoint_every", "log_every"):
+        option(name, type=int)
     p.add_argument(
         "--precision",
         "--dtype",
         dest="dtype",
         default=None,
         choices=["auto", "fp32", "bf16"],
-        help="auto (default): bf16 autocast + TF32 on CUDA; on a CPU the faster of fp32 and bf16, measured at start",
+        help="autocast precision (default: auto = bf16 autocast + TF32 on CUDA; on a CPU the faster of fp32 and "
+        "bf16, measured at the start of the run)",
     )
-    p.add_argument("--time-budget", type=float, default=None, help="seconds of training steps (ends the run)")
-    p.add_argument("--compile", action=argparse.BooleanOptionalAction, default=None)
-    p.add_argument("--seed", type=int, default=None)
-    p.add_argument("--out", default=None, help="output folder (default: out/train_gpt2/<preset>)")
-    p.add_argument(
-        "--resume",
-        nargs="?",
-        const="auto",
-        default=None,
-        help="continue from a checkpoint (default path: <out>/ckpt.pt)",
-    )
-    p.add_argument("--stop-after", type=int, default=None, help="stop and checkpoint after this many steps")
-    add_device_argument(p, default=None)
+    option("time_budget", type=float)
+    option("compile", action=argparse.BooleanOptionalAction)
+    option("seed", type=int)
+    option("out", "out/train_gpt2/<preset>")
+    option("resume", "start anew", nargs="?", const="auto")
+    option("stop_after", type=int)
+    add_device_argument(p)
     return p.parse_args(argv)
 
 
@@ -672,11 +755,7 @@ def main(preset: str = "cpu", **overrides) -> TrainResult:
 
 
 def cli() -> None:
-    try:
-        main(**vars(parse_args()))
-    except (ValueError, FileNotFoundError) as e:  # bad options, missing data: one clear line
-        print(f"error: {e}", file=sys.stderr)
-        raise SystemExit(1) from None
+    main(**vars(parse_args()))
 
 
 if __name__ == "__main__":
