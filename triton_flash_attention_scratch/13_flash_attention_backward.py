@@ -98,8 +98,15 @@ def main(
                 "hand_error": err(hand),
                 "flash_error": err(flash),
                 "function_error": err((qf.grad, kf.grad, vf.grad)),
-                "tensors": {"q": q, "k": k, "v": v, "do": do, "hand": hand, "flash": flash,
-                            "function": (qf.grad, kf.grad, vf.grad)},  # fmt: skip
+                "tensors": {
+                    "q": q,
+                    "k": k,
+                    "v": v,
+                    "do": do,
+                    "hand": hand,
+                    "flash": flash,
+                    "function": (qf.grad, kf.grad, vf.grad),
+                },  # fmt: skip
                 "saved_naive": saved_bytes(lambda a, b, c, causal=causal: naive_attention(a, b, c, causal), qr, kr, vr),
                 "saved_flash": saved_bytes(
                     lambda a, b, c, causal=causal: flash_attention_torch(a, b, c, causal, None, block_q, block_k),

@@ -25,6 +25,7 @@ def _grads64(fn, inputs, do):
         out.append([o.detach(), *torch.autograd.grad(o, xs, do.to(dt))])
     return out
 
+
 CH = "triton_flash_attention_scratch"
 
 

@@ -153,9 +153,7 @@ def test_lesson21_correctness_and_cpu_message(load_lesson, capsys):
         t = r["tensors"]
         causal = r["causal"]
         q, k, v, do = t["q"], t["k"], t["v"], t["do"]
-        r64 = [
-            F.scaled_dot_product_attention(*(x.detach().double() for x in (q, k, v)), is_causal=causal)
-        ]
+        r64 = [F.scaled_dot_product_attention(*(x.detach().double() for x in (q, k, v)), is_causal=causal)]
         q6, k6, v6 = (x.detach().double().requires_grad_() for x in (q, k, v))
         ref = F.scaled_dot_product_attention(q6, k6, v6, is_causal=causal)
         r64 = [ref.detach(), *torch.autograd.grad(ref, (q6, k6, v6), do.double())]
