@@ -93,8 +93,10 @@ def main(
             print(f"sm_{arch:<4} {s_:>6} {smem[s_] / 1024:>12.0f} {f['shared_bytes'] / 1024:>13.0f} "
                   f"{f['kv_buffers']:>12.1f} {f['cp_async']:>9} {f['tma']:>4} {mma:>15}")  # fmt: skip
     print("formula: num_stages x 2 tiles (K, V) x BLOCK_N x D x 2 bytes. compiled: the kernel's shared memory;")
-    print(f"K/V buffers = (compiled - the Q tile's {q_tile // 1024} KiB) / one K+V tile ({one_stage // 1024} KiB). "
-          "Each extra stage costs one K+V tile;")
+    print(
+        f"K/V buffers = (compiled - the Q tile's {q_tile // 1024} KiB) / one K+V tile ({one_stage // 1024} KiB). "
+        "Each extra stage costs one K+V tile;"
+    )
     print("whether the compiler keeps s or s-1 buffers (the last load can reuse the buffer being consumed) depends")
     print("on the target and the Triton version. An H100 allows up to 227 KiB per block, an A100 163 KiB.")
     out = {"smem": smem, "compiled": compiled, "tflops": {}}
@@ -122,12 +124,21 @@ def main(
 def parse_args():
     p = lesson_parser(__doc__, batch=4, heads=16, seq_len=4096, head_dim=64, block_m=128, block_n=64, num_warps=8)
     p.add_argument("--stages", type=int, nargs="+", default=[1, 2, 3, 4])
-    p.add_argument("--archs", type=int, nargs="+", default=[80, 90], choices=[80, 86, 89, 90],
-                   help="compute capabilities to compile for (80 = A100, 90 = H100)")
+    p.add_argument(
+        "--archs",
+        type=int,
+        nargs="+",
+        default=[80, 90],
+        choices=[80, 86, 89, 90],
+        help="compute capabilities to compile for (80 = A100, 90 = H100)",
+    )
     args = p.parse_args()
     args.stages, args.archs = tuple(args.stages), tuple(args.archs)
     return args
 
 
 if __name__ == "__main__":
-    main(**vars(parse_args()))
+    from pytorch_basis.common import EXPECTED_CLI_ERRORS, run_cli
+
+    # bad options or inputs: one line "error: ..." and exit 1 (LLM_SCRATCH_DEBUG=1 shows the traceback)
+    run_cli(lambda: main(**vars(parse_args())), EXPECTED_CLI_ERRORS + (TypeError,))

@@ -238,8 +238,7 @@ def format_row(row: dict) -> str:
 def comparison_table(rows: list[dict], peak: float | None) -> str:
     """Markdown: ours vs SDPA per shape, forward and backward TFLOP/s, ratio, % of the peak, p20-p80 spread."""
     head = (
-        "| dtype | causal | D | N | B×H | fwd ours | fwd SDPA | fwd ours/SDPA "
-        "| bwd ours | bwd SDPA | bwd ours/SDPA |"
+        "| dtype | causal | D | N | B×H | fwd ours | fwd SDPA | fwd ours/SDPA | bwd ours | bwd SDPA | bwd ours/SDPA |"
     )
     if peak:
         head += " fwd ours % peak |"
@@ -348,10 +347,15 @@ def parse_args():
     p.add_argument("--dtypes", nargs="+", default=["float16", "bfloat16"], choices=["float16", "bfloat16"])
     p.add_argument("--impls", nargs="+", default=["triton", "sdpa", "part1"], choices=["triton", "sdpa", "part1"])
     p.add_argument("--part1-max-n", type=int, default=2048, help="longest N for the slow part-1 PyTorch version")
-    p.add_argument("--grid", choices=["full", "trimmed"], default="full",
-                   help="trimmed: N 1024/4096/16384, D 64/128, fp16/bf16, causal or not, ours vs SDPA")
-    p.add_argument("--configs", choices=["default"], default=None,
-                   help="'default': time GPU_DEFAULT_CONFIGS instead of autotuning")
+    p.add_argument(
+        "--grid",
+        choices=["full", "trimmed"],
+        default="full",
+        help="trimmed: N 1024/4096/16384, D 64/128, fp16/bf16, causal or not, ours vs SDPA",
+    )
+    p.add_argument(
+        "--configs", choices=["default"], default=None, help="'default': time GPU_DEFAULT_CONFIGS instead of autotuning"
+    )
     p.add_argument("--no-bench", dest="bench", action="store_false", help="only the correctness check")
     p.add_argument("--seed", type=int, default=0)
     add_device_argument(p)
@@ -362,4 +366,7 @@ def parse_args():
 
 
 if __name__ == "__main__":
-    main(**vars(parse_args()))
+    from pytorch_basis.common import EXPECTED_CLI_ERRORS, run_cli
+
+    # bad options or inputs: one line "error: ..." and exit 1 (LLM_SCRATCH_DEBUG=1 shows the traceback)
+    run_cli(lambda: main(**vars(parse_args())), EXPECTED_CLI_ERRORS + (TypeError,))
