@@ -168,6 +168,7 @@ class FastDecoder(nn.Module):
         self.register_buffer("rope_cos", table.real.contiguous(), persistent=False)
         self.register_buffer("rope_sin", table.imag.contiguous(), persistent=False)
         self.register_buffer("slots", torch.arange(max_seq_len, device=device), persistent=False)
+        self.window = getattr(args, "sliding_window", None)
         self.compile_mode = compile_mode
         self.use_compile = compile
         self.compile_seconds: float | None = None  # time of the first compiled call (tracing + code generation)
@@ -194,6 +195,8 @@ class FastDecoder(nn.Module):
         b, t = tokens.shape
         cos, sin = self.rope_cos[pos], self.rope_sin[pos]  # (T, hd/2)
         mask = self.slots[None, :] <= pos[:, None]  # (T, S_max): key slot <= query position
+        if self.window is not None:  # sliding window (Mistral): and query position - key slot < W
+            mask = mask & (self.slots[None, :] > pos[:, None] - self.window)
         h = m.tok_embeddings(tokens)  # (B, T) -> (B, T, D)
         for i, layer in enumerate(m.layers):
             attn = layer.attention
@@ -201,6 +204,8 @@ class FastDecoder(nn.Module):
             q = attn.wq(x).view(b, t, attn.n_heads, attn.head_dim)  # (B, T, D) -> (B, T, H, hd)
             k = attn.wk(x).view(b, t, attn.n_kv_heads, attn.head_dim)  # (B, T, D) -> (B, T, KV, hd)
             v = attn.wv(x).view(b, t, attn.n_kv_heads, attn.head_dim)
+            if getattr(attn, "q_norm", None) is not None:  # Qwen3: RMSNorm per head of q and k, before RoPE
+                q, k = attn.q_norm(q), attn.k_norm(k)
             q, k = _rotate(q, cos, sin), _rotate(k, cos, sin)
             keys, values = self.cache.update(i, pos, k.transpose(1, 2), v.transpose(1, 2))  # (B, KV, S_max, hd)
             keys, values = keys[:b].to(q.dtype), values[:b].to(q.dtype)
@@ -297,13 +302,17 @@ def weight_bytes(model: nn.Module) -> int:
 
 
 def bytes_per_token(model: Transformer, context: int) -> int:
-    """Bytes one decode step reads: all weights except the embedding table (one row of it) + the K/V attended.
+    """Bytes one decode step reads: all weights except the embedding table (one row of it; the whole table when
+    it is tied to the output head) + the K/V attended.
 
     ``context`` = number of cache slots attended over (the static cache attends over all of its slots).
     """
     emb = model.tok_embeddings.weight
-    weights = weight_bytes(model) - emb.nelement() * emb.element_size() + emb.shape[1] * emb.element_size()
+    weights = weight_bytes(model)
+    if getattr(model.output, "weight", None) is not emb:  # untied: the table itself is read one row at a time
+        weights += -emb.nelement() * emb.element_size() + emb.shape[1] * emb.element_size()
     args = model.args
+    context = min(context, args.sliding_window or context)  # a sliding window attends over W slots at most
     kv = 2 * args.n_layers * context * args.n_kv_heads * args.head_dim * emb.element_size()
     return weights + kv
 

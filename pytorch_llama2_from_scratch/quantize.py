@@ -67,13 +67,16 @@ def quantize_per_channel(w: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
 
 
 class Int8Linear(nn.Module):
-    """``y = (x @ Q^T) * s`` with int8 ``Q`` (out, in) and per-row scales ``s`` (out,); no bias (LLaMA has none).
+    """``y = (x @ Q^T) * s (+ bias)`` with int8 ``Q`` (out, in) and per-row scales ``s`` (out,).
 
     ``act_dtype``: dtype the activations are cast to for the matmul (the output is cast back to x's dtype).
     Buffers ``weight`` and ``scales`` are persistent, so ``state_dict`` holds the quantised model.
     """
 
-    def __init__(self, in_features: int, out_features: int, act_dtype=torch.bfloat16, kernel="int8pack", device=None):
+    def __init__(
+        self, in_features: int, out_features: int, act_dtype=torch.bfloat16, kernel="int8pack", device=None,
+        bias: bool = False,
+    ):  # fmt: skip
         super().__init__()
         if kernel not in ("int8pack", "dequant"):
             raise QuantizationError(f"kernel must be 'int8pack' or 'dequant', got {kernel!r}")
@@ -82,15 +85,17 @@ class Int8Linear(nn.Module):
         self.kernel = kernel
         self.register_buffer("weight", torch.zeros(out_features, in_features, dtype=torch.int8, device=device))
         self.register_buffer("scales", torch.ones(out_features, dtype=act_dtype, device=device))
+        self.register_buffer("bias", torch.zeros(out_features, device=device) if bias else None)
 
     @classmethod
     def from_linear(cls, linear: nn.Linear, act_dtype=torch.bfloat16, kernel="int8pack") -> Int8Linear:
-        if linear.bias is not None:
-            raise QuantizationError("Int8Linear quantises bias-free linears only (LLaMA has no biases)")
         q, s = quantize_per_channel(linear.weight)
-        mod = cls(linear.in_features, linear.out_features, act_dtype, kernel, device=linear.weight.device)
+        bias = linear.bias is not None
+        mod = cls(linear.in_features, linear.out_features, act_dtype, kernel, device=linear.weight.device, bias=bias)
         mod.weight.copy_(q)
         mod.scales.copy_(s.to(act_dtype))
+        if bias:  # Qwen2's q/k/v biases stay in floating point (out,) values: nothing to gain by quantising
+            mod.bias.copy_(linear.bias.detach())
         return mod
 
     def dequantized(self, dtype=torch.float32) -> torch.Tensor:
@@ -103,7 +108,8 @@ class Int8Linear(nn.Module):
             y = torch.ops.aten._weight_int8pack_mm(x2, self.weight, self.scales)  # (N, out)
         else:
             y = F.linear(x2, self.weight.to(x2.dtype)) * self.scales
-        return y.to(x.dtype).reshape(*x.shape[:-1], self.out_features)  # (N, out) -> (..., out)
+        y = y.to(x.dtype).reshape(*x.shape[:-1], self.out_features)  # (N, out) -> (..., out)
+        return y if self.bias is None else y + self.bias.to(x.dtype)
 
     def extra_repr(self) -> str:
         return f"{self.in_features}, {self.out_features}, int8 weights, act {self.act_dtype}, kernel={self.kernel}"
@@ -197,7 +203,8 @@ def load_quantized(path: str | os.PathLike, device: torch.device | str = "cpu", 
     int8_names = set(obj["int8"])
     for parent, child_name, full, linear in list(_linears(model, ())):
         if full in int8_names:
-            setattr(parent, child_name, Int8Linear(linear.in_features, linear.out_features, act, kernel, device="meta"))
+            setattr(parent, child_name, Int8Linear(linear.in_features, linear.out_features, act, kernel,
+                                                   device="meta", bias=linear.bias is not None))  # fmt: skip
     state = obj["state_dict"]
     model.to_empty(device=device)
     missing, unexpected = model.load_state_dict(state, strict=False)

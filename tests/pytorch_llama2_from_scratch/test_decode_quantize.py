@@ -105,3 +105,27 @@ def test_bad_input_gives_one_clear_line(tmp_path):
         load_quantized(tmp_path / "other.pt")
     with pytest.raises(QuantizationError, match="kernel must be one of"):
         quantize_int8_(_tiny(), kernel="int3")
+
+
+def test_int8_keeps_biases_and_tied_heads_and_round_trips(tmp_path):
+    torch.manual_seed(0)
+    args = ModelArgs.preset("tiny", qkv_bias=True, tie_embeddings=True, max_seq_len=32, max_batch_size=1)
+    model = Transformer(args).eval()
+    with torch.no_grad():
+        for name, p in model.named_parameters():
+            if name.endswith(".bias"):
+                p.copy_(torch.randn_like(p))
+    wq = model.layers[0].attention.wq
+    x = torch.randn(2, 64)
+    q = Int8Linear.from_linear(wq, act_dtype=torch.float32, kernel="dequant")
+    ref64 = x.double() @ q.dequantized(torch.float64).T + wq.bias.double()
+    assert_close_to_fp64(q(x), ref64, x @ q.dequantized().T + wq.bias, what="int8 with bias")
+    quantize_int8_(model)
+    assert model.layers[0].attention.wq.bias is not None
+    path = tmp_path / "qwen-like.pt"
+    save_quantized(model, path)
+    loaded = load_quantized(path)
+    tokens = torch.tensor([[1, 2, 3, 4]])
+    with torch.inference_mode():
+        assert torch.equal(model(tokens, use_cache=False), loaded(tokens, use_cache=False))
+    assert FastDecoder(loaded, max_seq_len=24).generate([5, 6], 12) == generate(loaded, [[5, 6]], 12)[0]

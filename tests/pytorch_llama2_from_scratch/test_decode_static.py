@@ -113,3 +113,44 @@ def test_compiled_step_equals_eager():
         a = eager.step(torch.tensor([[7]]), 3)
         b = compiled.step(torch.tensor([[7]]), 3)
     assert_close_scaled(b, a, ulps=64, what="compiled vs eager logits")
+
+
+LLAMA3_ROPE = {"rope_type": "llama3", "factor": 8.0, "low_freq_factor": 1.0, "high_freq_factor": 4.0,
+               "original_max_position_embeddings": 16}  # fmt: skip
+FAMILY_OPTIONS = {
+    "llama3 rope + tied": dict(rope_scaling=LLAMA3_ROPE, tie_embeddings=True),
+    "qwen2 qkv bias": dict(qkv_bias=True, tie_embeddings=True),
+    "qwen3 qk norm + head_dim": dict(qk_norm=True, explicit_head_dim=24),
+    "mistral sliding window": dict(sliding_window=5),
+}
+
+
+def _family_model(options, seed=0):
+    torch.manual_seed(seed)
+    args = ModelArgs.preset("tiny", vocab_size=96, max_seq_len=32, max_batch_size=2, **options)
+    model = Transformer(args).eval()
+    with torch.no_grad():  # random norms and biases, so a dropped one is visible
+        for name, p in model.named_parameters():
+            if name.endswith("norm.weight") or name.endswith(".bias"):
+                p.copy_(1.0 + 0.3 * torch.randn_like(p) if name.endswith("weight") else 0.3 * torch.randn_like(p))
+    return model
+
+
+@pytest.mark.parity
+@pytest.mark.parametrize("family", list(FAMILY_OPTIONS))
+def test_static_decoder_follows_the_model_families(family):
+    """The families' options (checked against transformers in test_llama_families.py) hold in the static path."""
+    from tests.numerics import to_double
+
+    model = _family_model(FAMILY_OPTIONS[family])
+    tokens = torch.randint(0, 96, (2, 14), generator=torch.Generator().manual_seed(2))
+    with torch.inference_mode():
+        ref32 = model(tokens, use_cache=False)
+        ref64 = to_double(model)(tokens, use_cache=False).double()
+        dec = FastDecoder(model, batch=2, max_seq_len=20)
+        chunks = [dec.prefill(tokens[:, :6], last_only=False)] + [
+            dec.step(tokens[:, i : i + 1], i) for i in range(6, 14)
+        ]
+    assert_close_to_fp64(torch.cat(chunks, dim=1), ref64, ref32, what=family)
+    dec1 = FastDecoder(model, max_seq_len=30)
+    assert dec1.generate([3, 4, 5], 20) == generate(model, [[3, 4, 5]], 20)[0]
