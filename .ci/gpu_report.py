@@ -1003,6 +1003,12 @@ def smoke_uses_cli(train_gpt2) -> tuple[bool, str]:
         )
 
 
+def torchrun_launcher() -> list[str]:
+    """``torchrun`` of this Python (the script beside the interpreter), else ``python -m torch.distributed.run``."""
+    exe = Path(sys.executable).parent / "torchrun"
+    return [str(exe)] if exe.exists() else [sys.executable, "-m", "torch.distributed.run"]
+
+
 def _run_logged(cmd: list[str], env: dict, log: Path) -> tuple[int, str]:
     with open(log, "w") as f:
         proc = subprocess.Popen(cmd, cwd=ROOT, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
@@ -1049,8 +1055,7 @@ def run_train_smoke(rec: Recorder, ctx: dict) -> None:
         ("first run (stops at step 10)", single, SMOKE_STOP, False, [sys.executable]),
         ("--resume to step 20", single, None, True, [sys.executable]),
     ]
-    torchrun = shutil.which("torchrun")
-    launcher = [torchrun] if torchrun else [sys.executable, "-m", "torch.distributed.run"]
+    launcher = torchrun_launcher()
     ddp = report / "train_smoke" / "torchrun"
     shutil.rmtree(ddp, ignore_errors=True)
     # under torchrun the point is NCCL and DDP; without torch.compile (the runs above compiled) to save a compilation
@@ -1116,10 +1121,10 @@ def check_train_smoke() -> list[str]:
             lines.append("train_gpt2.py takes --num-samples: the CLI runs without tiktoken")
         else:
             lines.append("train_gpt2.py has no --num-samples: without tiktoken the smoke falls back to --train-worker")
-    torchrun = shutil.which("torchrun") or "python -m torch.distributed.run"
+    torchrun = " ".join(Path(c).name if i == 0 else c for i, c in enumerate(torchrun_launcher()))
     return lines + [
         f"preset gpt2-124M: B={cfg.batch_size} T={cfg.seq_len}, compile={cfg.compile}, "
-        f"{SMOKE_STEPS} steps in two runs + 3 steps under {Path(torchrun).name} (no compile)"
+        f"{SMOKE_STEPS} steps in two runs + 3 steps under {torchrun} (no compile)"
     ]
 
 
