@@ -280,6 +280,8 @@ class GPT(nn.Module):
             raise ValueError(f"sequence length {T} exceeds block_size {self.config.block_size}")
         if targets is not None and targets.shape != idx.shape:
             raise ValueError(f"targets shape {tuple(targets.shape)} must equal idx shape {tuple(idx.shape)}")
+        if idx.device.type == "cpu" and not torch.compiler.is_compiling():
+            self._check_token_ids(idx, targets)  # on a GPU this would cost a sync per step: its kernels assert
 
         pos = torch.arange(T, device=idx.device)  # (T,)
         x = self.transformer.wte(idx) + self.transformer.wpe(pos)  # (B, T, C) + (T, C) -> (B, T, C)
@@ -299,6 +301,18 @@ class GPT(nn.Module):
         if Vp != V:
             logits = logits[..., :V]  # (B, T, V_padded) -> (B, T, V): a view, no copy
         return logits, loss
+
+    def _check_token_ids(self, idx: torch.Tensor, targets: torch.Tensor | None) -> None:
+        """Token ids outside ``[0, vocab_size)`` are a ``ValueError`` naming the id (not an ``IndexError``)."""
+        V = self.config.vocab_size
+        if idx.numel() and (int(idx.min()) < 0 or int(idx.max()) >= V):
+            bad = int(idx.min()) if int(idx.min()) < 0 else int(idx.max())
+            raise ValueError(f"token id {bad} in idx is outside the vocabulary [0, {V})")
+        if targets is not None and targets.numel():
+            t = targets[targets != -100]
+            if t.numel() and (int(t.min()) < 0 or int(t.max()) >= V):
+                bad = int(t.min()) if int(t.min()) < 0 else int(t.max())
+                raise ValueError(f"target id {bad} is outside the vocabulary [0, {V}) (use -100 to ignore a position)")
 
     # ------------------------------------------------------------------------------------------ utilities
     def num_params(self, non_embedding: bool = False) -> int:
@@ -450,10 +464,25 @@ def load_hf_checkpoint(name_or_dir: str | os.PathLike) -> tuple[dict, dict[str, 
     config_file = folder / "config.json"
     if not config_file.exists():
         raise FileNotFoundError(f"{folder} has no config.json; is it a folder written by save_pretrained?")
-    hf_config = json.loads(config_file.read_text())
+    try:
+        hf_config = json.loads(config_file.read_text(encoding="utf-8"))
+    except (json.JSONDecodeError, UnicodeDecodeError) as e:
+        raise ValueError(f"{config_file} is not valid JSON ({e})") from None
+    if not isinstance(hf_config, dict):
+        raise ValueError(f"{config_file} does not hold a JSON object")
     if hf_config.get("model_type", "gpt2") != "gpt2":
         raise ValueError(f"{folder} holds a {hf_config['model_type']!r} model, not GPT-2")
-    return config_from_hf(hf_config), _read_weights(folder)
+    try:
+        kwargs = config_from_hf(hf_config)
+    except KeyError as e:
+        raise ValueError(f"{config_file} has no {e.args[0]!r}: not a GPT-2 config") from None
+    try:
+        weights = _read_weights(folder)
+    except (OSError, ValueError):
+        raise
+    except Exception as e:  # safetensors' SafetensorError, torch.load's RuntimeError / UnpicklingError
+        raise ValueError(f"cannot read the weights in {folder}: truncated or not a checkpoint ({e})") from None
+    return kwargs, weights
 
 
 def _hub_snapshot(name: str) -> Path:

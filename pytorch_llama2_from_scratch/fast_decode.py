@@ -50,6 +50,8 @@ __all__ = [
     "benchmark",
     "bytes_per_token",
     "gemv_bandwidth",
+    "measure",
+    "model_gemv_probe",
     "weight_bytes",
 ]
 
@@ -337,6 +339,8 @@ def gemv_bandwidth(
 
 # ============================================================================================ benchmark
 
+CLOCKS = {"wall": time.perf_counter, "cpu": time.process_time}
+
 
 def _hf_generate(hf_model, prompt: list[int], n: int, device) -> list[int]:
     ids = torch.tensor([prompt], device=device)
@@ -346,41 +350,150 @@ def _hf_generate(hf_model, prompt: list[int], n: int, device) -> list[int]:
     return out[0, len(prompt) :].tolist()
 
 
-def time_methods(
-    methods: dict[str, Callable[[], list[int]]],
-    repeats: int,
-    device: torch.device,
-    extra: dict[str, Callable[[], float]] | None = None,
-    progress: bool = False,
-) -> tuple[dict[str, list[float]], dict[str, list[int]], dict[str, list[float]]]:
-    """Run every method once per repeat, interleaved (a burst of load elsewhere hits all alike).
+def spread(values: Sequence[float], fmt: str = ".1f") -> str:
+    """``median [min-max]`` of a list of samples."""
+    return f"{statistics.median(values):{fmt}} [{min(values):{fmt}}-{max(values):{fmt}}]"
 
-    Returns seconds per run for each method, each method's last output, and the ``extra`` probes' samples
-    (e.g. the GEMV bandwidth, measured inside the same loop).
+
+def model_gemv_probe(model: nn.Module, repeats: int = 3) -> Callable[[], float]:
+    """A probe returning bytes/s of ``F.linear(x, W)`` over every ``nn.Linear`` weight of ``model``, best of
+    ``repeats``: the model's own matrix shapes and dtype, i.e. the time of one decode step's matmuls and nothing
+    else. (A GEMV's speed depends on its shape: on one CPU core a 768-wide matrix streams at ~3/4 the speed of a
+    4096-wide one, so a single big matrix would promise a limit the model's shapes cannot reach.)"""
+    weights = [m.weight for m in model.modules() if isinstance(m, nn.Linear)]
+    if not weights:
+        raise ValueError("model_gemv_probe needs a model with nn.Linear layers")
+    xs = [torch.randn(1, w.shape[1], device=w.device).to(w.dtype) for w in weights]
+    nbytes = sum(w.nelement() * w.element_size() for w in weights)
+    device = weights[0].device
+
+    def probe(now: Callable[[], float] = time.perf_counter) -> float:
+        best = float("inf")
+        with torch.inference_mode():
+            for _ in range(repeats):
+                _sync(device)
+                t0 = now()
+                for x, w in zip(xs, weights):
+                    F.linear(x, w)
+                _sync(device)
+                best = min(best, now() - t0)
+        return nbytes / max(best, 1e-9)
+
+    return probe
+
+
+def measure(
+    methods: dict[str, tuple[Callable[[], list[int]], int]],
+    new_tokens: int,
+    repeats: int,
+    device: torch.device | str,
+    probe: Callable[..., float],
+    clock: str = "wall",
+    reference: str | None = None,
+    progress: bool = False,
+) -> dict:
+    """Time ``methods`` ``{name: (fn() -> new tokens, bytes read per token)}`` interleaved, ``repeats`` rounds.
+
+    Every round first runs the bandwidth ``probe`` (e.g. :func:`model_gemv_probe`: bytes/s of the GEMVs of the
+    model's own matrices), then every method once, so a burst of load from elsewhere hits the probe and all
+    methods alike. The limit of a method in a round is ``bandwidth / its bytes per token``; ``pct_of_limit`` is
+    its tok/s over that, per round.
+
+    ``clock="cpu"`` counts this process's CPU time (``time.process_time``) instead of elapsed time: on a CPU shared
+    with other jobs and one thread, it leaves out the time the scheduler gave to others. Returns
+    ``{"methods": {name: {"tok_s", "pct_of_limit", "bytes_per_token", "same_tokens"}}, "bandwidth_GBs", ...}``
+    with one sample per round in each list.
     """
-    seconds = {name: [] for name in methods}
+    if clock not in CLOCKS:
+        raise ValueError(f"clock must be one of {sorted(CLOCKS)}, got {clock!r}")
+    device = torch.device(device)
+    if clock == "cpu" and device.type != "cpu":
+        raise ValueError("clock='cpu' measures CPU time and is meaningless on an accelerator; use clock='wall'")
+    now = CLOCKS[clock]
+    bandwidth: list[float] = []
+    rows_out = {name: {"tok_s": [], "pct_of_limit": [], "bytes_per_token": b} for name, (_, b) in methods.items()}
     outputs: dict[str, list[int]] = {}
-    probes = {name: [] for name in (extra or {})}
     rounds = range(repeats)
     if progress:
         from tqdm.auto import tqdm
 
         rounds = tqdm(rounds, desc="interleaved rounds", leave=False)
     for _ in rounds:
-        for name, fn in methods.items():
+        bw = probe(now)
+        bandwidth.append(bw)
+        for name, (fn, nbytes) in methods.items():
             _sync(device)
-            t0 = time.perf_counter()
+            t0 = now()
             outputs[name] = fn()
             _sync(device)
-            seconds[name].append(time.perf_counter() - t0)
-        for name, fn in (extra or {}).items():
-            probes[name].append(fn())
-    return seconds, outputs, probes
+            tps = new_tokens / max(now() - t0, 1e-9)
+            rows_out[name]["tok_s"].append(tps)
+            rows_out[name]["pct_of_limit"].append(100 * tps / (bw / nbytes))
+    ref = outputs[reference] if reference else None
+    for name, row in rows_out.items():
+        if ref is not None:
+            row["same_tokens"] = sum(a == b for a, b in zip(outputs[name], ref)) / max(len(ref), 1)
+        row["median_tok_s"] = statistics.median(row["tok_s"])
+    return {
+        "methods": rows_out,
+        "bandwidth_GBs": [b / 1e9 for b in bandwidth],
+        "new_tokens": new_tokens,
+        "repeats": repeats,
+        "clock": clock,
+        "device": str(device),
+        "threads": torch.get_num_threads(),
+        "torch": torch.__version__,
+    }
 
 
-def spread(values: Sequence[float]) -> str:
-    """``median [min-max]`` of a list of samples."""
-    return f"{statistics.median(values):.1f} [{min(values):.1f}-{max(values):.1f}]"
+def random_llama_pair(
+    hidden: int = 768,
+    layers: int = 12,
+    heads: int = 12,
+    kv_heads: int = 4,
+    intermediate: int = 2048,
+    vocab: int = 32000,
+    max_len: int = 256,
+    seed: int = 0,
+    with_hf: bool = True,
+):
+    """A random ``transformers.LlamaForCausalLM`` and our ``Transformer`` holding the same fp32 weights.
+
+    Defaults: 124.7 M parameters (dim 768, 12 layers, 12 query / 4 kv heads, FFN 2048, vocab 32000), ~499 MB of
+    fp32 weights -- large enough that decode is memory-bound. Ours comes from HF's ``save_pretrained`` through
+    the chapter's loader. ``with_hf=False`` returns ``(ours, None)``.
+    """
+    import tempfile
+
+    from transformers import LlamaConfig, LlamaForCausalLM
+
+    from pytorch_llama2_from_scratch.loading import load_hf_checkpoint
+
+    config = LlamaConfig(
+        vocab_size=vocab,
+        hidden_size=hidden,
+        intermediate_size=intermediate,
+        num_hidden_layers=layers,
+        num_attention_heads=heads,
+        num_key_value_heads=kv_heads,
+        max_position_embeddings=max_len,
+        rms_norm_eps=1e-5,
+        initializer_range=0.1,
+        tie_word_embeddings=False,
+        attn_implementation="sdpa",
+    )
+    torch.manual_seed(seed)
+    hf = LlamaForCausalLM(config).float().eval()
+    hf.generation_config.eos_token_id = None  # generate exactly the requested number of tokens
+    hf.generation_config.pad_token_id = 0
+    with tempfile.TemporaryDirectory() as d:
+        hf.save_pretrained(d)
+        ours, _ = load_hf_checkpoint(d, max_batch_size=1, max_seq_len=max_len)
+    return ours.eval(), (hf if with_hf else None)
+
+
+def random_prompt(vocab_size: int, length: int, seed: int = 0) -> list[int]:
+    return torch.randint(3, vocab_size, (length,), generator=torch.Generator().manual_seed(seed)).tolist()
 
 
 @torch.inference_mode()
@@ -391,22 +504,23 @@ def benchmark(
     repeats: int = 3,
     compile: bool = True,
     hf_model=None,
-    extra_methods: dict[str, Callable[[list[int], int], list[int]]] | None = None,
+    extra_methods: dict[str, tuple[Callable[[list[int], int], list[int]], int]] | None = None,
+    clock: str = "wall",
     seed: int = 0,
     progress: bool = False,
 ) -> dict:
     """Decode throughput of ``model`` (batch 1, greedy) on its own device, measured interleaved.
 
     Methods: ``dynamic cache`` (the chapter's ``generate``), ``static cache`` (eager :class:`FastDecoder`),
-    ``static + compile`` (if ``compile``), ``HF generate`` (if ``hf_model`` is given, same weights assumed) and
-    any ``extra_methods`` ``{name: fn(prompt, n) -> tokens}``. Each is run ``repeats`` times, interleaved with a
-    GEMV-bandwidth probe of the model's weight bytes in the model's dtype.
+    ``static + compile`` (if ``compile``; on CUDA with CUDA graphs), ``HF generate`` (if ``hf_model`` is given;
+    it must hold the same weights) and ``extra_methods`` ``{name: (fn(prompt, n) -> tokens, bytes per token)}``.
+    The bandwidth probe is :func:`model_gemv_probe` of the model (its own matrices, shapes and dtype).
 
-    Returns a dict: ``tok_s`` {method: [samples]}, ``median_tok_s``, ``bytes_per_token``, ``bandwidth_GBs``
-    (samples), ``limit_tok_s`` (median bandwidth / bytes per token), ``pct_of_limit`` {method: median %},
-    ``compile_seconds``, ``break_even_tokens`` (tokens after which compile + run beats eager), ``same_tokens``
-    {method: fraction equal to the dynamic-cache output}, ``device``, ``dtype``, ``threads``, ``torch``.
-    Used by lessons 19-23 and by the CUDA CI on a ~1B bf16 model.
+    Returns :func:`measure`'s dict plus ``median_tok_s`` / ``median_pct_of_limit`` {method: float},
+    ``bytes_per_token``, ``limit_tok_s`` (median bandwidth / bytes per token), ``compile_seconds`` (first
+    compiled call: tracing + code generation), ``break_even_tokens`` (after how many generated tokens compile +
+    compiled decoding beats eager static decoding), ``params``, ``dtype``. This is the function the CUDA CI calls
+    on a ~1B bf16 model: ``benchmark(model.cuda().bfloat16(), new_tokens=256)``.
     """
     from pytorch_llama2_from_scratch.generate import generate
 
@@ -415,54 +529,42 @@ def benchmark(
     total = prompt_len + new_tokens
     if total > model.args.max_seq_len:
         raise ValueError(f"prompt_len + new_tokens = {total} exceeds the model's max_seq_len {model.args.max_seq_len}")
-    prompt = torch.randint(3, model.args.vocab_size, (prompt_len,), generator=torch.Generator().manual_seed(seed))
-    prompt = prompt.tolist()
+    prompt = random_prompt(model.args.vocab_size, prompt_len, seed)
+    bpt_dynamic = bytes_per_token(model, prompt_len + new_tokens // 2)  # the cache grows: its average length
+    bpt_static = bytes_per_token(model, total)
     eager = FastDecoder(model, max_seq_len=total)
-    methods: dict[str, Callable[[], list[int]]] = {
-        "dynamic cache": lambda: generate(model, [prompt], new_tokens)[0],
-        "static cache": lambda: eager.generate(prompt, new_tokens),
+    methods: dict[str, tuple[Callable[[], list[int]], int]] = {
+        "dynamic cache": (lambda: generate(model, [prompt], new_tokens)[0], bpt_dynamic),
+        "static cache": (lambda: eager.generate(prompt, new_tokens), bpt_static),
     }
     compiled = None
     if compile:
         compiled = FastDecoder(model, max_seq_len=total, compile=True)
-        compiled.generate(prompt, 2)  # triggers compilation, timed inside step()
-        methods["static + compile"] = lambda: compiled.generate(prompt, new_tokens)
+        compiled.generate(prompt, 2)  # compiles; the first call is timed inside step()
+        methods["static + compile"] = (lambda: compiled.generate(prompt, new_tokens), bpt_static)
     if hf_model is not None:
-        methods["HF generate"] = lambda: _hf_generate(hf_model, prompt, new_tokens, device)
-    for name, fn in (extra_methods or {}).items():
-        methods[name] = lambda fn=fn: fn(prompt, new_tokens)
-    for fn in methods.values():  # warm-up: lazy initialisation, allocator, first-call dispatch
+        methods["HF generate"] = (lambda: _hf_generate(hf_model, prompt, new_tokens, device), bpt_dynamic)
+    for name, (fn, nbytes) in (extra_methods or {}).items():
+        methods[name] = (lambda fn=fn: fn(prompt, new_tokens), nbytes)
+    for fn, _ in methods.values():  # warm-up: lazy initialisation, allocator, first-call dispatch
         fn()
-    nbytes = weight_bytes(model)
-    probe = {"gemv": lambda: statistics.median(gemv_bandwidth(nbytes, dtype, device, repeats=3))}
-    seconds, outputs, probes = time_methods(methods, repeats, device, probe, progress)
-
-    tok_s = {m: [new_tokens / s for s in v] for m, v in seconds.items()}
-    med = {m: statistics.median(v) for m, v in tok_s.items()}
-    bpt = bytes_per_token(model, total)
-    bw = probes["gemv"]
-    limit = statistics.median(bw) / bpt
-    ref = outputs["dynamic cache"]
-    result = {
-        "tok_s": tok_s,
-        "median_tok_s": med,
-        "bytes_per_token": bpt,
-        "bandwidth_GBs": [b / 1e9 for b in bw],
-        "limit_tok_s": limit,
-        "pct_of_limit": {m: 100 * v / limit for m, v in med.items()},
-        "same_tokens": {m: sum(a == b for a, b in zip(o, ref)) / len(ref) for m, o in outputs.items()},
-        "compile_seconds": compiled.compile_seconds if compiled else None,
-        "break_even_tokens": None,
-        "new_tokens": new_tokens,
-        "prompt_len": prompt_len,
-        "params": sum(p.numel() for p in model.parameters()),
-        "device": str(device),
-        "dtype": str(dtype).replace("torch.", ""),
-        "threads": torch.get_num_threads(),
-        "torch": torch.__version__,
-    }
+    probe = model_gemv_probe(model)
+    result = measure(methods, new_tokens, repeats, device, probe, clock, "dynamic cache", progress)
+    rows = result["methods"]
+    result.update(
+        median_tok_s={m: r["median_tok_s"] for m, r in rows.items()},
+        median_pct_of_limit={m: statistics.median(r["pct_of_limit"]) for m, r in rows.items()},
+        bytes_per_token=bpt_static,
+        limit_tok_s=statistics.median(result["bandwidth_GBs"]) * 1e9 / bpt_static,
+        compile_seconds=compiled.compile_seconds if compiled else None,
+        break_even_tokens=None,
+        prompt_len=prompt_len,
+        params=sum(p.numel() for p in model.parameters()),
+        dtype=str(dtype).replace("torch.", ""),
+    )
     if compiled is not None:
         # compile + n / fast  <  n / slow   <=>   n > compile / (1/slow - 1/fast)   (seconds per token)
-        gain = 1 / med["static cache"] - 1 / med["static + compile"]
+        slow, fast = rows["static cache"]["median_tok_s"], rows["static + compile"]["median_tok_s"]
+        gain = 1 / slow - 1 / fast
         result["break_even_tokens"] = compiled.compile_seconds / gain if gain > 0 else float("inf")
     return result

@@ -47,7 +47,7 @@ import torch
 from pytorch_llama2_from_scratch.fast_decode import FastDecoder
 from pytorch_llama2_from_scratch.model import Transformer
 
-__all__ = ["SpecStats", "accept_reject", "speculative_generate"]
+__all__ = ["SpecStats", "accept_reject", "speculative_generate", "truncated_draft"]
 
 
 @dataclass
@@ -90,6 +90,27 @@ def accept_reject(
         return emitted, i
     emitted.append(int(torch.multinomial(p[k], 1, generator=generator)))
     return emitted, k
+
+
+def truncated_draft(model: Transformer, n_layers: int) -> Transformer:
+    """A draft made of the target's first ``n_layers`` layers + its final norm and output head (shared tensors).
+
+    No training and no extra memory for the weights: it predicts the target's next token from an early layer's
+    residual stream (the idea of early-exit / self-speculative decoding); how often it agrees is measured.
+    """
+    if not 1 <= n_layers < model.args.n_layers:
+        raise ValueError(f"n_layers must be in [1, {model.args.n_layers - 1}], got {n_layers}")
+    with torch.device("meta"):
+        draft = Transformer(model.args.replace(n_layers=n_layers))
+    state = {k: v for k, v in model.state_dict().items() if not k.startswith("layers.")
+             or int(k.split(".")[1]) < n_layers}  # fmt: skip
+    draft.load_state_dict(state, assign=True)  # shares the target's tensors
+    device = model.output.weight.device
+    for layer in draft.layers:  # the cache buffers are not in the state_dict: allocate them for real
+        attn = layer.attention
+        attn.cache_k = torch.zeros(attn.cache_k.shape, dtype=model.norm.weight.dtype, device=device)
+        attn.cache_v = torch.zeros(attn.cache_v.shape, dtype=model.norm.weight.dtype, device=device)
+    return draft.eval()
 
 
 def _check_pair(target: Transformer, draft: Transformer, k: int) -> None:

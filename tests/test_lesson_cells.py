@@ -57,6 +57,19 @@ TINY: dict[tuple[str, int], dict] = {
         steps=3, batch_size=2, seq_len=16, dim=32, n_layers=1, n_heads=2, n_kv_heads=1, eval_every=3, eval_batches=1
     ),
     ("pytorch_llama2_from_scratch", 13): dict(lengths=(4, 8), repeats=1, prompt_len=4, hidden=32, layers=1, heads=2),
+    **{
+        ("pytorch_llama2_from_scratch", n): dict(
+            hidden=64, layers=2, heads=4, kv_heads=2, intermediate=96, vocab=512, prompt_len=4, new_tokens=6,
+            repeats=1, clock="cpu", **extra,
+        )
+        for n, extra in (
+            (19, {}),
+            (20, {"compile": False}),
+            (21, {"windows": 2, "train_steps": 2, "checkpoint": "tiny_llama"}),
+            (22, {"windows": 2, "train_steps": 2, "checkpoint": "tiny_llama"}),
+            (23, {"ks": (1, 2)}),
+        )
+    },
     ("triton_flash_attention_scratch", 1): dict(seq_len=7, n_embd=16, n_head=4, n_kv_head=2, device="cpu"),
     ("triton_flash_attention_scratch", 2): dict(seq_lens=(512, 1024), head_dim=64, device="cpu"),
     ("triton_flash_attention_scratch", 6): dict(
@@ -105,9 +118,60 @@ def one_thread():
     torch.set_num_threads(previous)
 
 
+def check_figure(fig) -> list[str]:
+    """What a learner needs to read a plot: no empty panel, every panel labelled on both axes (a shared axis may
+    carry its label on a neighbour or on the figure; categorical tick labels name an axis too)."""
+    problems = []
+    axes = [ax for ax in fig.get_axes() if ax.get_visible() and ax.get_label() != "<colorbar>"]
+    fig_x = bool(fig._supxlabel.get_text()) if getattr(fig, "_supxlabel", None) else False
+    fig_y = bool(fig._supylabel.get_text()) if getattr(fig, "_supylabel", None) else False
+
+    def named(ax, which: str) -> bool:
+        label = ax.get_xlabel() if which == "x" else ax.get_ylabel()
+        ticks = ax.get_xticklabels() if which == "x" else ax.get_yticklabels()
+        shared = (ax.get_shared_x_axes() if which == "x" else ax.get_shared_y_axes()).get_siblings(ax)
+        sibling = any((s.get_xlabel() if which == "x" else s.get_ylabel()) for s in shared if s is not ax)
+        categorical = any(t.get_text() and not _numeric(t.get_text()) for t in ticks)
+        return bool(label) or sibling or categorical or (fig_x if which == "x" else fig_y)
+
+    for i, ax in enumerate(axes):
+        title = ax.get_title() or f"panel {i}"
+        if not (ax.lines or ax.patches or ax.images or ax.collections or ax.tables):
+            problems.append(f"{title!r} is an empty panel")
+            continue
+        for which in ("x", "y"):
+            if not named(ax, which):
+                problems.append(f"{title!r} has no {which}-axis label")
+    return problems
+
+
+def _numeric(text: str) -> bool:
+    try:
+        float(text.replace("\u2212", "-").replace("$", "").replace("{", "").replace("}", "").replace("^", "e"))
+        return True
+    except ValueError:
+        return any(ch.isdigit() for ch in text) and not any(ch.isalpha() for ch in text.replace("e", ""))
+
+
+@pytest.fixture
+def figures_checked(monkeypatch):
+    """Every figure a lesson saves goes through :func:`check_figure` first."""
+    from matplotlib.figure import Figure
+
+    problems: list[str] = []
+    original = Figure.savefig
+
+    def savefig(self, fname, *args, **kwargs):
+        problems.extend(f"{Path(str(fname)).name}: {p}" for p in check_figure(self))
+        return original(self, fname, *args, **kwargs)
+
+    monkeypatch.setattr(Figure, "savefig", savefig)
+    return problems
+
+
 @pytest.mark.slow
 @pytest.mark.parametrize("path", LESSONS, ids=lambda p: f"{p.parent.name}/{p.stem}")
-def test_every_lesson_runs_as_cells(path, gpt2_dir, one_thread, tmp_path, monkeypatch, capsys):
+def test_every_lesson_runs_as_cells(path, gpt2_dir, one_thread, tmp_path, monkeypatch, capsys, figures_checked):
     options = {k: (gpt2_dir if v == GPT2_HF else v) for k, v in TINY.get(_key(path), {}).items()}
     lc = build_cells(path, options)
     assert len(lc.code_cells) >= 4, "a lesson should give at least: location, imports, options, one step"
@@ -118,6 +182,22 @@ def test_every_lesson_runs_as_cells(path, gpt2_dir, one_thread, tmp_path, monkey
     # every option became a variable of the notebook namespace, with the value we set
     for name, value in options.items():
         assert namespace[name] == value
+    assert not figures_checked, "plots a learner cannot read:\n" + "\n".join(figures_checked)
+
+
+def test_the_figure_check_catches_unlabelled_and_empty_panels():
+    import matplotlib.pyplot as plt
+
+    fig, (a, b, c) = plt.subplots(1, 3)
+    a.plot([0, 1], [1, 2])
+    b.plot([0, 1], [1, 2])
+    b.set_xlabel("step")
+    b.set_ylabel("loss (nats/token)")
+    problems = check_figure(fig)
+    plt.close(fig)
+    assert any("panel 0" in p and "x-axis" in p for p in problems)
+    assert any("panel 2" in p and "empty" in p for p in problems)
+    assert not any("panel 1" in p for p in problems)
 
 
 # ------------------------------------------------------------------------------------------------ the generator

@@ -53,9 +53,11 @@ def main(
     )
     # batched operands broadcast like torch.matmul
     a3, b3 = torch.randn(3, 1, 17, 9), torch.randn(4, 9, 5)
-    err_batched = (block_matmul(a3, b3, 8, 4, 4) - a3 @ b3).abs().max().item()
+    c3 = block_matmul(a3, b3, 8, 4, 4)
+    err_batched = (c3 - a3 @ b3).abs().max().item()
     print(f"batched (3, 1, 17, 9) @ (4, 9, 5): max error {err_batched:.2e}")
-    return {"a": a, "b": b, "c": c, "max_error": err, "max_error_batched": err_batched, "tiles": tiles}
+    return {"a": a, "b": b, "c": c, "max_error": err, "max_error_batched": err_batched, "tiles": tiles,
+            "batched": (a3, b3, c3)}
 
 
 def parse_args() -> argparse.Namespace:

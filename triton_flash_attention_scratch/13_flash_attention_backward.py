@@ -90,12 +90,16 @@ def main(
             o, lse = flash_attention_forward(q, k, v, causal, None, block_q, block_k)
             qf, kf, vf = (t.clone().requires_grad_() for t in (q, k, v))
             flash_attention_torch(qf, kf, vf, causal, None, block_q, block_k).backward(do)
+            hand = naive_attention_backward(q, k, v, do, causal)
+            flash = flash_attention_backward(q, k, v, o, lse, do, causal, None, block_q, block_k)
             row = {
                 "N": n,
                 "causal": causal,
-                "hand_error": err(naive_attention_backward(q, k, v, do, causal)),
-                "flash_error": err(flash_attention_backward(q, k, v, o, lse, do, causal, None, block_q, block_k)),
+                "hand_error": err(hand),
+                "flash_error": err(flash),
                 "function_error": err((qf.grad, kf.grad, vf.grad)),
+                "tensors": {"q": q, "k": k, "v": v, "do": do, "hand": hand, "flash": flash,
+                            "function": (qf.grad, kf.grad, vf.grad)},  # fmt: skip
                 "saved_naive": saved_bytes(lambda a, b, c, causal=causal: naive_attention(a, b, c, causal), qr, kr, vr),
                 "saved_flash": saved_bytes(
                     lambda a, b, c, causal=causal: flash_attention_torch(a, b, c, causal, None, block_q, block_k),

@@ -60,18 +60,23 @@ def main(
     x, y = torch.randn(n, device=dev, dtype=dt), torch.randn(n, device=dev, dtype=dt)
     block = 256
     print(f"\nvector add: n={n}, BLOCK={block} -> {-(-n // block)} programs, last one has {n % block or block} lanes")
-    out["errors"]["vector_add"] = (vector_add(x, y, block=block) - (x + y)).abs().max().item()
+    c = vector_add(x, y, block=block)
+    out["errors"]["vector_add"] = (c - (x + y)).abs().max().item()
 
     # 2. fused softmax: one program per row, row padded to the next power of two with -inf
     a = torch.randn(rows, cols, device=dev, dtype=dt)
     print(f"softmax: {rows} rows of {cols}, BLOCK = next_power_of_2({cols}) = {1 << (cols - 1).bit_length()}")
-    out["errors"]["softmax"] = (softmax(a).float() - torch.softmax(a.float(), dim=-1)).abs().max().item()
+    p = softmax(a)
+    out["errors"]["softmax"] = (p.float() - torch.softmax(a.float(), dim=-1)).abs().max().item()
 
     # 3. tiled matmul: (m, k) @ (k, n_cols), none of them multiples of the tiles
     a2, b2 = torch.randn(m, k, device=dev, dtype=dt), torch.randn(k, n_cols, device=dev, dtype=dt)
     print(f"matmul: ({m}, {k}) @ ({k}, {n_cols}) with 64x64 tiles of C, K in steps of 32")
     ref = a2.float() @ b2.float()
-    out["errors"]["matmul"] = ((matmul(a2, b2).float() - ref).abs().max() / ref.abs().max()).item()
+    c2 = matmul(a2, b2)
+    out["errors"]["matmul"] = ((c2.float() - ref).abs().max() / ref.abs().max()).item()
+    # inputs and outputs, for tests that recompute the references themselves
+    out["tensors"] = {"x": x, "y": y, "c": c, "a": a, "p": p, "a2": a2, "b2": b2, "c2": c2}
 
     print("\nmax |Triton - PyTorch| (matmul: relative to max |C|):")
     for name, err in out["errors"].items():

@@ -998,6 +998,102 @@ def flash_attention(
     return FlashAttentionFunction.apply(q, k, v, causal, sm_scale, configs)
 
 
+# ============================================================================================ ahead of time
+# ``triton.compile`` with a ``GPUTarget`` builds PTX and a cubin for a given GPU without one being present (the
+# Triton wheel ships ptxas). CI uses it so that a compile error cannot wait for the first GPU run; lesson 20 uses it
+# to show what ``num_stages`` does to the compiled code. The pointers and strides are marked divisible by 16, as a
+# real launch specializes them for tensors from PyTorch's allocator (without it no load is wide enough for cp.async).
+AOT_KERNELS = ("fwd", "dkdv", "dq", "preprocess")
+_FP32_POINTERS = {"LSE", "DELTA"}
+_POINTERS = {"Q", "K", "V", "O", "DO", "DK", "DV", "DQ"} | _FP32_POINTERS
+
+
+def _aot_one(kernel: str, arch: int, dtype: str, head_dim: int, causal: bool, config: dict | None) -> dict:
+    from triton.backends.compiler import GPUTarget
+    from triton.compiler import ASTSource
+
+    fn = {"fwd": _attn_fwd, "dkdv": _attn_bwd_dkdv, "dq": _attn_bwd_dq, "preprocess": _attn_bwd_preprocess}[kernel]
+    tdt = {"float16": "fp16", "bfloat16": "bf16", "float32": "fp32"}[dtype]
+    cfg = {"num_warps": 4, "num_stages": 2, "BLOCK_M": PREPROCESS_BLOCK_M}
+    if kernel != "preprocess":
+        cfg = check_config(kernel, config or GPU_DEFAULT_CONFIGS[kernel], head_dim, getattr(torch, dtype),
+                           smem_limit=1 << 30)  # fmt: skip
+    values = {
+        "HEAD_DIM": head_dim, "BLOCK_D": padded_head_dim(head_dim), "CAUSAL": bool(causal),
+        "INPUT_PRECISION": "ieee" if dtype == "float32" else "tf32", "BLOCK_M": cfg["BLOCK_M"],
+        "BLOCK_N": cfg.get("BLOCK_N"),
+    }  # fmt: skip
+    signature, constexprs, attrs = {}, {}, {}
+    for i, param in enumerate(fn.params):
+        name = param.name
+        if param.is_constexpr:
+            signature[name] = "constexpr"
+            constexprs[(i,)] = values[name]
+        elif name in _POINTERS:
+            signature[name] = "*fp32" if name in _FP32_POINTERS else f"*{tdt}"
+            attrs[(i,)] = [["tt.divisibility", 16]]
+        elif name == "sm_scale":
+            signature[name] = "fp32"
+        else:
+            signature[name] = "i32"
+            if name.startswith("stride"):
+                attrs[(i,)] = [["tt.divisibility", 16]]
+    src = ASTSource(fn=fn, signature=signature, constexprs=constexprs, attrs=attrs)
+    options = {"num_warps": cfg["num_warps"], "num_stages": cfg["num_stages"]}
+    compiled = triton.compile(src, target=GPUTarget("cuda", arch, 32), options=options)
+    ptx = compiled.asm["ptx"]
+    lines = [line.strip() for line in ptx.splitlines()]
+    count = lambda prefix: sum(line.startswith(prefix) for line in lines)  # noqa: E731
+    return {
+        "kernel": kernel, "arch": arch, "dtype": dtype, "head_dim": head_dim, "causal": bool(causal),
+        "config": {k: cfg[k] for k in ("BLOCK_M", "BLOCK_N", "num_warps", "num_stages") if k in cfg},
+        "shared_bytes": int(compiled.metadata.shared),
+        "cp_async": count("cp.async.ca") + count("cp.async.cg"),  # Ampere-style asynchronous global->shared copies
+        "cp_async_wait": count("cp.async.wait_group"),
+        "tma": count("cp.async.bulk.tensor"),  # Hopper's Tensor Memory Accelerator copies
+        "wgmma": count("wgmma.mma_async"),  # Hopper warpgroup matrix multiply
+        "mma_sync": count("mma.sync"),  # Ampere warp-level tensor-core matmul
+        "cubin_bytes": len(compiled.asm.get("cubin", b"")),
+    }  # fmt: skip
+
+
+def compile_ahead_of_time(jobs: list[dict], timeout_s: float = 600) -> list[dict]:
+    """Compile kernels for CUDA targets without a GPU; one dict of facts per job (see ``_aot_one``).
+
+    A job: ``{"kernel": "fwd"|"dkdv"|"dq"|"preprocess", "arch": 80|90, "dtype": "float16"|"bfloat16"|"float32",
+    "head_dim": 64, "causal": True, "config": None | {"BLOCK_M": .., "BLOCK_N": .., "num_warps": .., "num_stages":
+    ..}}``. Under the interpreter the kernels are not compilable in this process (``TRITON_INTERPRET=1`` turned
+    them into interpreted functions), so the jobs run in one child process with ``TRITON_INTERPRET=0``.
+    """
+    for job in jobs:
+        if job.get("kernel") not in AOT_KERNELS:
+            raise ValueError(f"kernel must be one of {AOT_KERNELS}, got {job.get('kernel')!r}")
+        if job.get("arch") not in (80, 86, 89, 90):
+            raise ValueError(f"arch must be 80, 86, 89 or 90 (sm_XX), got {job.get('arch')!r}")
+    full = [{"dtype": "float16", "head_dim": 64, "causal": True, "config": None, **job} for job in jobs]
+    if not INTERPRET:
+        return [_aot_one(**job) for job in full]
+    import json
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    root = str(Path(__file__).resolve().parents[1])
+    code = (
+        "import json, sys; sys.path.insert(0, sys.argv[1]); "
+        "from triton_flash_attention_scratch.triton_flash import _aot_one; "
+        "print(json.dumps([_aot_one(**job) for job in json.loads(sys.argv[2])]))"
+    )
+    env = {**os.environ, "TRITON_INTERPRET": "0", "TRITON_DEFAULT_FP_FUSION": "1"}
+    proc = subprocess.run(
+        [sys.executable, "-c", code, root, json.dumps(full)], capture_output=True, text=True, env=env, timeout=timeout_s
+    )
+    if proc.returncode != 0:
+        tail = proc.stderr.strip().splitlines()[-1:] or ["(no output)"]
+        raise RuntimeError(f"ahead-of-time compilation failed (exit {proc.returncode}): {tail[0]}")
+    return json.loads(proc.stdout.strip().splitlines()[-1])
+
+
 # ============================================================================================ lesson helpers
 def causal_flash_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor) -> torch.Tensor:
     """``flash_attention(q, k, v, causal=True)``: the form chapter 2's GPT-2 calls as ``attn_impl="triton"``."""
