@@ -57,6 +57,25 @@ def stage_smem_bytes(num_stages: int, block_n: int, head_dim: int, itemsize: int
     return smem_estimate_bytes("fwd", 16, block_n, num_stages, head_dim, itemsize)
 
 
+def time_stages(batch, heads, seq_len, head_dim, block_m, block_n, num_warps, stages, dev) -> dict:
+    """GPU only: forward TFLOP/s per num_stages, causal and not."""
+    tflops: dict = {}
+    for causal in (False, True):
+        q, k, v = (torch.randn(batch, heads, seq_len, head_dim, device=dev, dtype=torch.float16) for _ in range(3))
+        flops = attention_flops(batch, heads, seq_len, head_dim, causal)
+        print(f"\nB={batch} H={heads} N={seq_len} D={head_dim} fp16 causal={causal}")
+        for s in stages:
+            cfg = {"BLOCK_M": block_m, "BLOCK_N": block_n, "num_warps": num_warps, "num_stages": s}
+            try:
+                ms = do_bench_ms(partial(attention_forward, q, k, v, causal=causal, config=cfg))
+            except Exception as e:  # e.g. out of shared memory for a deep pipeline
+                print(f"  num_stages={s}: failed ({type(e).__name__}: {str(e).splitlines()[0][:80]})")
+                continue
+            tflops[(causal, s)] = flops / ms * 1e-9
+            print(f"  num_stages={s}: {ms:8.3f} ms  {flops / ms * 1e-9:7.1f} TFLOP/s")
+    return tflops
+
+
 def main(
     batch: int = 4,
     heads: int = 16,
@@ -101,23 +120,10 @@ def main(
     print("on the target and the Triton version. An H100 allows up to 227 KiB per block, an A100 163 KiB.")
     out = {"smem": smem, "compiled": compiled, "tflops": {}}
     dev = resolve_kernel_device(device)
-    if dev.type != "cuda":
+    if dev.type == "cuda":
+        out["tflops"] = time_stages(batch, heads, seq_len, head_dim, block_m, block_n, num_warps, stages, dev)
+    else:
         print("\ntiming the pipeline needs a CUDA GPU")
-        return out
-
-    for causal in (False, True):
-        q, k, v = (torch.randn(batch, heads, seq_len, head_dim, device=dev, dtype=torch.float16) for _ in range(3))
-        flops = attention_flops(batch, heads, seq_len, head_dim, causal)
-        print(f"\nB={batch} H={heads} N={seq_len} D={head_dim} fp16 causal={causal}")
-        for s in stages:
-            cfg = {"BLOCK_M": block_m, "BLOCK_N": block_n, "num_warps": num_warps, "num_stages": s}
-            try:
-                ms = do_bench_ms(partial(attention_forward, q, k, v, causal=causal, config=cfg))
-            except Exception as e:  # e.g. out of shared memory for a deep pipeline
-                print(f"  num_stages={s}: failed ({type(e).__name__}: {str(e).splitlines()[0][:80]})")
-                continue
-            out["tflops"][(causal, s)] = flops / ms * 1e-9
-            print(f"  num_stages={s}: {ms:8.3f} ms  {flops / ms * 1e-9:7.1f} TFLOP/s")
     return out
 
 

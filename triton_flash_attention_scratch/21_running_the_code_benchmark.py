@@ -276,39 +276,9 @@ def markdown_table(rows: list[dict], peak: float | None) -> str:
     return "\n".join(lines) + "\n"
 
 
-def main(
-    seq_lens: tuple[int, ...] = (1024, 2048, 4096, 8192, 16384),
-    head_dims: tuple[int, ...] = (64, 128),
-    dtypes: tuple[str, ...] = ("float16", "bfloat16"),
-    impls: tuple[str, ...] = ("triton", "sdpa", "part1"),
-    part1_max_n: int = 2048,
-    grid: str = "full",
-    configs: str | None = None,
-    bench: bool = True,
-    device: str = "auto",
-    seed: int = 0,
-) -> dict:
-    seed_everything(seed)
-    if grid not in ("full", "trimmed"):
-        raise ValueError(f"--grid must be full or trimmed, got {grid!r}")
-    if configs not in (None, "default"):
-        raise ValueError(f"--configs must be 'default' (GPU_DEFAULT_CONFIGS) or absent (autotune), got {configs!r}")
-    if grid == "trimmed":
-        seq_lens, head_dims, dtypes = TRIMMED_GRID["seq_lens"], TRIMMED_GRID["head_dims"], TRIMMED_GRID["dtypes"]
-        impls = ("triton", "sdpa")
-    dev = resolve_kernel_device(device)
-    print(f"1. correctness on {dev} ({'Triton interpreter' if INTERPRET else 'compiled Triton'}) vs SDPA")
-    checks = check_correctness(dev)
-    for r in checks:
-        print(f"   {r['dtype']:<9} causal={r['causal']!s:<5} worst of O/dQ/dK/dV: {r['max_err']:.1e} "
-              f"{'OK' if r['ok'] else 'MISMATCH'}")  # fmt: skip
-    out = {"checks": checks, "rows": []}
-    if not bench:
-        return out
-    if dev.type != "cuda":
-        print("\n2. benchmark: timing needs a CUDA GPU (the interpreter emulates every program with NumPy on the CPU)")
-        return out
-
+def run_benchmark(seq_lens, head_dims, dtypes, impls, part1_max_n, configs, dev) -> dict:
+    """GPU only: ours vs SDPA (and part 1's loops) over the grid; writes benchmark.md / .json and returns rows."""
+    out: dict = {"rows": []}
     name = torch.cuda.get_device_name(dev)
     peak = peak_tflops(name)
     import triton
@@ -337,6 +307,40 @@ def main(
     atomic_write_text(json.dumps({"meta": meta, **out}, indent=1, default=str), folder / "benchmark.json")
     print(f"\nwrote {folder / 'benchmark.md'}")
     out["meta"] = meta
+    return out
+
+
+def main(
+    seq_lens: tuple[int, ...] = (1024, 2048, 4096, 8192, 16384),
+    head_dims: tuple[int, ...] = (64, 128),
+    dtypes: tuple[str, ...] = ("float16", "bfloat16"),
+    impls: tuple[str, ...] = ("triton", "sdpa", "part1"),
+    part1_max_n: int = 2048,
+    grid: str = "full",
+    configs: str | None = None,
+    bench: bool = True,
+    device: str = "auto",
+    seed: int = 0,
+) -> dict:
+    seed_everything(seed)
+    if grid not in ("full", "trimmed"):
+        raise ValueError(f"--grid must be full or trimmed, got {grid!r}")
+    if configs not in (None, "default"):
+        raise ValueError(f"--configs must be 'default' (GPU_DEFAULT_CONFIGS) or absent (autotune), got {configs!r}")
+    if grid == "trimmed":
+        seq_lens, head_dims, dtypes = TRIMMED_GRID["seq_lens"], TRIMMED_GRID["head_dims"], TRIMMED_GRID["dtypes"]
+        impls = ("triton", "sdpa")
+    dev = resolve_kernel_device(device)
+    print(f"1. correctness on {dev} ({'Triton interpreter' if INTERPRET else 'compiled Triton'}) vs SDPA")
+    checks = check_correctness(dev)
+    for r in checks:
+        print(f"   {r['dtype']:<9} causal={r['causal']!s:<5} worst of O/dQ/dK/dV: {r['max_err']:.1e} "
+              f"{'OK' if r['ok'] else 'MISMATCH'}")  # fmt: skip
+    out = {"checks": checks, "rows": []}
+    if bench and dev.type == "cuda":
+        out.update(run_benchmark(seq_lens, head_dims, dtypes, impls, part1_max_n, configs, dev))
+    elif bench:
+        print("\n2. benchmark: timing needs a CUDA GPU (the interpreter emulates every program with NumPy on the CPU)")
     return out
 
 
