@@ -312,3 +312,12 @@ def test_cli_writes_both_formats(tmp_path):
     assert done.returncode == 0, done.stderr
     assert (tmp_path / "pytorch_basis" / "02_partial_derivatives.py").read_text().count("# %%") >= 5
     json.loads((tmp_path / "pytorch_basis" / "02_partial_derivatives.ipynb").read_text())
+
+
+def test_a_final_return_that_does_the_work_becomes_a_cell(tmp_path):
+    """``return {...}`` (the tests' dict) is left out, but ``return run(...)`` is the lesson itself: kept."""
+    path = tmp_path / "04_thin.py"
+    path.write_text("def run(a):\n    print('ran', a)\n    return a * 2\n\n\ndef main(a=3):\n    return run(a)\n")
+    lc = build_cells(path)
+    assert lc.code_cells[-1].source == "result = run(a)"
+    assert run_cells(lc)["result"] == 6
