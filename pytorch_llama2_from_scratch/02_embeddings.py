@@ -51,7 +51,15 @@ def main(seed: int = 0, seq_len: int = 8) -> dict:
         f"Llama-2 7B: embedding {big.vocab_size} x {big.dim} = {table / 1e6:.1f} M parameters "
         f"({table * 2 / 2**20:.0f} MiB in fp16), and the same again for the output matrix"
     )
-    return {"lookup_vs_onehot_err": err, "position_spread": spread, "tied": tied, "embed_params_7b": table}
+    return {
+        "lookup_vs_onehot_err": err,
+        "position_spread": spread,
+        "tied": tied,
+        "embed_params_7b": table,
+        "tokens": tokens,
+        "looked_up": looked_up.detach(),
+        "table": E.detach(),
+    }
 
 
 def parse_args(argv=None):

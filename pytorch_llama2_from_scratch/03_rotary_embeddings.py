@@ -118,6 +118,10 @@ def main(seed: int = 0, head_dim: int = 64, n_heads: int = 4, theta: float = 100
         "norm_err": norm_err,
         "relative_err": rel_err,
         "plot": path,
+        "x": x,
+        "w_meta": w_meta,
+        "q_meta": q_meta,
+        "q_hf_in_meta_order": q_hf_in_meta_order,
     }
 
 

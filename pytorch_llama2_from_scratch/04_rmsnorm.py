@@ -83,6 +83,11 @@ def main(seed: int = 0, dim: int = 512, eps: float = 1e-5, repeats: int = 50) ->
         "layernorm_shift_change": ln_shift,
         "fp16_naive_err": naive_err,
         "fp16_stable_err": stable_err,
+        "x": x,
+        "weight": norm.weight.detach().clone(),
+        "y": norm(x),
+        "fp16_input": half,
+        "fp16_stable": stable,
     }
 
 

@@ -82,6 +82,9 @@ def main(seed: int = 0, batch: int = 2, seq_len: int = 10) -> dict:
         "block_err": block_err,
         "past_change": past_change,
         "last_change": last_change,
+        "model": model,
+        "tokens": tokens,
+        "logits": logits,
     }
 
 

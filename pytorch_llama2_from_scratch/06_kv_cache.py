@@ -53,22 +53,15 @@ def greedy_tokens(model: Transformer, prompt: torch.Tensor, n_new: int, use_cach
     return seq
 
 
+@torch.no_grad()
 def main(
     seed: int = 0, prompt_len: int = 16, new_tokens: int = 64, device: str = "cpu", threads: int | None = 1
 ) -> dict:
     """``threads``: CPU threads for the run (default 1: these matrices are too small for threads to pay off;
-    None keeps PyTorch's default). The previous setting is restored afterwards."""
-    previous = torch.get_num_threads()
-    if threads is not None:
+    None keeps PyTorch's default). The previous setting is restored at the end."""
+    previous_threads = torch.get_num_threads()
+    if threads:
         torch.set_num_threads(threads)
-    try:
-        return _run(seed, prompt_len, new_tokens, device)
-    finally:
-        torch.set_num_threads(previous)
-
-
-@torch.no_grad()
-def _run(seed: int, prompt_len: int, new_tokens: int, device: str) -> dict:
     seed_everything(seed)
     dev = resolve_device(device)
     args = ModelArgs(
@@ -90,12 +83,14 @@ def _run(seed: int, prompt_len: int, new_tokens: int, device: str) -> dict:
     steps = [model(tokens[:, :prompt_len])]
     for pos in range(prompt_len, tokens.shape[1]):
         steps.append(model(tokens[:, pos : pos + 1], start_pos=pos))
-    decode_err = (torch.cat(steps, dim=1) - full).abs().max().item()
+    decoded = torch.cat(steps, dim=1)
+    decode_err = (decoded - full).abs().max().item()
     # chunked prefill at non-zero start positions
     model.reset_cache()
     bounds = [0, 5, 17, 30, tokens.shape[1]]
     chunks = [model(tokens[:, a:b], start_pos=a) for a, b in zip(bounds[:-1], bounds[1:])]
-    chunk_err = (torch.cat(chunks, dim=1) - full).abs().max().item()
+    chunked = torch.cat(chunks, dim=1)
+    chunk_err = (chunked - full).abs().max().item()
     n_dec = tokens.shape[1] - prompt_len
     print(f"prefill {prompt_len} + {n_dec} decode steps vs full forward: max diff {decode_err:.1e}")
     print(f"chunked prefill {bounds} vs full forward:   max diff {chunk_err:.1e}")
@@ -124,6 +119,7 @@ def _run(seed: int, prompt_len: int, new_tokens: int, device: str) -> dict:
         f"greedy, {new_tokens} new tokens on {dev}: with cache {new_tokens / times[True]:.0f} tok/s, "
         f"without {new_tokens / times[False]:.0f} tok/s -> {speedup:.1f}x; identical tokens: {same}"
     )
+    torch.set_num_threads(previous_threads)
     return {
         "decode_err": decode_err,
         "chunk_err": chunk_err,
@@ -133,6 +129,11 @@ def _run(seed: int, prompt_len: int, new_tokens: int, device: str) -> dict:
         "tokens_per_s_no_cache": new_tokens / times[False],
         "speedup": speedup,
         "same_tokens": same,
+        "model": model,
+        "tokens": tokens,
+        "decoded_logits": decoded,
+        "chunked_logits": chunked,
+        "greedy_with_cache": outs[True],
     }
 
 

@@ -86,7 +86,7 @@ def main(seed: int = 0, batch: int = 1, context: int = 4096, dtype: str = "float
         per_token = kv_cache_bytes(args, 1, 1, torch_dtype)
         table.append({"model": name, "n_kv_heads": args.n_kv_heads, "per_token": per_token, "total": total})
         print(f"{name:<22} {args.n_kv_heads:>4} {per_token / 1024:>7.0f} KiB {_gib(total):>11}")
-    return {"gqa_err": gqa_err, "tiny": tiny_rows, "llama2": table}
+    return {"gqa_err": gqa_err, "tiny": tiny_rows, "llama2": table, "qkv": (q, k, v), "attention": ours}
 
 
 def parse_args(argv=None):

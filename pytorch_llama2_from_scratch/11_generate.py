@@ -119,6 +119,8 @@ def main(checkpoint: str | None = None, max_new_tokens: int = 12, seed: int = 13
         "stopped": stopped,
         "stream_steps": steps,
         "texts": texts,
+        "model": model,
+        "prompts": prompts,
     }
 
 

@@ -166,6 +166,7 @@ def main(
             "cache_speedup": tps["ours + KV cache"] / tps["ours, no cache"],
             "match_hf": match,
             "cache_equals_no_cache": outputs["ours + KV cache"] == outputs["ours, no cache"],
+            "tokens": dict(outputs),
         }
         rows.append(row)
         print(
@@ -185,7 +186,7 @@ def main(
     path = Path(out) if out else out_dir("llama2") / "decode_benchmark.md"
     atomic_write_text(table, path)
     print(f"\n{table}\nwritten to {path}")
-    return {"rows": rows, "table": table, "path": path}
+    return {"rows": rows, "table": table, "path": path, "hf_model": hf, "prompt": prompt}
 
 
 def parse_args(argv=None) -> argparse.Namespace:

@@ -22,6 +22,9 @@ Command line (any checkpoint ``loading.load_checkpoint`` understands, e.g. the o
 from __future__ import annotations
 
 import argparse
+import math
+import os
+import pickle
 import sys
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
@@ -57,6 +60,19 @@ def _check_prompts(prompts: Sequence[Sequence[int]]) -> list[list[int]]:
     if any(len(p) == 0 for p in prompts):
         raise ValueError("every prompt needs at least one token (add the BOS token for an unconditional sample)")
     return prompts
+
+
+def eos_list(eos_id: int | Sequence[int] | None) -> list[int]:
+    """``eos_id`` as a list: ``None`` -> ``[]``, ``2`` -> ``[2]``, ``[128001, 128009]`` -> the same (Llama 3 has
+    several ids that end a turn; generation stops on any of them)."""
+    if eos_id is None:
+        return []
+    if isinstance(eos_id, torch.Tensor):
+        eos_id = eos_id.tolist()
+    ids = [eos_id] if isinstance(eos_id, int) else list(eos_id)
+    if any(isinstance(i, bool) or not isinstance(i, int) for i in ids):
+        raise ValueError(f"eos_id must be an int, a list of ints or None, got {eos_id!r}")
+    return ids
 
 
 def _check_capacity(model: torch.nn.Module, batch: int, total_len: int, use_cache: bool) -> None:
@@ -102,20 +118,22 @@ def stream_generate(
     prompts: Sequence[Sequence[int]],
     max_new_tokens: int,
     sampling: SamplingConfig | None = None,
-    eos_id: int | None = None,
+    eos_id: int | Sequence[int] | None = None,
     pad_id: int = 0,
     use_cache: bool = True,
     generator: torch.Generator | None = None,
 ) -> Iterator[torch.Tensor]:
     """Yield, after every decoding step, the ``(B,)`` tokens chosen for each row (``-1`` for rows already done).
 
-    A row is done after it produced ``eos_id`` (the EOS token itself is yielded). ``use_cache=False`` recomputes
-    the whole sequence at every step (the slow baseline of lesson 13); the tokens are the same.
+    A row is done after it produced ``eos_id`` -- or any of them when it is a list (the EOS token itself is
+    yielded). ``use_cache=False`` recomputes the whole sequence at every step (the slow baseline of lesson 13);
+    the tokens are the same.
     """
     sampling = sampling or SamplingConfig()
     prompts = _check_prompts(prompts)
-    if max_new_tokens < 0:
-        raise ValueError(f"max_new_tokens must be >= 0, got {max_new_tokens}")
+    if isinstance(max_new_tokens, bool) or not isinstance(max_new_tokens, int) or max_new_tokens < 0:
+        raise ValueError(f"max_new_tokens must be an integer >= 0, got {max_new_tokens!r}")
+    eos_ids = eos_list(eos_id)
     device = _device_of(model)
     prompt_tokens, prompt_mask, prompt_positions = left_pad(prompts, pad_id)
     B, L = prompt_tokens.shape
@@ -133,6 +151,7 @@ def stream_generate(
     positions = torch.cat([prompt_positions, lengths + torch.arange(max_new_tokens)], dim=1)  # (B, total)
     tokens, mask, positions = tokens.to(device), mask.to(device), positions.to(device)
     done = torch.zeros(B, dtype=torch.bool, device=device)
+    eos_t = torch.tensor(eos_ids, dtype=torch.long, device=device)
     # Without padding, slot == position and nothing needs masking, so the model can take its mask-free path.
     padded = bool((prompt_mask == 0).any())
 
@@ -148,14 +167,14 @@ def stream_generate(
     for step in range(max_new_tokens):
         slot = L + step
         x = next_token(logits[:, -1], sampling, tokens[:, :slot], mask[:, :slot], generator)  # (B,)
-        if eos_id is None:
+        if not eos_ids:
             yield x
         else:
             x = x.masked_fill(done, pad_id)
             yield x.masked_fill(done, -1)
-            done |= x == eos_id
+            done |= torch.isin(x, eos_t)
         tokens[:, slot] = x
-        if step == max_new_tokens - 1 or (eos_id is not None and bool(done.all())):
+        if step == max_new_tokens - 1 or (eos_ids and bool(done.all())):
             break
         # decode: feed only the new token (the cache holds keys/values of everything before it), or, without
         # the cache, the whole sequence again
@@ -167,7 +186,7 @@ def generate(
     prompts: Sequence[Sequence[int]],
     max_new_tokens: int,
     sampling: SamplingConfig | None = None,
-    eos_id: int | None = None,
+    eos_id: int | Sequence[int] | None = None,
     pad_id: int = 0,
     use_cache: bool = True,
     generator: torch.Generator | None = None,
@@ -207,7 +226,7 @@ def beam_search(
     prompt: Sequence[int],
     num_beams: int,
     max_new_tokens: int,
-    eos_id: int | None = None,
+    eos_id: int | Sequence[int] | None = None,
     length_penalty: float = 1.0,
     early_stopping: bool | str = False,
     num_return_sequences: int | None = None,
@@ -242,8 +261,9 @@ def beam_search(
     if not 1 <= n_return <= num_beams:
         raise ValueError(f"num_return_sequences must be in [1, num_beams={num_beams}], got {n_return}")
     prompt = _check_prompts([prompt])[0]
-    if max_new_tokens < 1:
-        raise ValueError(f"max_new_tokens must be >= 1, got {max_new_tokens}")
+    if isinstance(max_new_tokens, bool) or not isinstance(max_new_tokens, int) or max_new_tokens < 1:
+        raise ValueError(f"max_new_tokens must be an integer >= 1, got {max_new_tokens!r}")
+    eos_t = torch.tensor(eos_list(eos_id), dtype=torch.long)
     P, k = len(prompt), num_beams
     _check_capacity(model, k, P + max_new_tokens, use_cache)
     device = _device_of(model)
@@ -267,7 +287,7 @@ def beam_search(
         cand = (F.log_softmax(logits, dim=-1) + scores[:, None]).view(-1)  # (k * V,)
         cand_scores, cand_idx = torch.topk(cand, 2 * k)  # best first
         beam_of, token_of = cand_idx // V, cand_idx % V
-        hits_stop = (token_of == eos_id) if eos_id is not None else torch.zeros_like(token_of, dtype=torch.bool)
+        hits_stop = torch.isin(token_of, eos_t.to(token_of.device))  # all False without an EOS
         if n_gen == max_new_tokens:
             hits_stop = torch.ones_like(hits_stop)
 
@@ -329,7 +349,8 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
 def decode_continuation(tok, prompt_ids: list[int], new_ids: list[int]) -> str:
     """The text that ``new_ids`` add after the prompt. Decoding them alone can lose a leading space (SentencePiece
     drops the ``▁`` of the first piece), so decode prompt + continuation and cut the prompt's text off."""
-    new_ids = [t for t in new_ids if t != tok.eos_id]
+    stops = set(getattr(tok, "eos_ids", ())) | ({tok.eos_id} if tok.eos_id is not None else set())
+    new_ids = [t for t in new_ids if t not in stops]
     head, full = tok.decode(prompt_ids), tok.decode(list(prompt_ids) + new_ids)
     return full[len(head) :] if full.startswith(head) else full
 
@@ -351,6 +372,49 @@ class _Streamer:
             self.printed = text
 
 
+def check_options(
+    strategy: str = "top_p",
+    max_new_tokens: int = 100,
+    temperature: float = 0.8,
+    top_k: int = 50,
+    top_p: float = 0.9,
+    min_p: float = 0.05,
+    repetition_penalty: float = 1.0,
+    num_beams: int = 4,
+    length_penalty: float = 1.0,
+    prompt: list[str] | None = None,
+) -> None:
+    """Check the command-line options before anything is loaded; a bad one raises ``ValueError`` naming it."""
+
+    def positive_int(name: str, value) -> None:
+        if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+            raise ValueError(f"{name} must be an integer >= 1, got {value!r}")
+
+    def finite(name: str, value) -> float:
+        if isinstance(value, bool) or not isinstance(value, int | float) or not math.isfinite(value):
+            raise ValueError(f"{name} must be a finite number, got {value!r}")
+        return float(value)
+
+    if strategy not in STRATEGIES:
+        raise ValueError(f"--strategy must be one of {', '.join(STRATEGIES)}, got {strategy!r}")
+    positive_int("--max-new-tokens", max_new_tokens)
+    if strategy == "beam":
+        positive_int("--num-beams", num_beams)
+        finite("--length-penalty", length_penalty)
+    if strategy not in ("greedy", "beam") and not finite("--temperature", temperature) > 0:
+        raise ValueError(f"--temperature must be > 0 for --strategy {strategy}, got {temperature!r}")
+    if strategy == "top_k":
+        positive_int("--top-k", top_k)
+    if strategy == "top_p" and not 0 < finite("--top-p", top_p) <= 1:
+        raise ValueError(f"--top-p must be in (0, 1], got {top_p!r}")
+    if strategy == "min_p" and not 0 <= finite("--min-p", min_p) <= 1:
+        raise ValueError(f"--min-p must be in [0, 1], got {min_p!r}")
+    if strategy != "beam" and not finite("--repetition-penalty", repetition_penalty) > 0:
+        raise ValueError(f"--repetition-penalty must be > 0 (1.0 = off), got {repetition_penalty!r}")
+    if prompt is not None and (not isinstance(prompt, list) or not all(isinstance(p, str) for p in prompt)):
+        raise ValueError(f"--prompt must be text, got {prompt!r}")
+
+
 def main(
     checkpoint: str,
     prompt: list[str] | None = None,
@@ -370,24 +434,45 @@ def main(
     device: str = "auto",
     dtype: str | None = None,
 ) -> dict:
-    """Load a checkpoint and its tokenizer, generate, print; returns ``{"prompts", "completions", "tokens"}``."""
-    from pytorch_llama2_from_scratch.loading import load_checkpoint, load_tokenizer
+    """Load a checkpoint and its tokenizer, generate, print; returns ``{"prompts", "completions", "tokens"}``.
 
+    The options are checked first (:func:`check_options`); a prompt that does not fit the checkpoint's context
+    (``max_position_embeddings``) together with ``max_new_tokens`` is refused before the weights are read.
+    Generation stops on every EOS id the checkpoint names (``config.json``, ``generation_config.json``,
+    ``tokenizer_config.json``).
+    """
+    from pytorch_llama2_from_scratch.loading import checkpoint_context_length, load_checkpoint, load_tokenizer
+
+    options = dict(strategy=strategy, max_new_tokens=max_new_tokens, temperature=temperature, top_k=top_k)
+    options.update(top_p=top_p, min_p=min_p, repetition_penalty=repetition_penalty, num_beams=num_beams)
+    check_options(**options, length_penalty=length_penalty, prompt=prompt)
     generator = seed_everything(seed)
     dev = resolve_device(device)
+    context = checkpoint_context_length(checkpoint)
     tok = load_tokenizer(checkpoint)
     prompts = prompt or [""]
     ids = [tok.encode(p) for p in prompts]  # with the BOS token
-    eos_id = tok.eos_id
+    eos_id = list(tok.eos_ids) or None
+    longest = max(len(i) for i in ids)
+    if longest + max_new_tokens > context:
+        raise ValueError(
+            f"prompt of {longest} tokens + --max-new-tokens {max_new_tokens} = {longest + max_new_tokens} tokens "
+            f"exceeds the model's context of {context} tokens (max_position_embeddings of {checkpoint})"
+        )
     # size the KV cache for this request only: rows = prompts (or beams), slots = longest prompt + new tokens
     rows = num_beams if strategy == "beam" else len(prompts)
     model, _ = load_checkpoint(
         checkpoint,
         max_batch_size=rows,
-        max_seq_len=max(len(i) for i in ids) + max_new_tokens,
+        max_seq_len=longest + max_new_tokens,
         device=dev,
         dtype=getattr(torch, dtype) if dtype else None,
     )
+    if tok.vocab_size > model.args.vocab_size:
+        raise ValueError(
+            f"the tokenizer of {checkpoint} has {tok.vocab_size} tokens but the model's vocabulary has "
+            f"{model.args.vocab_size}: tokenizer and weights come from different models"
+        )
     print(f"checkpoint {checkpoint} | strategy {strategy} | {len(prompts)} prompt(s) | device {dev}")
 
     if strategy == "beam":
@@ -423,13 +508,31 @@ def main(
     return {"prompts": prompts, "completions": completions, "tokens": outs}
 
 
+# Every error a bad file, a bad config or a bad option is expected to raise: configs give KeyError/TypeError,
+# torch.load RuntimeError/UnpicklingError/EOFError, the file system OSError.
+EXPECTED_ERRORS = (
+    ValueError,
+    OSError,
+    ImportError,
+    KeyError,
+    TypeError,
+    RuntimeError,
+    EOFError,
+    pickle.UnpicklingError,
+)
+
+
 def run_with_clear_errors(main_fn: Callable[[], object]) -> None:
     """Run a script's ``main``: a missing file, a bad setting or an offline download prints one ``error:`` line
-    instead of a traceback (also used by lessons 11 and 12)."""
+    instead of a traceback and exits with status 1 (also used by lessons 11 and 12). ``LLM_SCRATCH_DEBUG=1`` in
+    the environment shows the full traceback instead."""
     try:
         run_cli(main_fn)
-    except (FileNotFoundError, ValueError, ImportError) as e:
-        print(f"error: {e}", file=sys.stderr)
+    except EXPECTED_ERRORS as e:
+        if os.environ.get("LLM_SCRATCH_DEBUG", "") not in ("", "0"):
+            raise
+        message = " ".join(str(e).split()) if not isinstance(e, KeyError) else f"missing key {e}"
+        print(f"error: {message}", file=sys.stderr)
         raise SystemExit(1) from None
 
 

@@ -25,7 +25,7 @@ from __future__ import annotations
 
 import json
 import re
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from pathlib import Path
 
 import torch
@@ -33,8 +33,11 @@ from torch import nn
 
 from pytorch_basis.common import atomic_torch_save, atomic_write_text
 from pytorch_llama2_from_scratch.model import (
+    _LLAMA3_KEYS,
+    ROPE_TYPES,
     ModelArgs,
     Transformer,
+    check_rope_scaling,
     ffn_hidden_dim,
     rope_inv_freq,
     unpermute_from_hf,
@@ -58,6 +61,12 @@ _LAYER_NAMES = {
     "feed_forward.w3.weight": "mlp.up_proj.weight",
     "attention_norm.weight": "input_layernorm.weight",
     "ffn_norm.weight": "post_attention_layernorm.weight",
+    # Qwen2: q/k/v biases; Qwen3: per-head q/k RMSNorm
+    "attention.wq.bias": "self_attn.q_proj.bias",
+    "attention.wk.bias": "self_attn.k_proj.bias",
+    "attention.wv.bias": "self_attn.v_proj.bias",
+    "attention.q_norm.weight": "self_attn.q_norm.weight",
+    "attention.k_norm.weight": "self_attn.k_norm.weight",
 }
 _TOP_NAMES = {
     "tok_embeddings.weight": "model.embed_tokens.weight",
@@ -128,25 +137,55 @@ def _check_keys(
 # ============================================================================================ args from configs
 
 
+_REQUIRED_HF_KEYS = ("hidden_size", "num_hidden_layers", "num_attention_heads", "vocab_size", "intermediate_size")
+
+# model_type -> what marks the family in config.json (the options of ModelArgs it turns on)
+FAMILIES = {
+    "llama": "Llama 2 / 3.x, TinyLlama, SmolLM2: rope_scaling llama3 (3.1+), tie_word_embeddings (3.2 1B/3B, SmolLM2)",
+    "mistral": "Mistral: sliding_window",
+    "qwen2": "Qwen2 / Qwen2.5: biases on q/k/v, tie_word_embeddings (0.5B-3B)",
+    "qwen3": "Qwen3: q_norm / k_norm per head, head_dim independent of hidden_size / num_attention_heads",
+}
+
+
 def args_from_hf_config(config: Mapping, **overrides) -> ModelArgs:
-    """``ModelArgs`` from a Hugging Face ``config.json`` dict; rejects features this model does not have."""
+    """``ModelArgs`` from a Hugging Face ``config.json`` dict (families: :data:`FAMILIES`); a feature this model
+    does not implement raises ``ValueError`` naming it."""
+    if not isinstance(config, Mapping):
+        raise ValueError(f"config.json must hold a JSON object, got {type(config).__name__}")
+    missing = [k for k in _REQUIRED_HF_KEYS if k not in config]
+    if missing:
+        raise ValueError(f"config.json lacks the required key(s) {', '.join(missing)}")
     model_type = config.get("model_type", "llama")
-    if model_type != "llama":
-        raise ValueError(f"config.json has model_type {model_type!r}; this loader handles 'llama' only")
+    if model_type not in FAMILIES:
+        raise ValueError(f"config.json has model_type {model_type!r}; supported: {', '.join(FAMILIES)}")
     for flag in ("attention_bias", "mlp_bias"):
-        if config.get(flag):
-            raise ValueError(f"config.json sets {flag}=true; LLaMA-2 has no biases and neither does this model")
+        if config.get(flag) and not (model_type == "qwen2" and flag == "attention_bias"):
+            raise ValueError(f"config.json sets {flag}=true, which the {model_type} family of this model lacks")
+    if model_type in ("qwen2", "qwen3") and config.get("use_sliding_window"):
+        raise ValueError("config.json sets use_sliding_window=true; sliding windows are implemented for mistral only")
     if config.get("hidden_act", "silu") != "silu":
         raise ValueError(f"config.json has hidden_act {config['hidden_act']!r}; SwiGLU needs 'silu'")
-    rope = config.get("rope_parameters") or config.get("rope_scaling") or {}
+    # transformers >= 5 writes `rope_parameters` (theta and type together); older configs `rope_theta` and
+    # `rope_scaling`. A scaling given in either place counts.
+    rope = {**(config.get("rope_parameters") or {}), **(config.get("rope_scaling") or {})}
     rope_type = rope.get("rope_type", rope.get("type", "default"))
-    if rope_type != "default":
-        raise ValueError(f"rope type {rope_type!r} (RoPE scaling) is not supported; only plain Llama-2 RoPE")
+    if rope_type not in ROPE_TYPES:
+        raise ValueError(f"config.json rope type {rope_type!r} (RoPE scaling) is not supported; supported: "
+                         f"{', '.join(ROPE_TYPES)}")  # fmt: skip
+    scaling = None
+    if rope_type == "llama3":
+        scaling = check_rope_scaling({"rope_type": "llama3", **{k: rope.get(k) for k in _LLAMA3_KEYS if k in rope}})
     theta = rope.get("rope_theta", config.get("rope_theta", 10000.0))
     dim, n_heads = config["hidden_size"], config["num_attention_heads"]
+    for key in _REQUIRED_HF_KEYS:
+        value = config[key]
+        if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+            raise ValueError(f"config.json {key} must be a positive integer, got {value!r}")
     head_dim = config.get("head_dim") or dim // n_heads
-    if head_dim * n_heads != dim:
+    if head_dim * n_heads != dim and model_type != "qwen3":
         raise ValueError(f"config.json head_dim {head_dim} * num_attention_heads {n_heads} != hidden_size {dim}")
+    window = config.get("sliding_window") if model_type == "mistral" else None
     values = dict(
         dim=dim,
         n_layers=config["num_hidden_layers"],
@@ -157,6 +196,12 @@ def args_from_hf_config(config: Mapping, **overrides) -> ModelArgs:
         norm_eps=config.get("rms_norm_eps", 1e-5),
         rope_theta=float(theta),
         max_seq_len=config.get("max_position_embeddings", 2048),
+        explicit_head_dim=head_dim if head_dim * n_heads != dim else None,
+        qkv_bias=model_type == "qwen2",
+        qk_norm=model_type == "qwen3",
+        tie_embeddings=bool(config.get("tie_word_embeddings", False)),
+        rope_scaling=scaling,
+        sliding_window=window,
     )
     values.update({k: v for k, v in overrides.items() if v is not None})
     return ModelArgs(**values)
@@ -195,14 +240,23 @@ def hf_to_meta_state_dict(hf_state: Mapping[str, torch.Tensor], args: ModelArgs)
         if meta is None:
             out[name] = tensor
             continue
-        if meta.endswith("attention.wq.weight"):
-            tensor = unpermute_from_hf(tensor, args.n_heads)
-        elif meta.endswith("attention.wk.weight"):
-            tensor = unpermute_from_hf(tensor, args.n_kv_heads)
+        if meta.endswith(("attention.wq.weight", "attention.wq.bias")):
+            tensor = _unpermute_rows(tensor, args.n_heads)
+        elif meta.endswith(("attention.wk.weight", "attention.wk.bias")):
+            tensor = _unpermute_rows(tensor, args.n_kv_heads)
+        elif meta.endswith(("attention.q_norm.weight", "attention.k_norm.weight")):
+            tensor = _unpermute_rows(tensor, 1)  # one head's hd features, in HF's half-split order
         out[meta] = tensor
     if "output.weight" not in out and "tok_embeddings.weight" in out:
         out["output.weight"] = out["tok_embeddings.weight"]
     return out
+
+
+def _unpermute_rows(tensor: torch.Tensor, n_heads: int) -> torch.Tensor:
+    """:func:`unpermute_from_hf` for a weight (rows, in) or a vector (rows,): biases and gains move with their rows."""
+    if tensor.dim() == 1:
+        return unpermute_from_hf(tensor[:, None], n_heads)[:, 0]
+    return unpermute_from_hf(tensor, n_heads)
 
 
 def _is_hf_state(state: Mapping[str, torch.Tensor]) -> bool:
@@ -215,36 +269,71 @@ def _is_hf_state(state: Mapping[str, torch.Tensor]) -> bool:
 def _build(
     args: ModelArgs, state: Mapping[str, torch.Tensor], where: str, device, dtype: torch.dtype | None
 ) -> Transformer:
-    """Check the keys, then materialise ``Transformer(args)`` on ``device`` in ``dtype`` and copy the weights in."""
+    """Check the keys, then build ``Transformer(args)`` around the loaded tensors themselves.
+
+    The model is created on the meta device (no memory) and ``load_state_dict(assign=True)`` makes the checkpoint's
+    tensors its parameters: nothing is allocated twice. The safetensors / ``torch.load(mmap=True)`` tensors are
+    memory-mapped views of the files, so a checkpoint in its stored dtype (``dtype=None``: bf16 stays bf16) on the
+    CPU costs about its file size; only the q/k projections (re-ordered for the RoPE convention), dtype
+    conversions and moves to another device make copies, one tensor at a time.
+    """
     _check_keys(state, expected_shapes(args), where)
+    device = torch.device(device)
     if dtype is None:
         dtype = state["tok_embeddings.weight"].dtype
     with torch.device("meta"):
         model = Transformer(args)
-    model.to(dtype=dtype)
-    model.to_empty(device=torch.device(device))  # allocate (uninitialised) on the target device
-    model.load_state_dict(state, strict=True)
-    model.reset_cache()  # the cache buffers were allocated uninitialised
+    converted = {}
+    for name, tensor in state.items():
+        converted[name] = tensor.to(device=device, dtype=dtype)  # no copy when both already match
+    model.load_state_dict(converted, strict=True, assign=True)
+    model.tie_weights()
+    for module in model.modules():  # the KV cache buffers are not in the state dict: allocate them (zeros)
+        for name, buf in list(module.named_buffers(recurse=False)):
+            if buf.is_meta:
+                module.register_buffer(name, torch.zeros(buf.shape, dtype=dtype, device=device), persistent=False)
     return model.eval()
 
 
 def _read_json(path: Path) -> dict:
     try:
-        return json.loads(path.read_text())
-    except json.JSONDecodeError as e:
+        value = json.loads(path.read_text())
+    except (json.JSONDecodeError, UnicodeDecodeError) as e:
         raise ValueError(f"{path} is not valid JSON: {e}") from None
+    if not isinstance(value, dict):
+        raise ValueError(f"{path} must hold a JSON object, got {type(value).__name__}")
+    return value
 
 
 def _read_json_if_exists(path: Path) -> dict:
     return _read_json(path) if path.exists() else {}
 
 
-def _load_weight_file(path: Path) -> dict[str, torch.Tensor]:
-    if path.suffix == ".safetensors":
-        from safetensors.torch import load_file
+def _first_line(e: BaseException) -> str:
+    text = str(e).strip().splitlines()
+    return f"{type(e).__name__}: {text[0]}" if text else type(e).__name__
 
-        return load_file(str(path), device="cpu")
-    return torch.load(path, map_location="cpu", weights_only=True, mmap=True)
+
+def _load_weight_file(path: Path) -> dict[str, torch.Tensor]:
+    """A weight file as a dict of tensors; an empty, truncated or foreign file raises :class:`CheckpointError`."""
+    if path.stat().st_size == 0:
+        raise CheckpointError(f"{path} is empty (0 bytes): an interrupted download?")
+    try:
+        if path.suffix == ".safetensors":
+            from safetensors.torch import load_file
+
+            state = load_file(str(path), device="cpu")
+        else:
+            state = torch.load(path, map_location="cpu", weights_only=True, mmap=True)
+    except MemoryError:
+        raise
+    except Exception as e:  # safetensors, zipfile, pickle and torch each raise their own kinds for a bad file
+        raise CheckpointError(
+            f"{path} is not a readable weight file (truncated or of another kind): {_first_line(e)}"
+        ) from None
+    if not isinstance(state, Mapping) or not all(isinstance(v, torch.Tensor) for v in state.values()):
+        raise CheckpointError(f"{path} does not hold a dict of tensors (got {type(state).__name__})")
+    return dict(state)
 
 
 def _hf_weight_files(directory: Path) -> list[Path]:
@@ -350,7 +439,7 @@ def load_meta_checkpoint(
     files = sorted(directory.glob("consolidated.*.pth"))
     if not files:
         raise FileNotFoundError(f"no consolidated.*.pth weight files in {directory}")
-    shards = [torch.load(f, map_location="cpu", weights_only=True, mmap=True) for f in files]
+    shards = [_load_weight_file(f) for f in files]
     state = merge_meta_shards(shards)
     vocab = state["tok_embeddings.weight"].shape[0] if "tok_embeddings.weight" in state else None
     args = args_from_meta_params(
@@ -373,6 +462,73 @@ def detect_layout(directory: str | Path) -> str:
         f"{directory} is neither a Hugging Face checkpoint (config.json + *.safetensors/*.bin) nor a Meta one "
         f"(params.json + consolidated.*.pth); found: {found}"
     )
+
+
+def _proc_status_bytes(key: str) -> int:
+    """A memory line of Linux ``/proc/self/status`` in bytes (``VmRSS`` now, ``VmHWM`` peak), 0 where unavailable.
+
+    (``VmHWM`` belongs to this process image; ``getrusage``'s ``ru_maxrss`` would carry over the peak of the
+    parent that started it.)"""
+    try:
+        for line in Path("/proc/self/status").read_text().splitlines():
+            if line.startswith(key + ":"):
+                return int(line.split()[1]) * 1024
+    except OSError:
+        pass
+    return 0
+
+
+def _write_tiny_checkpoint(directory: Path) -> Path:
+    from safetensors.torch import save_file
+
+    args = ModelArgs(dim=8, n_layers=1, n_heads=2, vocab_size=8, hidden_dim=8, max_seq_len=4)
+    shapes = expected_shapes(args)
+    save_file({meta_to_hf_name(k): torch.zeros(v, dtype=torch.bfloat16) for k, v in shapes.items()},
+              str(directory / "model.safetensors"))  # fmt: skip
+    config = dict(hidden_size=8, num_hidden_layers=1, num_attention_heads=2, vocab_size=8, intermediate_size=8)
+    (directory / "config.json").write_text(json.dumps(config))
+    return directory
+
+
+def measure_loading_memory(directory: str | Path, **kwargs) -> dict:
+    """Load a checkpoint and report how much memory that took, relative to the size of the weights.
+
+    ``peak_extra_bytes`` = the process's peak resident memory after loading *and touching every weight page* minus
+    its resident memory before: an upper bound of what loading added (exact when loading set the peak; run it
+    early in a fresh process, as lesson 18 does). Linux only (``/proc``).
+    Returns ``{"model", "args", "weight_bytes", "peak_extra_bytes", "ratio"}``.
+    """
+    import tempfile
+
+    import safetensors.torch  # noqa: F401  (imported before measuring: a module, not part of the weights)
+
+    with tempfile.TemporaryDirectory() as tmp:  # first-call costs of the code path itself, not of the weights
+        load_checkpoint(_write_tiny_checkpoint(Path(tmp)), max_seq_len=4)
+    before = _proc_status_bytes("VmRSS")
+    if before == 0:
+        raise RuntimeError("measure_loading_memory needs Linux (/proc/self/status)")
+    model, args = load_checkpoint(directory, **kwargs)
+    for p in model.parameters():  # memory-mapped pages count once they are read: read one byte of every page
+        int(p.detach().reshape(-1).view(torch.uint8)[::1024].sum())
+    weight_bytes = sum(p.numel() * p.element_size() for p in {id(p): p for p in model.parameters()}.values())
+    extra = _proc_status_bytes("VmHWM") - before
+    return {"model": model, "args": args, "weight_bytes": weight_bytes, "peak_extra_bytes": extra,
+            "ratio": extra / weight_bytes}  # fmt: skip
+
+
+def checkpoint_context_length(directory: str | Path) -> int:
+    """The context length a checkpoint was made for, read from its config alone (no weights are loaded):
+    ``max_position_embeddings`` of ``config.json``, or ``max_seq_len`` of Meta's ``params.json`` (default 2048)."""
+    directory = Path(directory)
+    if detect_layout(directory) == "meta":
+        value = _read_json(directory / "params.json").get("max_seq_len", ModelArgs.max_seq_len)
+        key = "params.json max_seq_len"
+    else:
+        value = _read_json(directory / "config.json").get("max_position_embeddings", ModelArgs.max_seq_len)
+        key = "config.json max_position_embeddings"
+    if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+        raise ValueError(f"{key} must be a positive integer, got {value!r}")
+    return value
 
 
 def load_checkpoint(directory: str | Path, **kwargs) -> tuple[Transformer, ModelArgs]:
@@ -456,14 +612,30 @@ class Tokenizer:
 
     ``encode(text, bos=True, eos=False) -> list[int]``, ``decode(ids) -> str``, and the ids ``bos_id``,
     ``eos_id``, ``pad_id`` (None when the vocabulary has no such token), ``vocab_size``.
+
+    ``eos_ids`` lists *every* id that ends a generation (Llama 3 checkpoints have two or three: ``<|end_of_text|>``,
+    ``<|eot_id|>``, ``<|eom_id|>``); ``eos_id`` is the first of them (the one ``encode(eos=True)`` appends).
     """
 
-    def __init__(self, backend, kind: str, bos_id: int | None, eos_id: int | None, pad_id: int | None = None):
+    def __init__(
+        self,
+        backend,
+        kind: str,
+        bos_id: int | None,
+        eos_id: int | None,
+        pad_id: int | None = None,
+        eos_ids: Sequence[int] | None = None,
+    ):
         self.backend = backend
         self.kind = kind
         self.bos_id = bos_id
-        self.eos_id = eos_id
+        ids = list(dict.fromkeys(([eos_id] if eos_id is not None else []) + list(eos_ids or [])))
+        self.eos_ids: tuple[int, ...] = tuple(ids)
+        self.eos_id = ids[0] if ids else None
         self.pad_id = pad_id
+        self.chat_template: str | None = None  # the checkpoint's Jinja chat template (chat.py renders it)
+        self.bos_token: str | None = None  # the special tokens' text, for the template
+        self.eos_token: str | None = None
 
     @property
     def vocab_size(self) -> int:
@@ -499,7 +671,62 @@ def _special_token(config: Mapping, key: str) -> str | None:
     return value if isinstance(value, str) else None
 
 
+def _id_list(value) -> list[int]:
+    """``eos_token_id`` as configs write it: an int, a list of ints, or null."""
+    if isinstance(value, bool):
+        return []
+    if isinstance(value, int):
+        return [value]
+    if isinstance(value, list):
+        return [v for v in value if isinstance(v, int) and not isinstance(v, bool)]
+    return []
+
+
+def config_eos_ids(directory: str | Path) -> list[int]:
+    """Every EOS id that ``config.json`` and ``generation_config.json`` of a checkpoint folder name, in order."""
+    directory = Path(directory)
+    ids: list[int] = []
+    for name in ("generation_config.json", "config.json"):
+        ids += _id_list(_read_json_if_exists(directory / name).get("eos_token_id"))
+    return list(dict.fromkeys(ids))
+
+
+def read_chat_template(directory: str | Path, tok_config: Mapping | None = None) -> str | None:
+    """The chat template of a checkpoint folder: ``chat_template.jinja`` (what transformers >= 4.47 writes) or the
+    ``chat_template`` entry of ``tokenizer_config.json`` (a string, or a list of named templates: ``default``)."""
+    directory = Path(directory)
+    if (directory / "chat_template.jinja").exists():
+        return (directory / "chat_template.jinja").read_text()
+    tok_config = _read_json_if_exists(directory / "tokenizer_config.json") if tok_config is None else tok_config
+    template = tok_config.get("chat_template")
+    if isinstance(template, list):
+        named = {t.get("name"): t.get("template") for t in template if isinstance(t, dict)}
+        template = named.get("default")
+    return template if isinstance(template, str) else None
+
+
 def load_tokenizer(directory: str | Path) -> Tokenizer:
+    """As :func:`_load_tokenizer`, plus the chat template and the special tokens' text from the folder."""
+    directory = Path(directory)
+    tok = _load_tokenizer(directory)
+    tok_config = _read_json_if_exists(directory / "tokenizer_config.json")
+    tok.chat_template = read_chat_template(directory, tok_config)
+
+    def text(key: str, token_id: int | None) -> str | None:
+        named = _special_token(tok_config, key)
+        if named is not None:
+            return named
+        if token_id is None:
+            return None
+        if tok.kind == "sentencepiece":
+            return tok.backend.id_to_piece(token_id)
+        return tok.backend.id_to_token(token_id)
+
+    tok.bos_token, tok.eos_token = text("bos_token", tok.bos_id), text("eos_token", tok.eos_id)
+    return tok
+
+
+def _load_tokenizer(directory: str | Path) -> Tokenizer:
     """SentencePiece ``tokenizer.model`` if the ``sentencepiece`` package is installed, else ``tokenizer.json``.
 
     Meta's downloads keep ``tokenizer.model`` next to the model folders, so the parent directory is searched too.
@@ -522,7 +749,9 @@ def load_tokenizer(directory: str | Path) -> Tokenizer:
             def valid(i: int) -> int | None:
                 return i if i >= 0 else None
 
-            return Tokenizer(sp, "sentencepiece", valid(sp.bos_id()), valid(sp.eos_id()), valid(sp.pad_id()))
+            eos = valid(sp.eos_id())
+            extra = [i for i in config_eos_ids(directory) if 0 <= i < sp.vocab_size()]
+            return Tokenizer(sp, "sentencepiece", valid(sp.bos_id()), eos, valid(sp.pad_id()), eos_ids=extra)
     if json_path.exists():
         try:
             from tokenizers import Tokenizer as HFTokenizer
@@ -540,10 +769,18 @@ def load_tokenizer(directory: str | Path) -> Tokenizer:
             name = _special_token(tok_config, f"{key}_token") or default
             if name is not None and tok.token_to_id(name) is not None:
                 return tok.token_to_id(name)
-            value = model_config.get(f"{key}_token_id")
-            return value if isinstance(value, int) else None
+            ids = _id_list(model_config.get(f"{key}_token_id"))
+            return ids[0] if ids else None
 
-        return Tokenizer(tok, "tokenizers", special("bos", "<s>"), special("eos", "</s>"), special("pad", None))
+        # EOS: tokenizer_config's eos_token first, then every id of generation_config.json / config.json
+        named = _special_token(tok_config, "eos_token")
+        eos = tok.token_to_id(named) if named is not None else None
+        eos_ids = config_eos_ids(directory)
+        if eos is None and not eos_ids:
+            eos = tok.token_to_id("</s>")
+        vocab = tok.get_vocab_size(with_added_tokens=True)
+        eos_ids = [i for i in eos_ids if 0 <= i < vocab]
+        return Tokenizer(tok, "tokenizers", special("bos", "<s>"), eos, special("pad", None), eos_ids=eos_ids)
     if sp_path.exists():
         raise ImportError(
             f"{sp_path} needs the 'sentencepiece' package (pip install sentencepiece), and there is no "

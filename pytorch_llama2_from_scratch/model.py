@@ -19,13 +19,24 @@ What changes from GPT-2 (lesson 01 walks through it):
 * **grouped-query attention**: ``n_kv_heads <= n_heads`` key/value heads shared by groups of query heads;
 * a **KV cache** so decoding one token costs one row of attention instead of a full re-forward.
 
+Later open models are the same decoder with a few options (``ModelArgs`` fields, all off for Llama-2; lessons
+14-16 explain them):
+
+* ``rope_scaling={"rope_type": "llama3", ...}`` -- Llama 3.1/3.2 stretch the low RoPE frequencies for long context;
+* ``tie_embeddings`` -- the output matrix *is* the embedding (Llama 3.2 1B/3B, SmolLM2, small Qwen models);
+* ``qkv_bias`` -- biases on the q, k and v projections (Qwen2 / Qwen2.5);
+* ``qk_norm`` and ``head_dim`` -- an RMSNorm over each head of q and k before RoPE, and a head size that is not
+  ``dim / n_heads`` (Qwen3);
+* ``sliding_window`` -- each token attends to the last ``sliding_window`` tokens only (Mistral).
+
 Symbols used in the docstrings: B batch, T new tokens in this call, S = start_pos + T cached slots attended
-over, D = dim, H = n_heads, KV = n_kv_heads, hd = head_dim = D / H, V = vocab_size.
+over, D = dim, H = n_heads, KV = n_kv_heads, hd = head_dim (D / H unless set), V = vocab_size, W = sliding_window.
 """
 
 from __future__ import annotations
 
-from dataclasses import asdict, dataclass, fields, replace
+import math
+from dataclasses import asdict, dataclass, field, fields, replace
 
 import torch
 import torch.nn.functional as F
@@ -82,6 +93,13 @@ class ModelArgs:
     rope_theta: float = 10000.0
     max_batch_size: int = 32
     max_seq_len: int = 2048
+    # ---- options of later model families (defaults = Llama-2)
+    explicit_head_dim: int | None = None  # Qwen3: head size independent of dim / n_heads
+    qkv_bias: bool = False  # Qwen2: biases on wq, wk, wv
+    qk_norm: bool = False  # Qwen3: RMSNorm over each head of q and k, before RoPE
+    tie_embeddings: bool = False  # output.weight is tok_embeddings.weight
+    rope_scaling: dict | None = field(default=None)  # {"rope_type": "llama3", "factor", ...} (Llama 3.1+)
+    sliding_window: int | None = None  # Mistral: attend to the last W tokens only
 
     def __post_init__(self):
         if self.n_kv_heads is None:
@@ -94,8 +112,17 @@ class ModelArgs:
             value = getattr(self, name)
             if not isinstance(value, int) or value < 1:
                 raise ValueError(f"ModelArgs.{name} must be a positive integer, got {value!r}")
-        if self.dim % self.n_heads:
+        if self.explicit_head_dim is not None:
+            value = self.explicit_head_dim
+            if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+                raise ValueError(f"ModelArgs.explicit_head_dim must be a positive integer or None, got {value!r}")
+        elif self.dim % self.n_heads:
             raise ValueError(f"dim {self.dim} is not divisible by n_heads {self.n_heads}")
+        window = self.sliding_window
+        if window is not None and (isinstance(window, bool) or not isinstance(window, int) or window < 1):
+            raise ValueError(f"ModelArgs.sliding_window must be a positive integer or None, got {window!r}")
+        if self.rope_scaling is not None:
+            check_rope_scaling(self.rope_scaling)
         if self.n_heads % self.n_kv_heads:
             raise ValueError(
                 f"n_heads {self.n_heads} is not divisible by n_kv_heads {self.n_kv_heads} "
@@ -115,7 +142,7 @@ class ModelArgs:
     # ----------------------------------------------------------------------------------- derived sizes
     @property
     def head_dim(self) -> int:
-        return self.dim // self.n_heads
+        return self.explicit_head_dim if self.explicit_head_dim is not None else self.dim // self.n_heads
 
     @property
     def n_rep(self) -> int:
@@ -133,16 +160,22 @@ class ModelArgs:
         """Parameter count computed from the args alone (no model is built).
 
         per layer:  D*(H*hd) + 2*D*(KV*hd) + (H*hd)*D     wq, wk, wv, wo
+                  + (H*hd + 2*KV*hd)                       q/k/v biases (qkv_bias)
+                  + 2*hd                                   q_norm, k_norm (qk_norm)
                   + 3*D*F                                  w1, w2, w3 (F = ffn hidden size)
                   + 2*D                                    attention_norm, ffn_norm
-        total:      n_layers * per_layer + D (final norm) + 2*V*D (tok_embeddings and the untied output)
+        total:      n_layers * per_layer + D (final norm) + V*D (tok_embeddings) + V*D (output, unless tied)
         """
         d, hd, f = self.dim, self.head_dim, self.ffn_hidden
         attn = d * self.n_heads * hd + 2 * d * self.n_kv_heads * hd + self.n_heads * hd * d
+        if self.qkv_bias:
+            attn += self.n_heads * hd + 2 * self.n_kv_heads * hd
+        if self.qk_norm:
+            attn += 2 * hd
         per_layer = attn + 3 * d * f + 2 * d
         total = self.n_layers * per_layer + d
         if include_embeddings:
-            total += 2 * self.vocab_size * d
+            total += (1 if self.tie_embeddings else 2) * self.vocab_size * d
         return total
 
     # ----------------------------------------------------------------------------------- constructors
@@ -223,19 +256,78 @@ class RMSNorm(nn.Module):
 # ============================================================================================ rotary embeddings
 
 
-def rope_inv_freq(head_dim: int, theta: float = 10000.0, device: torch.device | str | None = "cpu") -> torch.Tensor:
-    """theta_i = theta^(-2i/hd) for i = 0 .. hd/2-1 (float32)."""
-    return 1.0 / (theta ** (torch.arange(0, head_dim, 2, device=device, dtype=torch.float32) / head_dim))
+ROPE_TYPES = ("default", "llama3")
+_LLAMA3_KEYS = ("factor", "low_freq_factor", "high_freq_factor", "original_max_position_embeddings")
+
+
+def check_rope_scaling(scaling) -> dict:
+    """Validate a RoPE-scaling dict; only ``rope_type`` ``"default"`` and ``"llama3"`` are implemented."""
+    if not isinstance(scaling, dict):
+        raise ValueError(f"rope_scaling must be a dict or None, got {scaling!r}")
+    rope_type = scaling.get("rope_type", scaling.get("type", "default"))
+    if rope_type not in ROPE_TYPES:
+        raise ValueError(f"rope type {rope_type!r} is not supported; supported: {', '.join(ROPE_TYPES)}")
+    if rope_type == "llama3":
+        missing = [k for k in _LLAMA3_KEYS if k not in scaling]
+        if missing:
+            raise ValueError(f"llama3 rope scaling lacks {', '.join(missing)}")
+        for k in _LLAMA3_KEYS:
+            v = scaling[k]
+            if isinstance(v, bool) or not isinstance(v, int | float) or not 0 < v < math.inf:
+                raise ValueError(f"llama3 rope scaling {k} must be a finite number > 0, got {v!r}")
+        if not scaling["high_freq_factor"] > scaling["low_freq_factor"]:
+            raise ValueError("llama3 rope scaling needs high_freq_factor > low_freq_factor")
+    return scaling
+
+
+def llama3_scale_inv_freq(inv_freq: torch.Tensor, scaling: dict) -> torch.Tensor:
+    """Llama 3.1's RoPE frequency scaling (Meta's ``apply_scaling``; Grattafiori et al. 2024, "The Llama 3 herd").
+
+    With L = original_max_position_embeddings, s = factor, and the wavelength lambda_i = 2 pi / theta_i:
+
+    * lambda_i < L / high_freq_factor (fast rotations, short-range detail): theta_i unchanged;
+    * lambda_i > L / low_freq_factor (wavelength longer than the training context): theta_i / s;
+    * in between: a smooth mix ``(1 - g) theta_i / s + g theta_i`` with ``g = (L / lambda_i - low) / (high - low)``.
+
+    So positions up to s times the training context land on angles the slow dimensions have already seen.
+    """
+    factor, low, high = scaling["factor"], scaling["low_freq_factor"], scaling["high_freq_factor"]
+    old_len = scaling["original_max_position_embeddings"]
+    wavelen = 2 * math.pi / inv_freq
+    g = ((old_len / wavelen - low) / (high - low)).clamp(0.0, 1.0)  # 0 below low, 1 above high
+    scaled = (1 - g) * inv_freq / factor + g * inv_freq
+    scaled = torch.where(wavelen < old_len / high, inv_freq, scaled)
+    return torch.where(wavelen > old_len / low, inv_freq / factor, scaled)
+
+
+def rope_inv_freq(
+    head_dim: int,
+    theta: float = 10000.0,
+    device: torch.device | str | None = "cpu",
+    scaling: dict | None = None,
+) -> torch.Tensor:
+    """theta_i = theta^(-2i/hd) for i = 0 .. hd/2-1 (float32), optionally scaled (``rope_type`` llama3)."""
+    inv_freq = 1.0 / (theta ** (torch.arange(0, head_dim, 2, device=device, dtype=torch.float32) / head_dim))
+    rope_type = (scaling or {}).get("rope_type", (scaling or {}).get("type", "default"))
+    if rope_type == "llama3":
+        inv_freq = llama3_scale_inv_freq(inv_freq, scaling)
+    elif rope_type != "default":
+        check_rope_scaling(scaling)  # raises, naming the type
+    return inv_freq
 
 
 def precompute_freqs_cis(
-    head_dim: int, end: int, theta: float = 10000.0, device: torch.device | str | None = "cpu"
+    head_dim: int,
+    end: int,
+    theta: float = 10000.0,
+    device: torch.device | str | None = "cpu",
+    scaling: dict | None = None,
 ) -> torch.Tensor:
     """Meta's table of unit complex numbers ``e^{i * m * theta_i}``: shape (end, hd/2), complex64.
 
     Row m rotates the pair (x_{2i}, x_{2i+1}) of a query/key at position m by the angle m * theta_i.
     """
-    inv_freq = rope_inv_freq(head_dim, theta, device)
+    inv_freq = rope_inv_freq(head_dim, theta, device, scaling)
     t = torch.arange(end, device=device, dtype=torch.float32)
     angles = torch.outer(t, inv_freq)  # (end, hd/2)
     return torch.polar(torch.ones_like(angles), angles)
@@ -331,10 +423,13 @@ class Attention(nn.Module):
         self.n_kv_heads = args.n_kv_heads
         self.n_rep = args.n_rep
         self.head_dim = args.head_dim
-        self.wq = nn.Linear(args.dim, args.n_heads * self.head_dim, bias=False)
-        self.wk = nn.Linear(args.dim, args.n_kv_heads * self.head_dim, bias=False)
-        self.wv = nn.Linear(args.dim, args.n_kv_heads * self.head_dim, bias=False)
+        self.wq = nn.Linear(args.dim, args.n_heads * self.head_dim, bias=args.qkv_bias)
+        self.wk = nn.Linear(args.dim, args.n_kv_heads * self.head_dim, bias=args.qkv_bias)
+        self.wv = nn.Linear(args.dim, args.n_kv_heads * self.head_dim, bias=args.qkv_bias)
         self.wo = nn.Linear(args.n_heads * self.head_dim, args.dim, bias=False)
+        # Qwen3: RMSNorm over the hd features of every query / key head (weights shared by the heads)
+        self.q_norm = RMSNorm(self.head_dim, eps=args.norm_eps) if args.qk_norm else None
+        self.k_norm = RMSNorm(self.head_dim, eps=args.norm_eps) if args.qk_norm else None
         cache_shape = (args.max_batch_size, args.max_seq_len, args.n_kv_heads, self.head_dim)
         self.register_buffer("cache_k", torch.zeros(cache_shape), persistent=False)
         self.register_buffer("cache_v", torch.zeros(cache_shape), persistent=False)
@@ -360,6 +455,8 @@ class Attention(nn.Module):
         xq = self.wq(x).view(b, t, self.n_heads, self.head_dim)  # (B, T, D) -> (B, T, H, hd)
         xk = self.wk(x).view(b, t, self.n_kv_heads, self.head_dim)  # (B, T, D) -> (B, T, KV, hd)
         xv = self.wv(x).view(b, t, self.n_kv_heads, self.head_dim)
+        if self.q_norm is not None:  # per head, before the rotation
+            xq, xk = self.q_norm(xq), self.k_norm(xk)
         xq, xk = apply_rotary_emb(xq, xk, freqs_cis)
 
         if use_cache:
@@ -447,6 +544,8 @@ class Transformer(nn.Module):
         self.layers = nn.ModuleList(TransformerBlock(i, args) for i in range(args.n_layers))
         self.norm = RMSNorm(args.dim, eps=args.norm_eps)
         self.output = nn.Linear(args.dim, args.vocab_size, bias=False)
+        if args.tie_embeddings:
+            self.output.weight = self.tok_embeddings.weight  # one matrix, used twice
         # RoPE table: a plain attribute (not a buffer) so `.half()` can never truncate the complex numbers;
         # it is built lazily, in float32, on the device of the first forward.
         self._freqs_cis: torch.Tensor | None = None
@@ -455,12 +554,19 @@ class Transformer(nn.Module):
 
     # ----------------------------------------------------------------------------------- utilities
     def init_weights(self, std: float = 0.02) -> None:
-        """N(0, std) for every matrix, ones for the norms (used when training from scratch)."""
+        """N(0, std) for every matrix, zeros for biases, ones for the norms (used when training from scratch)."""
         for module in self.modules():
             if isinstance(module, (nn.Linear, nn.Embedding)):
                 nn.init.normal_(module.weight, mean=0.0, std=std)
+                if getattr(module, "bias", None) is not None:
+                    nn.init.zeros_(module.bias)
             elif isinstance(module, RMSNorm):
                 nn.init.ones_(module.weight)
+
+    def tie_weights(self) -> None:
+        """Re-tie ``output.weight`` to the embedding (after moving or re-allocating parameters)."""
+        if self.args.tie_embeddings:
+            self.output.weight = self.tok_embeddings.weight
 
     def reset_cache(self) -> None:
         """Zero the KV cache of every layer (a new batch of prompts starts from slot 0 anyway)."""
@@ -479,7 +585,7 @@ class Transformer(nn.Module):
         """The (max_seq_len, hd/2) complex64 RoPE table on ``device`` (cached)."""
         if self._freqs_cis is None or self._freqs_cis.device != device:
             self._freqs_cis = precompute_freqs_cis(
-                self.args.head_dim, self.args.max_seq_len, self.args.rope_theta, device=device
+                self.args.head_dim, self.args.max_seq_len, self.args.rope_theta, device, self.args.rope_scaling
             )
         return self._freqs_cis
 
@@ -517,13 +623,20 @@ class Transformer(nn.Module):
         so row b of a padded batch produces exactly the logits of prompt b run alone (logits at padding slots
         are meaningless). A padding query may still attend to itself, which keeps every softmax row finite.
 
-        Errors: ``start_pos + T > max_seq_len`` or ``B > max_batch_size`` (with the cache) raise ``ValueError``.
+        Errors: ``start_pos + T > max_seq_len``, ``B > max_batch_size`` (with the cache), or a token id outside
+        ``[0, vocab_size)`` raise ``ValueError`` naming the numbers.
         """
         if tokens.dim() != 2:
             raise ValueError(f"tokens must have shape (batch, seq_len), got {tuple(tokens.shape)}")
         b, t = tokens.shape
         if t < 1:
             raise ValueError("tokens must contain at least one token per row")
+        if tokens.dtype.is_floating_point or tokens.dtype.is_complex or tokens.dtype == torch.bool:
+            raise ValueError(f"tokens must be integer token ids (torch.long), got dtype {tokens.dtype}")
+        lo, hi = int(tokens.min()), int(tokens.max())
+        if lo < 0 or hi >= self.vocab_size:
+            bad = lo if lo < 0 else hi
+            raise ValueError(f"token id {bad} is outside the vocabulary [0, {self.vocab_size}) of this model")
         if not isinstance(start_pos, int) or start_pos < 0:
             raise ValueError(f"start_pos must be a non-negative int, got {start_pos!r}")
         end = start_pos + t
@@ -564,12 +677,16 @@ class Transformer(nn.Module):
         table = self.freqs_cis(device)
         freqs_cis = table[start_pos:end] if positions is None else table[positions]  # (T, hd/2) or (B, T, hd/2)
 
-        # Boolean mask, True = may attend: key slot j <= query slot s, and j is a real token (or j == s).
+        # Boolean mask, True = may attend: key slot j <= query slot s, and j is a real token (or j == s); with a
+        # sliding window also s - j < W. (Padding is only on the left, so slot distance = position distance.)
+        window = self.args.sliding_window
         mask = None
-        if key_ok is not None or t > 1:
+        if key_ok is not None or t > 1 or (window is not None and n_keys > window):
             q_slots = torch.arange(n_keys - t, n_keys, device=device)  # (T,) slot of each query
             k_slots = torch.arange(n_keys, device=device)  # (S,)
             causal = k_slots[None, :] <= q_slots[:, None]  # (T, S)
+            if window is not None:
+                causal &= k_slots[None, :] > q_slots[:, None] - window
             if key_ok is None:
                 mask = causal[None, None]  # (1, 1, T, S)
             else:

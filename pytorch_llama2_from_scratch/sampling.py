@@ -20,6 +20,7 @@ input.
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
 
 import torch
@@ -29,9 +30,9 @@ STRATEGIES = ("greedy", "beam", "temperature", "random", "top_k", "top_p", "min_
 
 # --------------------------------------------------------------------------------------------- parameter checks
 def check_temperature(temperature: float) -> float:
-    if not isinstance(temperature, int | float) or not temperature > 0:
+    if isinstance(temperature, bool) or not isinstance(temperature, int | float) or not 0 < temperature < math.inf:
         raise ValueError(
-            f"temperature must be > 0 when sampling, got {temperature!r}; "
+            f"temperature must be a finite number > 0 when sampling, got {temperature!r}; "
             "use the 'greedy' strategy for deterministic decoding"
         )
     return float(temperature)
@@ -56,7 +57,7 @@ def check_min_p(min_p: float) -> float:
 
 
 def check_repetition_penalty(penalty: float) -> float:
-    if not isinstance(penalty, int | float) or not penalty > 0:
+    if isinstance(penalty, bool) or not isinstance(penalty, int | float) or not 0 < penalty < math.inf:
         raise ValueError(f"repetition_penalty must be > 0 (1.0 = off), got {penalty!r}")
     return float(penalty)
 
@@ -68,6 +69,8 @@ def check_num_beams(num_beams: int) -> int:
 
 
 def _check_logits(logits: torch.Tensor) -> None:
+    if not isinstance(logits, torch.Tensor) or not logits.is_floating_point():
+        raise ValueError(f"logits must be a floating-point tensor, got {getattr(logits, 'dtype', type(logits))}")
     if logits.dim() != 2:
         raise ValueError(f"logits must have shape (batch, vocab), got {tuple(logits.shape)}")
 
@@ -192,6 +195,8 @@ def sample(logits: torch.Tensor, generator: torch.Generator | None = None) -> to
     """
     _check_logits(logits)
     probs = logits.float().softmax(dim=-1)
+    if bool(torch.isnan(probs).any()):  # a NaN logit, or a row that is -inf everywhere
+        raise ValueError("cannot sample: the logits contain NaN or a row with every token at -inf")
     if generator is not None and generator.device != probs.device:  # e.g. a CPU generator, CUDA logits
         return torch.multinomial(probs.cpu(), 1, generator=generator).squeeze(-1).to(logits.device)
     return torch.multinomial(probs, num_samples=1, generator=generator).squeeze(-1)

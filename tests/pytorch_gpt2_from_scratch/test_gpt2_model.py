@@ -221,21 +221,43 @@ def test_hub_name_offline_is_a_clear_error(monkeypatch):
         GPT.from_pretrained("gpt2-this-name-does-not-exist")
 
 
-def test_triton_impl_missing_module_is_a_clear_import_error(monkeypatch):
-    import sys
+def test_unregistered_attention_names_the_module_that_provides_it(monkeypatch):
+    """Chapter 2 never imports chapter 4: "triton" exists only once chapter 4 registered it."""
+    from pytorch_gpt2_from_scratch import model as gpt2_model
 
-    monkeypatch.setitem(sys.modules, "triton_flash_attention_scratch.triton_flash", None)  # import fails
-    model = GPT(GPTConfig.preset("tiny", attn_impl="triton"))
-    with pytest.raises(ImportError, match="attn_impl='triton' needs"):
-        model(torch.zeros(1, 8, dtype=torch.long))
+    monkeypatch.setattr(gpt2_model, "_REGISTERED_ATTENTION", {})
+    with pytest.raises(ValueError, match=r"import triton_flash_attention_scratch\.triton_flash"):
+        GPTConfig.preset("tiny", attn_impl="triton")
+    with pytest.raises(ValueError, match="attn_impl must be one of"):
+        GPTConfig.preset("tiny", attn_impl="no-such-kernel")
 
 
-@pytest.mark.parity
-def test_triton_impl_equals_sdpa_when_the_kernel_is_there():
-    pytest.importorskip("triton_flash_attention_scratch.triton_flash", reason="chapter-4 Triton kernel not present")
+def test_a_registered_attention_is_what_the_model_calls(monkeypatch):
+    from pytorch_gpt2_from_scratch import model as gpt2_model
+
+    monkeypatch.setattr(gpt2_model, "_REGISTERED_ATTENTION", {})
+    calls = []
+
+    def reference_attention(q, k, v):  # an independent causal attention, computed in float64
+        calls.append(tuple(q.shape))
+        T = q.size(-2)
+        att = (q.double() @ k.double().transpose(-2, -1)) / q.size(-1) ** 0.5
+        att = att.masked_fill(~torch.ones(T, T, dtype=torch.bool).tril(), float("-inf")).softmax(-1)
+        return (att @ v.double()).to(q.dtype)
+
+    gpt2_model.register_attention("reference", reference_attention)
+    assert "reference" in gpt2_model.attention_impls()
     sdpa = GPT(GPTConfig.preset("tiny", block_size=16))
-    triton = GPT(GPTConfig.preset("tiny", block_size=16, attn_impl="triton"))
-    triton.load_state_dict(sdpa.state_dict())
-    idx = torch.randint(0, 50257, (1, 16))
+    ours = GPT(GPTConfig.preset("tiny", block_size=16, attn_impl="reference"))
+    ours.load_state_dict(sdpa.state_dict())
+    idx = torch.randint(0, 50257, (2, 16))
     with torch.no_grad():
-        assert_close_to_fp64(triton(idx)[0], to_double(sdpa)(idx)[0], sdpa(idx)[0], what="triton logits")
+        a, b = ours(idx)[0], sdpa(idx)[0]
+    assert len(calls) == ours.config.n_layer and calls[0] == (2, ours.config.n_head, 16, 64 // ours.config.n_head)
+    from tests.numerics import assert_close_scaled
+
+    assert_close_scaled(a, b)
+    with pytest.raises(ValueError, match="new non-empty string"):
+        gpt2_model.register_attention("sdpa", reference_attention)
+    with pytest.raises(TypeError, match="callable"):
+        gpt2_model.register_attention("x", 3)

@@ -10,6 +10,7 @@ import torch
 from pytorch_llama2_from_scratch.generate import beam_search, generate, left_pad, stream_generate
 from pytorch_llama2_from_scratch.loading import load_hf_checkpoint
 from pytorch_llama2_from_scratch.sampling import SamplingConfig
+from tests.numerics import assert_close_to_fp64, to_double
 
 PAD = 0
 PROMPTS = [[1, 17, 42, 5], [1, 8], [1, 60, 33, 21, 9, 70, 11], [1, 3, 90]]
@@ -60,14 +61,23 @@ def test_padded_batch_equals_each_prompt_alone(pair):
     assert generate(ours, PROMPTS, max_new_tokens=10, sampling=cfg, use_cache=False) == batch
 
 
+@pytest.mark.parity
 def test_padded_batch_logits_equal_hf_padded_batch(pair):
-    """Our prefill on a left-padded batch gives HF's logits at every real token."""
+    """Our prefill on a left-padded batch gives HF's padded-batch logits at every real token.
+
+    Reference: HF in float64 on each prompt alone (HF's eager attention turns fully masked padding rows into NaN
+    in float64, which its zero attention weights then spread), its fp32 padded batch giving the rounding scale."""
     ours, hf = pair
     tokens, mask, positions = left_pad(PROMPTS, PAD)
+    hf64 = to_double(hf)
     with torch.no_grad():
         got = ours(tokens, attention_mask=mask, positions=positions)
-        ref = hf(tokens, attention_mask=mask).logits
-    torch.testing.assert_close(got[mask.bool()], ref[mask.bool()], atol=1e-5, rtol=1e-5)
+        ref32 = hf(tokens, attention_mask=mask).logits
+        ref64 = torch.zeros_like(ref32, dtype=torch.float64)
+        for i, p in enumerate(PROMPTS):
+            ref64[i, tokens.shape[1] - len(p) :] = hf64(torch.tensor([p])).logits[0]
+    real = mask.bool()
+    assert_close_to_fp64(got[real], ref64[real], ref32[real])
 
 
 def test_sampling_is_reproducible_and_batch_independent_of_cache(pair):
@@ -136,7 +146,17 @@ def test_beam_search_matches_hf(pair, num_beams, length_penalty, early_stopping)
         end = len(prompt) + len(h.tokens)
         assert row[:end] == prompt + h.tokens
         assert set(row[end:]) <= {PAD, eos}  # HF fills finished rows up to the longest one
-    torch.testing.assert_close(torch.tensor([h.score for h in hyps]), ref.sequences_scores, atol=1e-4, rtol=1e-5)
+    # scores: sum log p(token) / n ** length_penalty, recomputed from HF's model in float64 (the reference);
+    # HF's own fp32 beam scores give the scale of fp32 rounding
+    hf64 = to_double(hf)
+    ref64 = []
+    for h in hyps:
+        seq = torch.tensor([prompt + h.tokens])
+        with torch.no_grad():
+            logp = hf64(seq).logits[0, len(prompt) - 1 : -1].log_softmax(-1)
+        ref64.append(float(logp.gather(-1, seq[0, len(prompt) :, None]).sum()) / len(h.tokens) ** length_penalty)
+    ours_scores = torch.tensor([h.score for h in hyps])
+    assert_close_to_fp64(ours_scores, torch.tensor(ref64, dtype=torch.float64), ref.sequences_scores)
     # the EOS really occurred: at least one returned hypothesis ended on it
     assert any(h.tokens[-1] == eos for h in hyps)
 
@@ -146,12 +166,14 @@ def test_one_beam_is_greedy(pair):
     eos = _liked_token(hf, PROMPTS[1], 10)
     (hyp,) = beam_search(ours, PROMPTS[1], 1, 10, eos)
     assert hyp.tokens == hf_greedy(hf, PROMPTS[1], 10, eos=eos)
-    # the score is the mean log-probability of the tokens (length_penalty 1), from HF's logits
+    # the score is the mean log-probability of the tokens (length_penalty 1), from HF's logits (float64 / fp32)
     seq = torch.tensor([PROMPTS[1] + hyp.tokens])
-    with torch.no_grad():
-        logp = hf(seq).logits[0, len(PROMPTS[1]) - 1 : -1].log_softmax(-1)
-    ref = logp.gather(-1, seq[0, len(PROMPTS[1]) :, None]).mean()
-    assert hyp.score == pytest.approx(float(ref), abs=1e-5)
+    refs = []
+    for model in (to_double(hf), hf):
+        with torch.no_grad():
+            logp = model(seq).logits[0, len(PROMPTS[1]) - 1 : -1].log_softmax(-1)
+        refs.append(logp.gather(-1, seq[0, len(PROMPTS[1]) :, None]).mean())
+    assert_close_to_fp64(torch.tensor(hyp.score), refs[0], refs[1])
 
 
 def test_beam_search_without_cache_is_the_same(pair):
@@ -178,3 +200,34 @@ def test_beam_search_without_cache_is_the_same(pair):
 def test_bad_input_raises_clear_errors(pair, call, match):
     with pytest.raises(ValueError, match=match):
         call(pair[0])
+
+
+@pytest.mark.parametrize(
+    "settings",
+    [
+        dict(temperature=0.9),
+        dict(temperature=0.7, top_k=20),
+        dict(temperature=1.0, top_p=0.8),
+        dict(temperature=0.8, min_p=0.1),
+        dict(temperature=1.3, top_k=30, top_p=0.9, repetition_penalty=1.2),
+    ],
+    ids=["temperature", "top_k", "top_p", "min_p", "chain"],
+)
+@pytest.mark.parametrize("seed", [0, 1])
+def test_sampled_generate_equals_hf_sampling_under_the_same_seed(pair, settings, seed):
+    """HF ``generate(do_sample=True)`` draws one ``torch.multinomial`` per step from the global RNG, in the same
+    order as ours (``generator=None``): with the same seed and the same processed distribution the tokens are
+    equal, token for token. (Ours and HF's probabilities may differ by a few ulps; a draw would have to land
+    within those ulps of a cumulative-probability boundary to differ, about 1e-6 per step.)"""
+    ours, hf = pair
+    prompt, n = PROMPTS[0], 16
+    cfg = SamplingConfig(do_sample=True, **settings)
+    torch.manual_seed(seed)
+    got = generate(ours, [prompt], n, cfg)[0]
+    torch.manual_seed(seed)
+    ids = torch.tensor([prompt])
+    hf_settings = {"top_k": 0, "top_p": 1.0, **settings}  # HF's defaults would add top_k=50
+    ref = hf.generate(
+        ids, attention_mask=torch.ones_like(ids), max_new_tokens=n, do_sample=True, pad_token_id=PAD, **hf_settings
+    )
+    assert got == ref[0, len(prompt) :].tolist()
