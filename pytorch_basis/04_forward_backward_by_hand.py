@@ -49,6 +49,7 @@ def main(
     seed: int = 0,
 ) -> dict:
     x, y, params = make_mlp_problem(batch, d_in, d_hidden, n_classes, seed=seed, device=device)
+    start = {k: v.detach().cpu().clone() for k, v in params.items()}
 
     section("one forward, two backwards: by hand and by autograd")
     xg = x.clone().requires_grad_()  # so autograd also gives dL/dx
@@ -104,7 +105,9 @@ def main(
         "losses_autograd": losses_autograd,
         "losses_manual": losses_manual,
         "param_diff": param_diff,
+        "start": start,
         "params": {k: v.detach().cpu() for k, v in params.items()},
+        "params_by_hand": {k: v.cpu() for k, v in by_hand.items()},
         "doubled_grad": doubled.cpu(),
         "single_grad": params["W2"].grad.cpu(),
     }

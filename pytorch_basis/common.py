@@ -14,6 +14,7 @@ from __future__ import annotations
 import argparse
 import hashlib
 import os
+import pickle
 import random
 import sys
 import tempfile
@@ -184,13 +185,50 @@ def tiny_shakespeare_path() -> Path:
     return download(TINY_SHAKESPEARE_URL, "tinyshakespeare.txt", sha256=TINY_SHAKESPEARE_SHA256)
 
 
-def run_cli(main: Callable[[], object]) -> None:
-    """Run a script's ``main``; expected failures (offline downloads) print one line instead of a traceback."""
+DEBUG_ENV = "LLM_SCRATCH_DEBUG"
+
+# What a command line expects to go wrong with bad input: bad values (ValueError), missing/unreadable files
+# (OSError, FileNotFoundError), missing optional packages (ImportError), a config without a key (KeyError), a
+# failed download (DownloadError), a file that is not a pickle/zip (pickle.UnpicklingError).
+EXPECTED_CLI_ERRORS: tuple[type[BaseException], ...] = (
+    DownloadError,
+    ValueError,
+    OSError,
+    ImportError,
+    KeyError,
+    pickle.UnpicklingError,
+)
+
+
+def cli_error_message(e: BaseException) -> str:
+    """The line a CLI prints for an expected error: ``error: <message>`` (a ``KeyError`` says which key)."""
+    if isinstance(e, KeyError):
+        return f"error: missing key {e.args[0]!r}" if e.args else "error: missing key"
+    text = str(e).strip() or type(e).__name__
+    if not isinstance(e, DownloadError):  # a download error explains where to put the file: keep all of it
+        text = text.splitlines()[0]
+    return f"error: {text}"
+
+
+def run_cli(main: Callable[[], object], expected: tuple[type[BaseException], ...] = EXPECTED_CLI_ERRORS) -> None:
+    """Run a script's ``main``; an expected failure prints one line (``error: ...``) and exits with status 1.
+
+    Ctrl-C prints ``interrupted`` and exits 130. With ``LLM_SCRATCH_DEBUG=1`` the error is re-raised instead, with
+    its full traceback. Errors outside ``expected`` (bugs) always keep their traceback.
+    """
+    debug = os.environ.get(DEBUG_ENV, "") not in ("", "0")
     try:
         main()
-    except DownloadError as e:
-        print(f"error: {e}", file=sys.stderr)
+    except expected as e:
+        if debug:
+            raise
+        print(cli_error_message(e), file=sys.stderr)
         raise SystemExit(1) from None
+    except KeyboardInterrupt:
+        if debug:
+            raise
+        print("interrupted", file=sys.stderr)
+        raise SystemExit(130) from None
 
 
 # --------------------------------------------------------------------------------------------- files

@@ -60,6 +60,7 @@ def plot_position_embeddings(wpe: torch.Tensor, path: Path) -> Path:
     for c in (150, 200, 250) if C > 250 else (C // 4, C // 2, 3 * C // 4):  # the video's channels for C = 768
         ax1.plot(wpe[:, c].numpy(), label=f"channel {c}", linewidth=0.8)
     ax1.set_xlabel("position")
+    ax1.set_ylabel("embedding value")
     ax1.set_title("a few channels of wpe across positions")
     ax1.legend()
     fig.tight_layout()

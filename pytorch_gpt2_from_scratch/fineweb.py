@@ -48,7 +48,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # repo root: impor
 import numpy as np
 import torch
 
-from pytorch_basis.common import atomic_write_text, data_dir, out_dir
+from pytorch_basis.common import atomic_write_text, data_dir, out_dir, run_cli
 from pytorch_gpt2_from_scratch.data import DataLoaderLite, gpt2_encoding
 
 DEFAULT_DATASET = "HuggingFaceFW/fineweb-edu"
@@ -82,12 +82,20 @@ def iter_text_documents(paths: Iterable[str | os.PathLike], doc_separator: str |
                 for lineno, line in enumerate(f, 1):
                     if not line.strip():
                         continue
-                    obj = json.loads(line)
-                    if "text" not in obj:
+                    try:
+                        obj = json.loads(line)
+                    except json.JSONDecodeError as e:
+                        raise ValueError(f"{p}:{lineno}: not valid JSON ({e.msg})") from None
+                    if not isinstance(obj, dict) or "text" not in obj:
                         raise ValueError(f"{p}:{lineno}: JSON object has no 'text' field")
+                    if not isinstance(obj["text"], str):
+                        raise ValueError(f"{p}:{lineno}: 'text' is a {type(obj['text']).__name__}, not a string")
                     yield obj["text"]
         else:
-            text = p.read_text(encoding="utf-8")
+            try:
+                text = p.read_text(encoding="utf-8")
+            except UnicodeDecodeError as e:
+                raise ValueError(f"{p} is not UTF-8 text (byte {e.start}): pass a .txt or .jsonl file") from None
             if doc_separator:
                 yield from (d for d in text.split(doc_separator) if d)
             else:
@@ -105,12 +113,19 @@ def iter_hf_documents(
     try:
         import datasets  # noqa: PLC0415 - optional dependency, only for Hugging Face sources
     except ImportError:
-        raise RuntimeError(
+        raise ImportError(
             f"reading {name!r} needs the Hugging Face `datasets` package, which is not installed: "
             "run `pip install datasets`, or pass a local text/jsonl file with --input"
         ) from None
     ds = datasets.load_dataset(name, name=config, split=split, streaming=streaming)
-    for row in ds:
+    yield from iter_dataset_texts(ds, text_field)
+
+
+def iter_dataset_texts(ds: Iterable[dict], text_field: str = "text") -> Iterator[str]:
+    """The ``text_field`` of every row of a (Hugging Face) dataset; a missing field is a ``ValueError``."""
+    for i, row in enumerate(ds):
+        if text_field not in row:
+            raise ValueError(f"dataset row {i} has no field {text_field!r} (fields: {sorted(row)}); use --text-field")
         yield row[text_field]
 
 
@@ -122,6 +137,11 @@ def tokenize_document(text: str) -> np.ndarray:
     if tokens.max(initial=0) >= 2**16:
         raise ValueError("token id does not fit in uint16; this shard format is for the GPT-2 vocabulary")
     return tokens.astype(np.uint16)
+
+
+def document_token_counts(documents: Iterable[str]) -> np.ndarray:
+    """Tokens per document as the shards store it (``<|endoftext|>`` + BPE), as an ``int64`` array."""
+    return np.asarray([len(tokenize_document(d)) for d in documents], dtype=np.int64)
 
 
 # --------------------------------------------------------------------------------------------- shard files
@@ -363,12 +383,20 @@ def parse_args(argv=None) -> argparse.Namespace:
         default=None,
         help="local .txt/.jsonl files or directories (default: the Hugging Face dataset below)",
     )
-    p.add_argument("--doc-separator", default=None, help="split text files into documents on this string")
+    p.add_argument(
+        "--doc-separator",
+        default=None,
+        help="split text files into documents on this string (default: one document per file)",
+    )
     p.add_argument("--dataset", default=DEFAULT_DATASET, help="Hugging Face dataset (default: %(default)s)")
     p.add_argument("--name", default=DEFAULT_DATASET_CONFIG, help="dataset config (default: %(default)s)")
-    p.add_argument("--split", default="train")
-    p.add_argument("--text-field", default="text")
-    p.add_argument("--streaming", action="store_true", help="stream the HF dataset instead of downloading it first")
+    p.add_argument("--split", default="train", help="dataset split (default: %(default)s)")
+    p.add_argument("--text-field", default="text", help="field holding the document text (default: %(default)s)")
+    p.add_argument(
+        "--streaming",
+        action="store_true",
+        help="stream the HF dataset instead of downloading it first (default: download)",
+    )
     p.add_argument(
         "--out-dir",
         dest="output",
@@ -377,7 +405,12 @@ def parse_args(argv=None) -> argparse.Namespace:
     )
     p.add_argument("--prefix", default=None, help="shard file prefix (default: edufineweb, or the input's name)")
     p.add_argument("--shard-size", type=int, default=DEFAULT_SHARD_SIZE, help="tokens per shard (default: 1e8)")
-    p.add_argument("--workers", type=int, default=max(1, (os.cpu_count() or 2) // 2), help="tokenizer processes")
+    p.add_argument(
+        "--workers",
+        type=int,
+        default=max(1, (os.cpu_count() or 2) // 2),
+        help="tokenizer processes (default: %(default)s)",
+    )
     return p.parse_args(argv)
 
 
@@ -395,6 +428,10 @@ def main(
     workers: int = 1,
 ) -> PrepareResult:
     """Prepare shards from local files (``input``) or a Hugging Face dataset; see the module docstring."""
+    if shard_size < 1:
+        raise ValueError(f"--shard-size must be positive, got {shard_size}")
+    if workers < 1:
+        raise ValueError(f"--workers must be positive, got {workers}")
     target = output
     if input:
         stem = Path(input[0]).stem
@@ -414,9 +451,9 @@ def main(
     return res
 
 
+def cli() -> None:
+    main(**vars(parse_args()))
+
+
 if __name__ == "__main__":  # the guard matters: worker processes re-import this module on some platforms
-    try:
-        main(**vars(parse_args()))
-    except (RuntimeError, ValueError, FileNotFoundError) as e:
-        print(f"error: {e}", file=sys.stderr)
-        raise SystemExit(1) from None
+    run_cli(cli)

@@ -67,9 +67,13 @@ def iter_examples(path: str | os.PathLike) -> Iterator[dict]:
         for lineno, line in enumerate(f, 1):
             if not line.strip():
                 continue
-            ex = json.loads(line)
-            if not {"ctx", "endings", "label"} <= ex.keys() or len(ex["endings"]) != 4:
-                raise ValueError(f"{path}:{lineno}: not a HellaSwag example (needs ctx, 4 endings and label)")
+            try:
+                ex = json.loads(line)
+            except json.JSONDecodeError as e:
+                raise ValueError(f"{path}:{lineno}: not valid JSON ({e.msg})") from None
+            ok = isinstance(ex, dict) and {"ctx", "endings", "label"} <= ex.keys()
+            if not ok or not isinstance(ex["endings"], list) or len(ex["endings"]) != 4 or ex["label"] not in range(4):
+                raise ValueError(f"{path}:{lineno}: not a HellaSwag example (needs ctx, 4 endings and a label 0-3)")
             yield ex
 
 
@@ -111,6 +115,20 @@ def completion_losses(logits: torch.Tensor, tokens: torch.Tensor, mask: torch.Te
     return sum_loss, avg_loss
 
 
+def crop_row(tokens: torch.Tensor, mask: torch.Tensor, block_size: int | None) -> tuple[torch.Tensor, torch.Tensor]:
+    """One rendered row without its right padding, cropped from the left to at most ``block_size`` tokens.
+
+    ``tokens``, ``mask`` (L,): the row's real length ends at its last masked (ending) token. Cropping from the left
+    drops context, never the ending (unless the ending alone is longer than ``block_size``).
+    """
+    ending = mask.nonzero()
+    if ending.numel() == 0:
+        raise ValueError("a HellaSwag row has an empty ending (mask is all zero)")
+    n = int(ending[-1]) + 1  # the real length: the row ends with its ending
+    start = 0 if block_size is None else max(0, n - block_size)
+    return tokens[start:n], mask[start:n]
+
+
 @dataclass
 class HellaSwagResult:
     num_total: int
@@ -145,8 +163,9 @@ def evaluate(
 
     ``batch_examples`` examples (4 rows each) go through the model together, right-padded to the longest row
     (causal attention: padding after a token never changes its logits). Example ``i`` is scored by rank
-    ``i % world_size``; with an initialised process group the counts are summed over ranks. Rows longer than
-    the model's ``block_size`` keep their last ``block_size`` tokens (the ending is always kept).
+    ``i % world_size``; with an initialised process group the counts are summed over ranks. A row longer than
+    the model's ``block_size`` is cropped on its own (:func:`crop_row`: it keeps its last ``block_size`` tokens,
+    so the ending stays), so a prediction never depends on which examples share its batch.
     """
     from tqdm.auto import tqdm
 
@@ -162,14 +181,13 @@ def evaluate(
 
     def flush() -> None:
         nonlocal total, correct, correct_norm
-        L = max(t.size(1) for t, _, _ in batch)
-        tokens = torch.zeros((4 * len(batch), L), dtype=torch.long)
+        rows = [crop_row(t[i], m[i], block_size) for t, m, _ in batch for i in range(4)]  # 4 * E rows
+        L = max(r.numel() for r, _ in rows)
+        tokens = torch.zeros((len(rows), L), dtype=torch.long)  # (4E, L), right-padded with 0
         mask = torch.zeros_like(tokens)
-        for j, (t, m, _) in enumerate(batch):
-            tokens[4 * j : 4 * j + 4, : t.size(1)] = t
-            mask[4 * j : 4 * j + 4, : m.size(1)] = m
-        if block_size is not None and L > block_size:
-            tokens, mask = tokens[:, -block_size:], mask[:, -block_size:]  # crop the context from the left
+        for j, (r, m) in enumerate(rows):
+            tokens[j, : r.numel()] = r
+            mask[j, : m.numel()] = m
         tokens, mask = tokens.to(device), mask.to(device)
         with autocast_context(device, autocast_dtype):
             logits, _ = model(tokens)
@@ -216,11 +234,17 @@ def load_model(name: str, device: torch.device) -> torch.nn.Module:
 
 def parse_args(argv=None) -> argparse.Namespace:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    p.add_argument("--model", default="gpt2", help="train_gpt2.py checkpoint (.pt), HF hub name or HF directory")
-    p.add_argument("--split", default="val")
-    p.add_argument("--data", default=None, help="a local HellaSwag .jsonl file instead of the download")
-    p.add_argument("--limit", type=int, default=None, help="evaluate only the first N examples")
-    p.add_argument("--batch-examples", type=int, default=8, help="examples per forward pass (4 rows each)")
+    p.add_argument(
+        "--model",
+        default="gpt2",
+        help="train_gpt2.py checkpoint (.pt), HF hub name or HF directory (default: %(default)s)",
+    )
+    p.add_argument("--split", default="val", choices=["train", "val", "test"], help="split (default: %(default)s)")
+    p.add_argument("--data", default=None, help="a local HellaSwag .jsonl file (default: download the split)")
+    p.add_argument("--limit", type=int, default=None, help="evaluate only the first N examples (default: all)")
+    p.add_argument(
+        "--batch-examples", type=int, default=8, help="examples per forward pass, 4 rows each (default: %(default)s)"
+    )
     add_device_argument(p)
     return p.parse_args(argv)
 
@@ -235,6 +259,12 @@ def main(
 ) -> HellaSwagResult:
     from pytorch_gpt2_from_scratch.training import cleanup_distributed, setup_distributed
 
+    if limit is not None and limit <= 0:
+        raise ValueError(f"--limit must be positive, got {limit}")
+    if batch_examples <= 0:
+        raise ValueError(f"--batch-examples must be positive, got {batch_examples}")
+    if data is not None and not Path(data).is_file():
+        raise FileNotFoundError(f"--data {data} is not a file")
     env = setup_distributed(device)
     try:
         net = load_model(model, env.device)
@@ -258,5 +288,9 @@ def main(
         cleanup_distributed(env)
 
 
+def cli() -> None:
+    main(**vars(parse_args()))
+
+
 if __name__ == "__main__":
-    run_cli(lambda: main(**vars(parse_args())))
+    run_cli(cli)

@@ -15,8 +15,9 @@ Every speed-up of the chapter's benchmark lesson is an *option of this module*, 
 code instead of copies of it:
 
 * ``attn_impl``: ``"manual"`` (explicit ``softmax(q k^T / sqrt(hs) + mask) v``), ``"sdpa"``
-  (``F.scaled_dot_product_attention``, a fused flash/memory-efficient kernel) or ``"triton"`` (the chapter-4
-  flash-attention kernel);
+  (``F.scaled_dot_product_attention``, a fused flash/memory-efficient kernel), or any name a later module
+  registered with :func:`register_attention` -- chapter 4 registers ``"triton"`` (its flash-attention kernel) when
+  ``triton_flash_attention_scratch.triton_flash`` is imported, so this chapter never imports a later one;
 * ``tie_weights``: ``wte`` and ``lm_head`` share one matrix (GPT-2 does);
 * ``init``: ``"gpt2"`` (N(0, 0.02), residual projections scaled by ``(2 * n_layer) ** -0.5``) or ``"default"``
   (whatever PyTorch's layers do on construction, for the before/after comparison);
@@ -38,7 +39,27 @@ import torch.nn.functional as F
 
 from pytorch_basis.common import DownloadError
 
-ATTN_IMPLS = ("manual", "sdpa", "triton")
+ATTN_IMPLS = ("manual", "sdpa")  # built in; more are added by register_attention
+# Names that a later chapter provides, so that using one before importing it gets an error saying what to import.
+ATTN_PROVIDERS = {"triton": "triton_flash_attention_scratch.triton_flash"}
+# name -> causal attention function (q, k, v) -> y, all (B, nh, T, hs), registered by other modules
+_REGISTERED_ATTENTION: dict[str, object] = {}
+
+
+def register_attention(name: str, fn) -> None:
+    """Make ``GPTConfig(attn_impl=name)`` call ``fn(q, k, v)`` (causal; q, k, v and the result (B, nh, T, hs))."""
+    if not isinstance(name, str) or not name or name in ATTN_IMPLS:
+        raise ValueError(f"attention name must be a new non-empty string (built in: {ATTN_IMPLS}), got {name!r}")
+    if not callable(fn):
+        raise TypeError(f"register_attention({name!r}, fn): fn must be callable, got {type(fn).__name__}")
+    _REGISTERED_ATTENTION[name] = fn
+
+
+def attention_impls() -> tuple[str, ...]:
+    """Every ``attn_impl`` usable now: the built-in ones and those registered so far."""
+    return ATTN_IMPLS + tuple(sorted(_REGISTERED_ATTENTION))
+
+
 INITS = ("gpt2", "default")
 
 # name -> (n_layer, n_head, n_embd, block_size). The four published GPT-2 sizes, a tiny test model and a
@@ -67,7 +88,7 @@ class GPTConfig:
     n_head: int = 12
     n_embd: int = 768
     bias: bool = True  # biases in Linear layers and LayerNorms (GPT-2 has them)
-    attn_impl: str = "sdpa"  # "manual" | "sdpa" | "triton"
+    attn_impl: str = "sdpa"  # "manual" | "sdpa" | a registered name ("triton" once chapter 4 is imported)
     tie_weights: bool = True  # lm_head.weight is wte.weight
     init: str = "gpt2"  # "gpt2" | "default"
     pad_vocab_to: int | None = None  # e.g. 64: embedding/head rows 50257 -> 50304
@@ -81,8 +102,11 @@ class GPTConfig:
             raise ValueError(
                 f"n_embd ({self.n_embd}) must be divisible by n_head ({self.n_head}): each head gets n_embd / n_head"
             )
-        if self.attn_impl not in ATTN_IMPLS:
-            raise ValueError(f"attn_impl must be one of {ATTN_IMPLS}, got {self.attn_impl!r}")
+        if self.attn_impl not in attention_impls():
+            hint = ""
+            if self.attn_impl in ATTN_PROVIDERS:
+                hint = f"; {self.attn_impl!r} is registered by `import {ATTN_PROVIDERS[self.attn_impl]}`"
+            raise ValueError(f"attn_impl must be one of {attention_impls()}, got {self.attn_impl!r}{hint}")
         if self.init not in INITS:
             raise ValueError(f"init must be one of {INITS}, got {self.init!r}")
         if self.pad_vocab_to is not None and (
@@ -126,7 +150,7 @@ class CausalSelfAttention(nn.Module):
         att     = softmax(q k^T / sqrt(hs) + M)                  # M_ij = -inf for j > i (no peeking ahead)
         y       = (att v) merged back to (B, T, C), then W_proj
 
-    The three ``attn_impl`` variants compute the same function; only the kernels differ.
+    Every ``attn_impl`` computes the same function; only the kernels differ.
     """
 
     def __init__(self, config: GPTConfig):
@@ -137,7 +161,6 @@ class CausalSelfAttention(nn.Module):
         self.c_attn = nn.Linear(config.n_embd, 3 * config.n_embd, bias=config.bias)  # q, k, v in one matmul
         self.c_proj = nn.Linear(config.n_embd, config.n_embd, bias=config.bias)
         self.c_proj.RESIDUAL_SCALE_INIT = True  # init: this projection writes into the residual stream
-        self._flash = None  # the Triton kernel, imported on first use
 
     def _attention(self, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor) -> torch.Tensor:
         """(B, nh, T, hs) x3 -> (B, nh, T, hs)."""
@@ -150,16 +173,7 @@ class CausalSelfAttention(nn.Module):
             att = att.masked_fill(~causal, float("-inf"))
             att = F.softmax(att, dim=-1)
             return att @ v  # (B, nh, T, T) @ (B, nh, T, hs) -> (B, nh, T, hs)
-        if self._flash is None:
-            try:
-                from triton_flash_attention_scratch.triton_flash import flash_attention
-            except ImportError as e:
-                raise ImportError(
-                    "attn_impl='triton' needs triton_flash_attention_scratch/triton_flash.py (chapter 4) and the "
-                    f"triton package; importing it failed: {e}. Use attn_impl='sdpa' instead."
-                ) from e
-            self._flash = flash_attention
-        return self._flash(q, k, v, causal=True)
+        return _REGISTERED_ATTENTION[self.attn_impl](q, k, v)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         B, T, C = x.size()
@@ -266,6 +280,8 @@ class GPT(nn.Module):
             raise ValueError(f"sequence length {T} exceeds block_size {self.config.block_size}")
         if targets is not None and targets.shape != idx.shape:
             raise ValueError(f"targets shape {tuple(targets.shape)} must equal idx shape {tuple(idx.shape)}")
+        if idx.device.type == "cpu" and not torch.compiler.is_compiling():
+            self._check_token_ids(idx, targets)  # on a GPU this would cost a sync per step: its kernels assert
 
         pos = torch.arange(T, device=idx.device)  # (T,)
         x = self.transformer.wte(idx) + self.transformer.wpe(pos)  # (B, T, C) + (T, C) -> (B, T, C)
@@ -285,6 +301,18 @@ class GPT(nn.Module):
         if Vp != V:
             logits = logits[..., :V]  # (B, T, V_padded) -> (B, T, V): a view, no copy
         return logits, loss
+
+    def _check_token_ids(self, idx: torch.Tensor, targets: torch.Tensor | None) -> None:
+        """Token ids outside ``[0, vocab_size)`` are a ``ValueError`` naming the id (not an ``IndexError``)."""
+        V = self.config.vocab_size
+        if idx.numel() and (int(idx.min()) < 0 or int(idx.max()) >= V):
+            bad = int(idx.min()) if int(idx.min()) < 0 else int(idx.max())
+            raise ValueError(f"token id {bad} in idx is outside the vocabulary [0, {V})")
+        if targets is not None and targets.numel():
+            t = targets[targets != -100]
+            if t.numel() and (int(t.min()) < 0 or int(t.max()) >= V):
+                bad = int(t.min()) if int(t.min()) < 0 else int(t.max())
+                raise ValueError(f"target id {bad} is outside the vocabulary [0, {V}) (use -100 to ignore a position)")
 
     # ------------------------------------------------------------------------------------------ utilities
     def num_params(self, non_embedding: bool = False) -> int:
@@ -436,10 +464,25 @@ def load_hf_checkpoint(name_or_dir: str | os.PathLike) -> tuple[dict, dict[str, 
     config_file = folder / "config.json"
     if not config_file.exists():
         raise FileNotFoundError(f"{folder} has no config.json; is it a folder written by save_pretrained?")
-    hf_config = json.loads(config_file.read_text())
+    try:
+        hf_config = json.loads(config_file.read_text(encoding="utf-8"))
+    except (json.JSONDecodeError, UnicodeDecodeError) as e:
+        raise ValueError(f"{config_file} is not valid JSON ({e})") from None
+    if not isinstance(hf_config, dict):
+        raise ValueError(f"{config_file} does not hold a JSON object")
     if hf_config.get("model_type", "gpt2") != "gpt2":
         raise ValueError(f"{folder} holds a {hf_config['model_type']!r} model, not GPT-2")
-    return config_from_hf(hf_config), _read_weights(folder)
+    try:
+        kwargs = config_from_hf(hf_config)
+    except KeyError as e:
+        raise ValueError(f"{config_file} has no {e.args[0]!r}: not a GPT-2 config") from None
+    try:
+        weights = _read_weights(folder)
+    except (OSError, ValueError):
+        raise
+    except Exception as e:  # safetensors' SafetensorError, torch.load's RuntimeError / UnpicklingError
+        raise ValueError(f"cannot read the weights in {folder}: truncated or not a checkpoint ({e})") from None
+    return kwargs, weights
 
 
 def _hub_snapshot(name: str) -> Path:

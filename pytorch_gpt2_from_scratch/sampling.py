@@ -12,8 +12,20 @@ The context fed to the model is cropped to the last ``block_size`` tokens, so se
 
 from __future__ import annotations
 
+import math
+
 import torch
 import torch.nn.functional as F
+
+
+def check_sampling_options(top_k: int | None, temperature: float, vocab_size: int | None = None) -> None:
+    """``ValueError`` naming the option for a temperature that is not a finite number > 0 or a bad ``top_k``."""
+    if isinstance(temperature, bool) or not isinstance(temperature, (int, float)) or not 0 < temperature < math.inf:
+        raise ValueError(f"temperature must be a finite number > 0, got {temperature!r}")
+    if top_k is not None and (isinstance(top_k, bool) or not isinstance(top_k, int)):
+        raise ValueError(f"top_k must be an integer or None, got {top_k!r}")
+    if top_k is not None and vocab_size is not None and not 1 <= top_k <= vocab_size:
+        raise ValueError(f"top_k must be in [1, {vocab_size}] or None, got {top_k}")
 
 
 def sample_next(
@@ -24,8 +36,11 @@ def sample_next(
     ``top_k=None`` samples from the whole distribution; ``temperature`` < 1 sharpens it, > 1 flattens it.
     ``generator`` lives on the logits' device (``torch.Generator(device=...)``) and makes the draw reproducible.
     """
-    if temperature <= 0:
-        raise ValueError(f"temperature must be > 0, got {temperature}")
+    check_sampling_options(top_k, temperature)
+    if logits.dim() != 2 or not logits.is_floating_point():
+        raise ValueError(f"logits must be a floating (B, V) tensor, got {logits.dtype} {tuple(logits.shape)}")
+    if torch.isnan(logits).any() or torch.isposinf(logits).any() or torch.isneginf(logits).all(dim=-1).any():
+        raise ValueError("logits hold NaN or +inf, or a row is all -inf: there is no distribution to sample")
     probs = F.softmax(logits.float() / temperature, dim=-1)  # (B, V)
     if top_k is None:
         return torch.multinomial(probs, 1, generator=generator)  # (B, 1)
@@ -51,8 +66,11 @@ def generate(
     """
     if idx.dim() != 2:
         raise ValueError(f"idx must have shape (B, T), got {tuple(idx.shape)}")
-    if max_new_tokens < 0:
-        raise ValueError(f"max_new_tokens must be >= 0, got {max_new_tokens}")
+    if idx.dtype not in (torch.int64, torch.int32):
+        raise ValueError(f"idx must hold integer token ids, got {idx.dtype}")
+    if isinstance(max_new_tokens, bool) or not isinstance(max_new_tokens, int) or max_new_tokens < 0:
+        raise ValueError(f"max_new_tokens must be an integer >= 0, got {max_new_tokens!r}")
+    check_sampling_options(top_k, temperature, model.config.vocab_size)  # before the loop: also for 0 new tokens
     block_size = model.config.block_size
     was_training = model.training
     model.eval()
@@ -87,6 +105,8 @@ def generate_text(
     prompt_ids = enc.encode(prompt)
     if not prompt_ids:
         raise ValueError("the prompt encodes to zero tokens")
+    if isinstance(num_return_sequences, bool) or not isinstance(num_return_sequences, int) or num_return_sequences < 1:
+        raise ValueError(f"num_return_sequences must be a positive integer, got {num_return_sequences!r}")
     if max_length < len(prompt_ids):
         raise ValueError(f"max_length {max_length} is shorter than the prompt ({len(prompt_ids)} tokens)")
     idx = torch.tensor(prompt_ids, dtype=torch.long, device=device).unsqueeze(0)  # (1, T)

@@ -7,7 +7,10 @@ a log, checkpoints that resume a run exactly, and a plot.
 
 Presets (``--preset``):
 
-* ``cpu`` (default): a 6-layer, 384-wide GPT on tiny Shakespeare; a few minutes on a laptop CPU.
+* ``cpu`` (default): a 4-layer, 4-head, 128-wide GPT (block 128) on tiny Shakespeare; a few minutes on a laptop CPU.
+* ``speedrun``: Section 5's recipe (``speedrun.py``'s last rung: ``modern.ModernGPT`` with RoPE, RMSNorm, QK-norm,
+  ReLU^2, untied zero-init head, soft-cap, value embeddings, embedding skips; Muon + AdamW) for a wall-clock budget
+  (``--time-budget``, default 120 s of training steps; the learning rate follows the elapsed fraction of it).
 * ``gpt2-124M``: the GPT-2 small reproduction of "Let's reproduce GPT-2 (124M)": 524,288-token batches (2**19,
   ~0.5M as in GPT-3 Small), max lr 6e-4, 715 warmup steps, 19,073 steps = one epoch of FineWeb-Edu
   ``sample-10BT`` prepared with ``fineweb.py``; bf16 autocast, ``torch.compile``, flash attention, vocab 50304.
@@ -16,6 +19,8 @@ Run (from the repo root)::
 
     python pytorch_gpt2_from_scratch/train_gpt2.py                       # the cpu preset
     python pytorch_gpt2_from_scratch/train_gpt2.py --resume              # continue it from out/.../ckpt.pt
+    python pytorch_gpt2_from_scratch/train_gpt2.py --preset speedrun     # Section 5's recipe, 120 s budget
+    python pytorch_gpt2_from_scratch/train_gpt2.py --time-budget 60      # the cpu preset for 60 s of steps
     torchrun --standalone --nproc_per_node=2 pytorch_gpt2_from_scratch/train_gpt2.py    # 2 processes, gloo on CPU
     torchrun --standalone --nproc_per_node=8 pytorch_gpt2_from_scratch/train_gpt2.py --preset gpt2-124M
 
@@ -27,6 +32,7 @@ a checkpoint first; a second Ctrl-C aborts at once.
 from __future__ import annotations
 
 import argparse
+import itertools
 import json
 import math
 import signal
@@ -57,6 +63,7 @@ from pytorch_gpt2_from_scratch.fineweb import ShardedDataLoader, iter_text_docum
 from pytorch_gpt2_from_scratch.hellaswag import evaluate as hellaswag_evaluate
 from pytorch_gpt2_from_scratch.hellaswag import hellaswag_path, iter_examples
 from pytorch_gpt2_from_scratch.model import GPT, GPTConfig
+from pytorch_gpt2_from_scratch.modern import ModernConfig, ModernGPT
 from pytorch_gpt2_from_scratch.training import (
     autocast_context,
     cleanup_distributed,
@@ -114,7 +121,9 @@ class TrainConfig:
     sample_length: int = 48
     checkpoint_every: int = 100
     log_every: int = 10
-    dtype: str = "auto"  # auto (bf16 on CUDA, fp32 elsewhere) | fp32 | bf16
+    dtype: str = "auto"  # --precision: auto (CUDA: bf16 + TF32; CPU: the faster of fp32/bf16, measured) | fp32 | bf16
+    time_budget: float | None = None  # seconds of training steps; the lr follows the elapsed fraction of it
+    recipe: str | None = None  # a speedrun.py rung: its model (modern.py) and optimizer (Muon) replace GPT/AdamW
     compile: bool = False
     device: str = "auto"
     seed: int = 1337
@@ -128,6 +137,16 @@ class TrainConfig:
 PRESETS: dict[str, dict] = {
     # ~15 tokens/parameter is far from converged; the point is to watch every part of the loop work on a laptop.
     "cpu": dict(),
+    "speedrun": dict(
+        recipe="batch",  # speedrun.py's last rung; sizes, batch and learning rates below are that rung's
+        batch_size=8,
+        seq_len=128,
+        total_batch_size=8 * 128,
+        max_lr=4e-3,  # AdamW lr of the gains; the other groups keep their ratios to it (speedrun.RUNGS)
+        weight_decay=0.0,
+        grad_clip=0.0,
+        time_budget=120.0,
+    ),
     "gpt2-124M": dict(
         model="gpt2",
         n_layer=None,
@@ -157,6 +176,9 @@ PRESETS: dict[str, dict] = {
 }
 
 
+_SIZE_FIELDS = ("n_layer", "n_head", "n_embd", "block_size")
+
+
 def make_config(preset: str = "cpu", **overrides) -> TrainConfig:
     """The preset's ``TrainConfig`` with ``overrides`` (``None`` values keep the preset's setting)."""
     if preset not in PRESETS:
@@ -170,8 +192,31 @@ def make_config(preset: str = "cpu", **overrides) -> TrainConfig:
         for k in ("n_layer", "n_head", "n_embd", "block_size"):
             values[k] = overrides.get(k)
     cfg = TrainConfig(preset=preset, **values)
+    if cfg.time_budget is not None and not cfg.time_budget > 0:
+        raise ValueError(f"--time-budget must be > 0 seconds, got {cfg.time_budget}")
+    if cfg.recipe is not None:
+        from pytorch_gpt2_from_scratch.speedrun import RUNG_KEYS
+
+        if cfg.recipe not in RUNG_KEYS:
+            raise ValueError(f"unknown speedrun recipe {cfg.recipe!r}; choose from {', '.join(RUNG_KEYS)}")
     if not 0 <= cfg.warmup_steps <= cfg.max_steps:
         raise ValueError(f"need 0 <= --warmup-steps <= --max-steps, got {cfg.warmup_steps} and {cfg.max_steps}")
+    for name in ("batch_size", "seq_len", "total_batch_size", "max_steps", *_SIZE_FIELDS):
+        value = getattr(cfg, name)
+        if value is not None and value <= 0:
+            raise ValueError(f"--{name.replace('_', '-')} must be positive, got {value}")
+    if cfg.stop_after is not None and cfg.stop_after < 0:
+        raise ValueError(f"--stop-after must be >= 0, got {cfg.stop_after}")
+    for name in ("batch_ramp_steps", "hellaswag_every", "weight_decay", "grad_clip", "max_lr"):
+        if getattr(cfg, name) < 0:
+            raise ValueError(f"--{name.replace('_', '-')} must be >= 0, got {getattr(cfg, name)}")
+    if cfg.hellaswag_limit is not None and cfg.hellaswag_limit <= 0:
+        raise ValueError(f"--hellaswag-limit must be positive, got {cfg.hellaswag_limit}")
+    if not 0 < cfg.val_fraction < 1:
+        raise ValueError(f"val_fraction must be in (0, 1), got {cfg.val_fraction}")
+    for name in ("max_lr", "weight_decay", "min_lr_ratio"):
+        if not math.isfinite(getattr(cfg, name)):
+            raise ValueError(f"--{name.replace('_', '-')} must be a finite number, got {getattr(cfg, name)}")
     for name in ("eval_every", "sample_every", "checkpoint_every", "log_every", "val_steps"):
         if getattr(cfg, name) <= 0:
             raise ValueError(f"--{name.replace('_', '-')} must be positive, got {getattr(cfg, name)}")
@@ -247,8 +292,23 @@ def sample_text(model: GPT, cfg: TrainConfig, device: torch.device, seed: int) -
 
 
 # --------------------------------------------------------------------------------------------- plot
-def plot_history(history: list[dict], path: Path, title: str) -> Path:
-    """Train/val loss and HellaSwag against the GPT-2 / GPT-3 124M reference lines, as a PNG."""
+def plot_history(history: list[dict], path: Path, title: str, fineweb_reference: bool = False) -> Path:
+    """:func:`history_figure` written to ``path`` as a PNG."""
+    import matplotlib.pyplot as plt
+
+    fig = history_figure(history, title, fineweb_reference)
+    fig.savefig(path, dpi=80)
+    plt.close(fig)
+    return path
+
+
+def history_figure(history: list[dict], title: str, fineweb_reference: bool = False):
+    """Train/val loss (and HellaSwag, when it was evaluated) as a matplotlib figure.
+
+    Reference lines only where they are comparable: GPT-2 124M's validation loss is measured on FineWeb-Edu, so it
+    is drawn only when ``fineweb_reference`` (the run trains on FineWeb-Edu shards); the HellaSwag panel, with the
+    GPT-2 124M and GPT-3 Small (125M) scores, only when the history holds HellaSwag results.
+    """
     import matplotlib
 
     matplotlib.use("Agg")
@@ -257,35 +317,52 @@ def plot_history(history: list[dict], path: Path, title: str) -> Path:
     train = [(h["step"], h["train_loss"]) for h in history if "train_loss" in h]
     val = [(h["step"], h["val_loss"]) for h in history if "val_loss" in h]
     hs = [(h["step"], h["hellaswag"]) for h in history if "hellaswag" in h]
-    fig, (ax1, ax2) = plt.subplots(1, 2, figsize=(12, 4.2))
+    fig, axes = plt.subplots(1, 2 if hs else 1, figsize=(12 if hs else 6.5, 4.2), squeeze=False)
+    ax1 = axes[0, 0]
     if train:
         ax1.plot(*zip(*train), lw=0.8, alpha=0.7, label="train loss")
     if val:
         ax1.plot(*zip(*val), "o-", ms=3, label="val loss")
-    ax1.axhline(REF_GPT2_VAL_LOSS, color="r", ls="--", lw=1, label=f"GPT-2 124M val ({REF_GPT2_VAL_LOSS}, FineWeb-Edu)")
-    ax1.set_xlabel("step")
-    ax1.set_ylabel("loss")
-    ax1.set_ylim(bottom=min([REF_GPT2_VAL_LOSS - 0.3] + [v for _, v in val]))
+    if fineweb_reference:
+        ax1.axhline(
+            REF_GPT2_VAL_LOSS, color="r", ls="--", lw=1, label=f"GPT-2 124M val ({REF_GPT2_VAL_LOSS}, FineWeb-Edu)"
+        )
+        ax1.set_ylim(bottom=min([REF_GPT2_VAL_LOSS - 0.3] + [v for _, v in val]))
+    ax1.set_xlabel("optimizer step")
+    ax1.set_ylabel("cross-entropy loss (nats/token)")
     ax1.legend()
     ax1.set_title(title)
     if hs:
+        ax2 = axes[0, 1]
         ax2.plot(*zip(*hs), "o-", ms=3, label="ours (acc_norm)")
-    else:
-        ax2.text(0.5, 0.5, "HellaSwag not evaluated\n(dataset not available)", ha="center", transform=ax2.transAxes)
-    ax2.axhline(REF_GPT2_HELLASWAG, color="r", ls="--", lw=1, label=f"GPT-2 124M ({REF_GPT2_HELLASWAG})")
-    ax2.axhline(REF_GPT3_HELLASWAG, color="g", ls="--", lw=1, label=f"GPT-3 124M ({REF_GPT3_HELLASWAG})")
-    ax2.axhline(0.25, color="gray", ls=":", lw=1, label="chance (0.25)")
-    ax2.set_ylim(0.2, 0.4)
-    ax2.set_xlabel("step")
-    ax2.set_ylabel("HellaSwag acc_norm")
-    ax2.legend()
+        ax2.axhline(REF_GPT2_HELLASWAG, color="r", ls="--", lw=1, label=f"GPT-2 124M ({REF_GPT2_HELLASWAG})")
+        ax2.axhline(REF_GPT3_HELLASWAG, color="g", ls="--", lw=1, label=f"GPT-3 Small (125M) ({REF_GPT3_HELLASWAG})")
+        ax2.axhline(0.25, color="gray", ls=":", lw=1, label="chance (0.25)")
+        ax2.set_ylim(0.2, 0.4)
+        ax2.set_xlabel("optimizer step")
+        ax2.set_ylabel("HellaSwag acc_norm (fraction correct)")
+        ax2.legend()
     fig.tight_layout()
-    fig.savefig(path, dpi=80)
-    plt.close(fig)
-    return path
+    return fig
 
 
 # --------------------------------------------------------------------------------------------- the loop
+def scheduled_lr(cfg: TrainConfig, recipe, step: int, clock: float) -> float:
+    """The step's learning rate: of the step (warmup + cosine) or, with ``--time-budget``, of the elapsed time."""
+    if cfg.time_budget is None:
+        return get_lr(step, max_lr=cfg.max_lr, warmup_steps=cfg.warmup_steps, max_steps=cfg.max_steps,
+                      min_lr_ratio=cfg.min_lr_ratio)
+    from pytorch_gpt2_from_scratch.speedrun import time_lr
+
+    if recipe is not None:  # the recipe's time schedule (speedrun.py)
+        return time_lr(clock / cfg.time_budget, max_lr=cfg.max_lr, schedule=recipe.schedule,
+                       warmup_frac=recipe.warmup_frac, cooldown_frac=recipe.cooldown_frac,
+                       min_lr_ratio=recipe.min_lr_ratio)
+    return time_lr(clock / cfg.time_budget, max_lr=cfg.max_lr, schedule="cosine",
+                   warmup_frac=cfg.warmup_steps / cfg.max_steps if cfg.max_steps else 0.0,
+                   min_lr_ratio=cfg.min_lr_ratio)
+
+
 class StopFlag:
     """Ctrl-C / SIGTERM ask the loop to stop at the next step boundary; a second Ctrl-C aborts at once.
 
@@ -362,13 +439,9 @@ def _train(cfg: TrainConfig, env) -> TrainResult:  # noqa: C901 - the training l
             with open(log_txt, "a") as f:
                 f.write(msg + "\n")
 
-    if cfg.dtype == "auto":
-        use_bf16 = device.type == "cuda" and torch.cuda.is_bf16_supported()
-        autocast_dtype = torch.bfloat16 if use_bf16 else None
-    elif cfg.dtype in ("fp32", "bf16"):
-        autocast_dtype = torch.bfloat16 if cfg.dtype == "bf16" else None
-    else:
-        raise ValueError(f"--dtype must be auto, fp32 or bf16, got {cfg.dtype!r}")
+    if cfg.dtype not in ("auto", "fp32", "bf16"):
+        raise ValueError(f"--precision must be auto, fp32 or bf16, got {cfg.dtype!r}")
+    autocast_dtype = torch.bfloat16 if cfg.dtype == "bf16" else None
     if device.type == "cuda":
         torch.set_float32_matmul_precision("high")  # TF32 matmuls
 
@@ -378,13 +451,27 @@ def _train(cfg: TrainConfig, env) -> TrainResult:  # noqa: C901 - the training l
     model_config = GPTConfig.preset(cfg.model, pad_vocab_to=cfg.pad_vocab_to, attn_impl=cfg.attn_impl, **sizes)
     if cfg.seq_len > model_config.block_size:
         raise ValueError(f"--seq-len {cfg.seq_len} exceeds the model's block_size {model_config.block_size}")
-    raw_model = GPT(model_config).to(device)
-    optimizer = configure_optimizers(
-        raw_model, weight_decay=cfg.weight_decay, learning_rate=cfg.max_lr, device_type=device.type, verbose=False
-    )
+    recipe = None
+    if cfg.recipe:  # Section 5: the modern model and Muon + AdamW of a speedrun.py rung
+        from pytorch_gpt2_from_scratch.speedrun import build_optimizer
+        from pytorch_gpt2_from_scratch.speedrun import recipe as speedrun_recipe
+
+        recipe = speedrun_recipe(cfg.recipe)
+        mc = model_config
+        model_config = ModernConfig(block_size=mc.block_size, vocab_size=mc.vocab_size, n_layer=mc.n_layer,
+                                    n_head=mc.n_head, n_embd=mc.n_embd, **recipe.modern)
+        raw_model = ModernGPT(model_config).to(device)
+        optimizer = build_optimizer(recipe, raw_model, device)
+        for g in optimizer.param_groups:  # train_step sets one lr for all groups: keep the recipe's ratios
+            g["lr_scale"] = g["max_lr"] / cfg.max_lr
+    else:
+        raw_model = GPT(model_config).to(device)
+        optimizer = configure_optimizers(
+            raw_model, weight_decay=cfg.weight_decay, learning_rate=cfg.max_lr, device_type=device.type, verbose=False
+        )
     grad_accum = grad_accum_steps_for(cfg.total_batch_size, cfg.batch_size, cfg.seq_len, env.world_size)
 
-    start_step, history = 0, []
+    start_step, history, clock, precision_saved = 0, [], 0.0, None
     if cfg.resume:
         path = ckpt_path if cfg.resume == "auto" else Path(cfg.resume)
         ckpt = load_checkpoint(path, map_location=device)
@@ -394,6 +481,8 @@ def _train(cfg: TrainConfig, env) -> TrainResult:  # noqa: C901 - the training l
         restore_rng_state(ckpt["rng"])
         start_step = int(ckpt["step"])
         history = [h for h in ckpt["extra"].get("history", []) if h["step"] < start_step]
+        clock = float(ckpt["extra"].get("clock", 0.0))  # training seconds already spent of --time-budget
+        precision_saved = ckpt["extra"].get("precision")  # a resumed run keeps the precision it started with
         del ckpt
         log(f"resumed from {path} at step {start_step}")
         if master:  # the log on disk may hold steps after the checkpoint (a crash): rewrite it from the history
@@ -402,20 +491,43 @@ def _train(cfg: TrainConfig, env) -> TrainResult:  # noqa: C901 - the training l
         log_jsonl.write_text("")
         log_txt.write_text("")
 
+    precision_line = f"precision {cfg.dtype}"
+    if precision_saved is not None:
+        autocast_dtype = torch.bfloat16 if precision_saved == "bf16" else None
+        precision_line = f"precision {precision_saved} (from the checkpoint)"
+    elif cfg.dtype == "auto":
+        from pytorch_gpt2_from_scratch.speedrun import choose_precision, keep_freed_memory
+
+        if device.type == "cpu":
+            keep_freed_memory(True)  # lesson 11's allocator setting
+        position = train_loader.state_dict()
+        x, y = train_loader.next_batch()
+        train_loader.load_state_dict(position)
+        autocast_dtype, precision_line = choose_precision("auto", raw_model, x.to(device), y.to(device), device)
+        if env.ddp:  # every rank uses rank 0's choice
+            flag = torch.tensor([int(autocast_dtype is not None)], device=device)
+            dist.broadcast(flag, 0)
+            autocast_dtype = torch.bfloat16 if flag.item() else None
+    precision = "bf16" if autocast_dtype is not None else "fp32"
+    log(precision_line)
+
     model = torch.compile(raw_model) if cfg.compile else raw_model
     model = wrap_ddp(model, env)
     eval_model = model.module if env.ddp else model  # compiled (if asked) but outside DDP: forward only
 
     n_params = raw_model.num_params()
     mc = model_config
+    kind = f"ModernGPT (recipe {cfg.recipe})" if cfg.recipe else "GPT"
     log(
-        f"preset {cfg.preset}: GPT {mc.n_layer} layers, {mc.n_head} heads, {mc.n_embd} wide, block {mc.block_size} "
+        f"preset {cfg.preset}: {kind} {mc.n_layer} layers, {mc.n_head} heads, {mc.n_embd} wide, block {mc.block_size} "
         f"({n_params:,} parameters); data {data_desc}"
     )
     log(f"device {device}, {env.world_size} process(es), autocast {autocast_dtype}, compile {cfg.compile}")
     log(
         f"total batch {cfg.total_batch_size:,} tokens = B {cfg.batch_size} x T {cfg.seq_len} x {env.world_size} "
-        f"rank(s) x {grad_accum} micro-steps; {cfg.max_steps} steps, max lr {cfg.max_lr}"
+        f"rank(s) x {grad_accum} micro-steps; "
+        + (f"time budget {cfg.time_budget:g} s" if cfg.time_budget else f"{cfg.max_steps} steps")
+        + f", max lr {cfg.max_lr}"
     )
 
     hellaswag_file = None
@@ -443,14 +555,20 @@ def _train(cfg: TrainConfig, env) -> TrainResult:  # noqa: C901 - the training l
             step=step,
             config=model_config,
             loader_state=train_loader.state_dict(),
-            extra={"history": history, "train_config": asdict(cfg)},
+            extra={"history": history, "train_config": asdict(cfg), "clock": clock, "precision": precision},
         )
 
     result = TrainResult(steps_done=start_step, out=out, model=raw_model)
-    bar = tqdm(total=cfg.max_steps, initial=start_step, desc="train", disable=not (master and cfg.progress))
+    total = None if cfg.time_budget else cfg.max_steps
+    bar = tqdm(total=total, initial=start_step, desc="train", disable=not (master and cfg.progress))
     with StopFlag() as stop:
-        for step in range(start_step, cfg.max_steps + 1):
-            last = step == cfg.max_steps
+        for step in itertools.count(start_step):
+            # the run ends at max_steps or, with --time-budget (warmup_steps / max_steps then only set the warmup
+            # fraction), at the first step boundary at or after the budget
+            if cfg.time_budget is None:
+                last = step == cfg.max_steps
+            else:
+                last = _agreed(clock >= cfg.time_budget, device)
             # 1. stop requests (Ctrl-C on any rank, or --stop-after) and periodic checkpoints
             stopping = _agreed(stop.requested or (cfg.stop_after is not None and step >= cfg.stop_after), device)
             if step > start_step and (stopping or last or step % cfg.checkpoint_every == 0):
@@ -487,13 +605,7 @@ def _train(cfg: TrainConfig, env) -> TrainResult:  # noqa: C901 - the training l
                 break
             # 3. one optimizer step
             t0 = time.perf_counter()
-            lr = get_lr(
-                step,
-                max_lr=cfg.max_lr,
-                warmup_steps=cfg.warmup_steps,
-                max_steps=cfg.max_steps,
-                min_lr_ratio=cfg.min_lr_ratio,
-            )
+            lr = scheduled_lr(cfg, recipe, step, clock)
             accum = ramped_grad_accum_steps(step, full_steps=grad_accum, ramp_steps=cfg.batch_ramp_steps)
             stats = train_step(
                 model,
@@ -507,12 +619,14 @@ def _train(cfg: TrainConfig, env) -> TrainResult:  # noqa: C901 - the training l
             )
             synchronize(device)
             dt = time.perf_counter() - t0
+            clock += dt
             if not math.isfinite(stats.loss):
                 log(f"step {step}: loss is {stats.loss}; stopping (lower --max-lr?)")
                 result.interrupted = True
                 break
             entry = {
                 "step": step,
+                "clock_s": clock,
                 "train_loss": stats.loss,
                 "lr": lr,
                 "norm": stats.grad_norm,
@@ -532,51 +646,107 @@ def _train(cfg: TrainConfig, env) -> TrainResult:  # noqa: C901 - the training l
     bar.close()
     if master:
         title = f"preset {cfg.preset}: {mc.n_layer}L/{mc.n_head}H/{mc.n_embd}C, {n_params / 1e6:.1f}M params"
-        result.plot = plot_history(history, out / "loss.png", title)
+        on_fineweb = Path(cfg.data if cfg.data else default_data(cfg)).is_dir()  # shards: FineWeb(-Edu)
+        result.plot = plot_history(history, out / "loss.png", title, fineweb_reference=on_fineweb)
         log(f"wrote {out / 'loss.png'}, {log_txt}, {log_jsonl}")
     result.history = history
     return result
 
 
 # --------------------------------------------------------------------------------------------- CLI
+_HELP = {
+    "model": "GPTConfig preset (gpt2, gpt2-medium, cpu-small, tiny, ...) with its own sizes",
+    "n_layer": "transformer blocks L",
+    "n_head": "attention heads per block",
+    "n_embd": "embedding width C",
+    "block_size": "longest sequence the model has positions for",
+    "data": "a fineweb.py shard directory or a .txt/.jsonl file",
+    "batch_size": "micro-batch B (sequences per forward, per process)",
+    "seq_len": "sequence length T",
+    "total_batch_size": "tokens per optimizer step (all micro-steps, all ranks); a multiple of B*T*ranks",
+    "batch_ramp_steps": "linear batch-size ramp length in steps (0: off)",
+    "max_lr": "peak learning rate after warmup",
+    "warmup_steps": "linear warmup steps",
+    "max_steps": "optimizer steps in all",
+    "weight_decay": "AdamW weight decay on the 2-D tensors",
+    "eval_every": "validation loss every N steps",
+    "val_steps": "micro-batches per validation estimate",
+    "hellaswag_every": "HellaSwag every N steps (0: only at the end)",
+    "hellaswag_limit": "HellaSwag examples per evaluation (none: all 10,042)",
+    "hellaswag": "skip HellaSwag entirely",
+    "sample_every": "print samples every N steps",
+    "checkpoint_every": "save a checkpoint every N steps",
+    "log_every": "log a training line every N steps",
+    "time_budget": "seconds of training steps; the run ends there and the lr follows the elapsed fraction",
+    "compile": "torch.compile the model",
+    "seed": "random seed (weights, data order, samples)",
+    "out": "output folder",
+    "resume": "continue from a checkpoint (no value: <out>/ckpt.pt)",
+    "stop_after": "stop and checkpoint after this many steps, as Ctrl-C would",
+}
+
+
+def _preset_defaults(name: str) -> str:
+    """``(default: 4)`` or, where the presets differ, ``(default: 4; gpt2-124M: preset's sizes)``."""
+
+    def show(v) -> str:
+        if v is None:
+            return "the model preset's" if name in ("n_layer", "n_head", "n_embd", "block_size") else "none"
+        return str(v)
+
+    base = getattr(TrainConfig(), name)
+    text = f"default: {show(base)}"
+    others = [f"{p}: {show(PRESETS[p][name])}" for p in PRESETS if p != "cpu" and name in PRESETS[p]]
+    others = [o for o in others if o.split(": ", 1)[1] != show(base)]
+    return f"({text}; {'; '.join(others)})" if others else f"({text})"
+
+
 def parse_args(argv=None) -> argparse.Namespace:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    p.add_argument("--preset", default="cpu", choices=list(PRESETS))
-    p.add_argument(
-        "--model", default=None, help="GPTConfig preset (gpt2, gpt2-medium, cpu-small, tiny, ...) with its own sizes"
-    )
+
+    def option(name: str, default_text: str | None = None, **kwargs) -> None:
+        """``--name-with-dashes`` with its help text and default (the cpu preset's, and where others differ)."""
+        text = f"(default: {default_text})" if default_text else _preset_defaults(name)
+        p.add_argument(f"--{name.replace('_', '-')}", default=None, help=f"{_HELP[name]} {text}", **kwargs)
+
+    p.add_argument("--preset", default="cpu", choices=list(PRESETS), help="settings to start from (default: cpu)")
+    option("model", "cpu-small with the preset's sizes")
     for name in ("n_layer", "n_head", "n_embd", "block_size"):
-        p.add_argument(f"--{name.replace('_', '-')}", type=int, default=None, help=f"override the model's {name}")
-    p.add_argument("--data", default=None, help="a fineweb.py shard directory or a .txt/.jsonl file")
-    p.add_argument("--batch-size", type=int, default=None, help="micro-batch B per process")
-    p.add_argument("--seq-len", type=int, default=None, help="sequence length T")
-    p.add_argument("--total-batch-size", type=int, default=None, help="tokens per optimizer step")
-    p.add_argument("--batch-ramp-steps", type=int, default=None, help="linear batch-size ramp length (0: off)")
-    p.add_argument("--max-lr", type=float, default=None)
-    p.add_argument("--warmup-steps", type=int, default=None)
-    p.add_argument("--max-steps", type=int, default=None)
-    p.add_argument("--weight-decay", type=float, default=None)
-    p.add_argument("--eval-every", type=int, default=None)
-    p.add_argument("--val-steps", type=int, default=None)
-    p.add_argument("--hellaswag-every", type=int, default=None)
-    p.add_argument("--hellaswag-limit", type=int, default=None)
-    p.add_argument("--no-hellaswag", dest="hellaswag", action="store_false", default=None)
-    p.add_argument("--sample-every", type=int, default=None)
-    p.add_argument("--checkpoint-every", type=int, default=None)
-    p.add_argument("--log-every", type=int, default=None)
-    p.add_argument("--dtype", default=None, choices=["auto", "fp32", "bf16"])
-    p.add_argument("--compile", action=argparse.BooleanOptionalAction, default=None)
-    p.add_argument("--seed", type=int, default=None)
-    p.add_argument("--out", default=None, help="output folder (default: out/train_gpt2/<preset>)")
+        option(name, type=int)
+    option("data", "tiny Shakespeare; gpt2-124M: $LLM_SCRATCH_DATA/edu_fineweb10B")
+    for name in ("batch_size", "seq_len", "total_batch_size", "batch_ramp_steps"):
+        option(name, type=int)
+    option("max_lr", type=float)
+    option("warmup_steps", type=int)
+    option("max_steps", type=int)
+    option("weight_decay", type=float)
+    for name in ("eval_every", "val_steps", "hellaswag_every", "hellaswag_limit"):
+        option(name, type=int)
     p.add_argument(
-        "--resume",
-        nargs="?",
-        const="auto",
+        "--no-hellaswag",
+        dest="hellaswag",
+        action="store_false",
         default=None,
-        help="continue from a checkpoint (default path: <out>/ckpt.pt)",
+        help=f"{_HELP['hellaswag']} (default: evaluate it when the dataset is available)",
     )
-    p.add_argument("--stop-after", type=int, default=None, help="stop and checkpoint after this many steps")
-    add_device_argument(p, default=None)
+    for name in ("sample_every", "checkpoint_every", "log_every"):
+        option(name, type=int)
+    p.add_argument(
+        "--precision",
+        "--dtype",
+        dest="dtype",
+        default=None,
+        choices=["auto", "fp32", "bf16"],
+        help="autocast precision (default: auto = bf16 autocast + TF32 on CUDA; on a CPU the faster of fp32 and "
+        "bf16, measured at the start of the run)",
+    )
+    option("time_budget", type=float)
+    option("compile", action=argparse.BooleanOptionalAction)
+    option("seed", type=int)
+    option("out", "out/train_gpt2/<preset>")
+    option("resume", "start anew", nargs="?", const="auto")
+    option("stop_after", type=int)
+    add_device_argument(p)
     return p.parse_args(argv)
 
 
@@ -585,11 +755,7 @@ def main(preset: str = "cpu", **overrides) -> TrainResult:
 
 
 def cli() -> None:
-    try:
-        main(**vars(parse_args()))
-    except (ValueError, FileNotFoundError) as e:  # bad options, missing data: one clear line
-        print(f"error: {e}", file=sys.stderr)
-        raise SystemExit(1) from None
+    main(**vars(parse_args()))
 
 
 if __name__ == "__main__":

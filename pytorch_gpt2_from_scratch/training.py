@@ -134,6 +134,9 @@ def ramped_grad_accum_steps(step: int, *, full_steps: int, ramp_steps: int, star
 
 def grad_accum_steps_for(total_batch_size: int, micro_batch: int, seq_len: int, world_size: int = 1) -> int:
     """``total_batch_size`` tokens = ``micro_batch · seq_len · world_size · grad_accum_steps`` exactly."""
+    for name, value in (("total_batch_size", total_batch_size), ("micro_batch", micro_batch), ("seq_len", seq_len)):
+        if value <= 0:
+            raise ValueError(f"{name} must be positive, got {value}")
     per_step = micro_batch * seq_len * world_size
     if total_batch_size % per_step:
         raise ValueError(
@@ -348,7 +351,15 @@ def load_checkpoint(path: str | os.PathLike, map_location: str | torch.device = 
     path = Path(path)
     if not path.is_file():
         raise FileNotFoundError(f"checkpoint {path} does not exist")
-    ckpt = torch.load(path, map_location=map_location, weights_only=True)
+    try:
+        ckpt = torch.load(path, map_location=map_location, weights_only=True)
+    except OSError:
+        raise  # unreadable (permissions, I/O): the message already names the file
+    except Exception as e:
+        # A truncated zip -> RuntimeError (PytorchStreamReader); any other file -> UnpicklingError, EOFError, or
+        # whatever the weights-only unpickler trips over (IndexError on a text file): all mean "not a checkpoint".
+        why = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
+        raise ValueError(f"cannot read checkpoint {path}: truncated or not a torch.save file ({why[:160]})") from e
     if not isinstance(ckpt, dict) or ckpt.get("format") != CHECKPOINT_FORMAT:
         raise ValueError(f"{path} is not a training checkpoint of train_gpt2.py (format {CHECKPOINT_FORMAT})")
     return ckpt

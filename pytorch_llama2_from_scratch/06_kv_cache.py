@@ -53,22 +53,15 @@ def greedy_tokens(model: Transformer, prompt: torch.Tensor, n_new: int, use_cach
     return seq
 
 
+@torch.no_grad()
 def main(
     seed: int = 0, prompt_len: int = 16, new_tokens: int = 64, device: str = "cpu", threads: int | None = 1
 ) -> dict:
     """``threads``: CPU threads for the run (default 1: these matrices are too small for threads to pay off;
-    None keeps PyTorch's default). The previous setting is restored afterwards."""
-    previous = torch.get_num_threads()
-    if threads is not None:
+    None keeps PyTorch's default). The previous setting is restored at the end."""
+    previous_threads = torch.get_num_threads()
+    if threads:
         torch.set_num_threads(threads)
-    try:
-        return _run(seed, prompt_len, new_tokens, device)
-    finally:
-        torch.set_num_threads(previous)
-
-
-@torch.no_grad()
-def _run(seed: int, prompt_len: int, new_tokens: int, device: str) -> dict:
     seed_everything(seed)
     dev = resolve_device(device)
     args = ModelArgs(
@@ -126,6 +119,7 @@ def _run(seed: int, prompt_len: int, new_tokens: int, device: str) -> dict:
         f"greedy, {new_tokens} new tokens on {dev}: with cache {new_tokens / times[True]:.0f} tok/s, "
         f"without {new_tokens / times[False]:.0f} tok/s -> {speedup:.1f}x; identical tokens: {same}"
     )
+    torch.set_num_threads(previous_threads)
     return {
         "decode_err": decode_err,
         "chunk_err": chunk_err,

@@ -71,6 +71,8 @@ def main(seed: int = 0, dim: int = 64, plot: bool = True) -> dict:
         ax.plot(z, F.gelu(z), label="gelu (GPT-2)")
         ax.plot(z, F.silu(z), label="silu = z * sigmoid(z) (LLaMA gate)")
         ax.axhline(0, color="gray", lw=0.5)
+        ax.set_xlabel("pre-activation z")
+        ax.set_ylabel("activation f(z)")
         ax.legend()
         ax.set_title("activations")
         fig.tight_layout()

@@ -101,35 +101,36 @@ def top_next_tokens(model, tok, prompt: str, device, k: int = 5) -> list[tuple[s
     return [(tok.decode([i]), float(q)) for i, q in zip(idx.tolist(), p.tolist())]
 
 
-def main(
-    checkpoint: str | None = None,
+def inspect_checkpoint(
+    checkpoint: str,
     prompt: str = "The capital of France is",
     dtype: str = "float32",
     max_seq_len: int = 512,
     device: str = "cpu",
-    seed: int = 0,
-    out: str | None = None,
 ) -> dict:
-    seed_everything(seed)
+    """``--checkpoint DIR``: load a real HF or Meta checkpoint, print its arguments and the 5 likeliest next tokens."""
     dev = resolve_device(device)
-    if checkpoint is not None:
-        t0 = time.perf_counter()
-        model, args = load_checkpoint(checkpoint, max_seq_len=max_seq_len, device=dev, dtype=DTYPES[dtype])
-        print(f"loaded {detect_layout(checkpoint)} checkpoint {checkpoint} in {time.perf_counter() - t0:.1f} s")
-        print(f"  {args}")
-        print(f"  {model.num_params():,} parameters (args say {args.num_params():,})")
-        result = {"args": args, "num_params": model.num_params()}
-        try:
-            tok = load_tokenizer(checkpoint)
-        except (FileNotFoundError, ImportError) as e:
-            print(f"  no tokenizer: {e}")
-            return result
-        print(f"  {tok}; prompt {prompt!r} -> {tok.encode(prompt)}")
-        result["top"] = top_next_tokens(model, tok, prompt, dev)
-        for piece, p in result["top"]:
-            print(f"    next {piece!r:>14}  p={p:.3f}")
+    t0 = time.perf_counter()
+    model, args = load_checkpoint(checkpoint, max_seq_len=max_seq_len, device=dev, dtype=DTYPES[dtype])
+    print(f"loaded {detect_layout(checkpoint)} checkpoint {checkpoint} in {time.perf_counter() - t0:.1f} s")
+    print(f"  {args}")
+    print(f"  {model.num_params():,} parameters (args say {args.num_params():,})")
+    result = {"args": args, "num_params": model.num_params()}
+    try:
+        tok = load_tokenizer(checkpoint)
+    except (FileNotFoundError, ImportError) as e:
+        print(f"  no tokenizer: {e}")
         return result
+    print(f"  {tok}; prompt {prompt!r} -> {tok.encode(prompt)}")
+    result["top"] = top_next_tokens(model, tok, prompt, dev)
+    for piece, p in result["top"]:
+        print(f"    next {piece!r:>14}  p={p:.3f}")
+    return result
 
+
+def main(seed: int = 0, out: str | None = None) -> dict:
+    """Write a random tiny LLaMA in both layouts, load each back, and compare the logits with ``transformers``."""
+    seed_everything(seed)
     base = Path(out) if out is not None else out_dir("llama2")
     hf_dir, meta_dir = base / "tiny_hf", base / "tiny_meta"
     hf = write_tiny_hf_checkpoint(hf_dir, seed)
@@ -179,7 +180,11 @@ def parse_args(argv=None):
 
 if __name__ == "__main__":
     try:
-        main(**vars(parse_args()))
+        options = vars(parse_args())
+        if options["checkpoint"] is not None:
+            inspect_checkpoint(**{k: options[k] for k in ("checkpoint", "prompt", "dtype", "max_seq_len", "device")})
+        else:
+            main(seed=options["seed"], out=options["out"])
     except (FileNotFoundError, ValueError, ImportError) as e:  # bad directory or checkpoint: one clear line
         print(f"error: {e}", file=sys.stderr)
         raise SystemExit(1) from None

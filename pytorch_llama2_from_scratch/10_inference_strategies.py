@@ -179,6 +179,9 @@ def main(plot: bool = True, seed: int = 1337) -> dict:
         axes.flat[-1].bar(range(len(WORDS)), freq.numpy(), color="C1")
         axes.flat[-1].set_title("top-p 0.8: 10,000 samples", fontsize=9)
         axes.flat[-1].set_xticks(range(len(WORDS)), WORDS, rotation=60, fontsize=7)
+        for ax in axes[:, 0]:
+            ax.set_ylabel("probability of the next word")
+        fig.supxlabel("next word (the toy vocabulary)", fontsize=9)
         fig.tight_layout()
         png = out_dir("llama2") / "10_inference_strategies.png"
         fig.savefig(png, dpi=100)

@@ -16,7 +16,10 @@ With a CUDA GPU (and nvcc) this step compiles the two .cu files with ``torch.uti
 runs them on tensors, checks them against ``a + b`` and times them. Without a GPU it simulates the launch in
 PyTorch — the same index arithmetic for every (block, thread) pair, vectorized — and shows that each element
 is written exactly once and how many threads the guard idles; if nvcc is installed it also compiles the
-kernels to PTX and shows the index math in GPU assembly. Triton (part 2) hides threads: one *program* handles
+kernel to PTX, prints it line by line with what each instruction does (the index ``mad.lo.s32``, the guard as a
+predicate ``setp.ge.s32`` plus a predicated branch), and *executes* that integer arithmetic for every thread of
+launches with awkward sizes (n = 1, 31, 33, 255, 257, 1000, 4097 over blocks of 32 … 1024) to check that the
+compiled code stores exactly where the simulation does. Triton (part 2) hides threads: one *program* handles
 a whole block of elements, but the grid, the offsets and the mask are the same ideas.
 
 Run:  python triton_flash_attention_scratch/07_intro_to_cuda.py [--n 1000 --threads 256 --device auto]
@@ -157,6 +160,136 @@ def simulate_matrix_add(a: torch.Tensor, b: torch.Tensor, block: tuple[int, int]
 
 
 # ============================================================================================ nvcc / CUDA
+# ============================================================================================ the PTX, read
+# What each PTX instruction of vector_add_kernel does (PTX ISA manual, "Instruction set"): the lesson prints the
+# kernel's body with these notes, then *executes* the index arithmetic below for every thread of a launch and
+# checks it against the simulation above.
+PTX_NOTES = {
+    "ld.param.u64": "load a 64-bit kernel argument (a pointer: a, b or c)",
+    "ld.param.u32": "load the 32-bit argument n",
+    "mov.u32 %ctaid.x": "blockIdx.x  (ctaid = cooperative thread array id: the block's index in the grid)",
+    "mov.u32 %ntid.x": "blockDim.x  (ntid = number of threads per block)",
+    "mov.u32 %tid.x": "threadIdx.x",
+    "mad.lo.s32": "i = blockIdx.x * blockDim.x + threadIdx.x  (multiply-add, low 32 bits, signed)",
+    "setp.ge.s32": "the bounds guard: predicate p = (i >= n)",
+    "@%p1 bra": "threads with p set jump past the body: the `if (i < n)` is a predicated branch",
+    "cvta.to.global.u64": "convert a generic address to a global-memory address",
+    "mul.wide.s32": "byte offset = i * 4 (sizeof(float)), widened to 64 bits",
+    "add.s64": "address = base + byte offset",
+    "ld.global.nc.f32": "load a float through the read-only (non-coherent) cache: a[i], b[i] (__restrict__ const)",
+    "add.f32": "a[i] + b[i]",
+    "st.global.f32": "store c[i]",
+    "ret": "end of the kernel (the guarded threads arrive here directly)",
+}
+
+
+def kernel_ptx_body(ptx_text: str, kernel: str = "vector_add_kernel") -> list[str]:
+    """The instruction lines of one ``.entry`` in a PTX file (declarations and braces dropped)."""
+    lines, inside = [], False
+    for raw in ptx_text.splitlines():
+        line = raw.strip()
+        if line.startswith(".visible .entry") and kernel in line:
+            inside = True
+        elif inside and line == "}":
+            break
+        elif inside and line and not line.startswith((".", "{", ")", "//")) and "_param_" not in line[:6]:
+            lines.append(" ".join(line.rstrip(";").split()))  # tabs -> single spaces
+    if not lines:
+        raise ValueError(f"no .entry for {kernel} in the PTX")
+    return lines
+
+
+def annotate_ptx(body: list[str]) -> list[tuple[str, str]]:
+    """Pair every PTX line with what it does (``PTX_NOTES``; labels and unknown lines get an empty note)."""
+    out = []
+    for line in body:
+        note = ""
+        for key, text in PTX_NOTES.items():
+            op, _, operand = key.partition(" ")
+            if line.startswith(op) and (not operand or operand in line):
+                note = text
+                break
+        if line.endswith(":"):
+            note = "label: the first instruction after the guarded body"
+        out.append((line, note))
+    return out
+
+
+def run_ptx_index_math(body: list[str], n: int, threads_per_block: int) -> dict:
+    """Execute the integer part of the PTX (params, special registers, mad, setp, the predicated branch,
+    mul.wide, the store's address) for every (block, thread) of a ``ceil(n / threads)`` launch, vectorized.
+
+    Returns which threads reach the store and the byte offset of c each of them stores to. An independent
+    reading of the compiled code: if nvcc had computed the index or the guard differently, it would show here.
+    """
+    blocks = math.ceil(n / threads_per_block)
+    shape = (blocks, threads_per_block)
+    special = {
+        "%ctaid.x": torch.arange(blocks)[:, None].expand(shape),
+        "%ntid.x": torch.full(shape, threads_per_block),
+        "%tid.x": torch.arange(threads_per_block)[None, :].expand(shape),
+    }
+    params = {0: 0, 1: 0, 2: 0, 3: n}  # pointers as base 0: offsets relative to each array
+    reg: dict[str, torch.Tensor] = {}
+    alive = torch.ones(shape, dtype=torch.bool)  # threads not branched away
+    stores = []
+
+    def val(x: str) -> torch.Tensor:
+        x = x.strip()
+        if x in reg:
+            return reg[x]
+        if x in special:
+            return special[x]
+        return torch.full(shape, int(x), dtype=torch.int64)
+
+    for line in body:
+        if line.endswith(":") or line == "ret":
+            continue
+        op, _, rest = line.partition(" ")
+        args = [a.strip() for a in rest.split(",")]
+        if op.startswith("ld.param"):
+            idx = int(args[1].rsplit("_param_", 1)[1].rstrip("]"))
+            reg[args[0]] = torch.full(shape, params[idx], dtype=torch.int64)
+        elif op == "mov.u32":
+            reg[args[0]] = val(args[1]).to(torch.int64)
+        elif op == "mad.lo.s32":
+            r = val(args[1]) * val(args[2]) + val(args[3])
+            reg[args[0]] = ((r + 2**31) % 2**32) - 2**31  # low 32 bits, signed
+        elif op.startswith("setp."):
+            cmp = op.split(".")[1]
+            a_, b_ = val(args[1]), val(args[2])
+            reg[args[0]] = {"ge": a_ >= b_, "lt": a_ < b_, "gt": a_ > b_, "le": a_ <= b_}[cmp]
+        elif op.startswith("@"):
+            pred = op[1:].lstrip("!")
+            taken = reg[pred] if not op[1:].startswith("!") else ~reg[pred]
+            alive = alive & ~taken  # a forward branch past the body: those threads skip the rest
+        elif op.startswith("cvta"):
+            reg[args[0]] = val(args[1])
+        elif op == "mul.wide.s32":
+            reg[args[0]] = val(args[1]) * val(args[2])
+        elif op == "add.s64":
+            reg[args[0]] = val(args[1]) + val(args[2])
+        elif op.startswith("st.global"):
+            stores.append(val(args[0].strip("[]")))
+        # ld.global / add.f32 move data, not indices: not needed for the index check
+    if len(stores) != 1:
+        raise ValueError(f"expected one store in the kernel, found {len(stores)}")
+    return {"stores": alive, "store_byte_offset": stores[0], "blocks": blocks}
+
+
+def check_ptx_against_simulation(body: list[str], n: int, threads_per_block: int) -> bool:
+    """The PTX's storing threads and offsets equal the simulation's guard and index (c[i] at byte 4·i)."""
+    ran = run_ptx_index_math(body, n, threads_per_block)
+    sim = simulate_vector_add(torch.zeros(n), torch.zeros(n), threads_per_block)
+    i = torch.arange(sim["blocks"])[:, None] * threads_per_block + torch.arange(threads_per_block)[None, :]
+    same_threads = torch.equal(ran["stores"], i < n) and ran["blocks"] == sim["blocks"]
+    offsets = ran["store_byte_offset"][ran["stores"]]
+    return bool(same_threads and torch.equal(offsets, 4 * i[i < n]) and (sim["writes_per_element"] == 1).all())
+
+
+AWKWARD_SIZES = [(1, 32), (31, 32), (33, 32), (255, 256), (257, 256), (1000, 256), (4097, 1024), (5, 1)]
+
+
 def nvcc_path() -> str | None:
     return shutil.which("nvcc")
 
@@ -264,12 +397,14 @@ def main(
         result["gpu"] = run_on_gpu(n, threads, rows, cols, dev)
     elif nvcc_path() is not None:
         ptx = nvcc_compile(SOURCES["vector_add"], out_dir("cuda_intro") / "vector_add.ptx", ptx=True)
-        lines = [ln.strip() for ln in ptx.read_text().splitlines()]
-        index_math = [ln for ln in lines if any(r in ln for r in ("%ctaid.x", "%ntid.x", "%tid.x", "setp"))]
-        print(f"no CUDA device; nvcc compiled vector_add.cu to PTX ({ptx}). The index math and the guard:")
-        for ln in index_math:
-            print(f"    {ln}")
-        result["ptx"] = ptx
+        body = kernel_ptx_body(ptx.read_text())
+        print(f"\nno CUDA device; nvcc compiled vector_add.cu to PTX ({ptx.name}). vector_add_kernel, line by line:")
+        for line, note in annotate_ptx(body):
+            print(f"    {line:<40} {('// ' + note) if note else ''}")
+        checks = {(size, t): check_ptx_against_simulation(body, size, t) for size, t in AWKWARD_SIZES}
+        print("the PTX's index math executed for every thread vs the simulation (which threads store, and where):")
+        print("    " + "  ".join(f"n={size}/{t}: {'OK' if ok else 'DIFFERENT'}" for (size, t), ok in checks.items()))
+        result.update(ptx=ptx, ptx_body=body, ptx_checks=checks)
     else:
         print("no CUDA device and no nvcc: the simulation above is the whole lesson here")
     return result
@@ -287,4 +422,7 @@ def parse_args() -> argparse.Namespace:
 
 
 if __name__ == "__main__":
-    main(**vars(parse_args()))
+    from pytorch_basis.common import EXPECTED_CLI_ERRORS, run_cli
+
+    # bad options or inputs: one line "error: ..." and exit 1 (LLM_SCRATCH_DEBUG=1 shows the traceback)
+    run_cli(lambda: main(**vars(parse_args())), EXPECTED_CLI_ERRORS + (TypeError,))

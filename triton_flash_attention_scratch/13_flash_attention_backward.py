@@ -90,12 +90,23 @@ def main(
             o, lse = flash_attention_forward(q, k, v, causal, None, block_q, block_k)
             qf, kf, vf = (t.clone().requires_grad_() for t in (q, k, v))
             flash_attention_torch(qf, kf, vf, causal, None, block_q, block_k).backward(do)
+            hand = naive_attention_backward(q, k, v, do, causal)
+            flash = flash_attention_backward(q, k, v, o, lse, do, causal, None, block_q, block_k)
             row = {
                 "N": n,
                 "causal": causal,
-                "hand_error": err(naive_attention_backward(q, k, v, do, causal)),
-                "flash_error": err(flash_attention_backward(q, k, v, o, lse, do, causal, None, block_q, block_k)),
+                "hand_error": err(hand),
+                "flash_error": err(flash),
                 "function_error": err((qf.grad, kf.grad, vf.grad)),
+                "tensors": {
+                    "q": q,
+                    "k": k,
+                    "v": v,
+                    "do": do,
+                    "hand": hand,
+                    "flash": flash,
+                    "function": (qf.grad, kf.grad, vf.grad),
+                },  # fmt: skip
                 "saved_naive": saved_bytes(lambda a, b, c, causal=causal: naive_attention(a, b, c, causal), qr, kr, vr),
                 "saved_flash": saved_bytes(
                     lambda a, b, c, causal=causal: flash_attention_torch(a, b, c, causal, None, block_q, block_k),
@@ -133,6 +144,12 @@ def parse_args() -> argparse.Namespace:
 
 
 if __name__ == "__main__":
-    args = parse_args()
-    args.seq_lens = tuple(args.seq_lens)
-    main(**vars(args))
+    from pytorch_basis.common import EXPECTED_CLI_ERRORS, run_cli
+
+    def _cli():
+        args = parse_args()
+        args.seq_lens = tuple(args.seq_lens)
+        main(**vars(args))
+
+    # bad options or inputs: one line "error: ..." and exit 1 (LLM_SCRATCH_DEBUG=1 shows the traceback)
+    run_cli(_cli, EXPECTED_CLI_ERRORS + (TypeError,))

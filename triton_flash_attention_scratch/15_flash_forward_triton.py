@@ -86,6 +86,7 @@ def main(
                 "err_naive": (o.float() - ref).abs().max().item(),
                 "err_part1": (o.float() - ref_p1).abs().max().item(),
                 "out_dtype": o.dtype,
+                "tensors": {"q": q, "k": k, "v": v, "o": o, "lse": lse},  # for tests that recompute the reference
             }
             results.append(row)
             print(
@@ -112,4 +113,7 @@ def parse_args():
 
 
 if __name__ == "__main__":
-    main(**vars(parse_args()))
+    from pytorch_basis.common import EXPECTED_CLI_ERRORS, run_cli
+
+    # bad options or inputs: one line "error: ..." and exit 1 (LLM_SCRATCH_DEBUG=1 shows the traceback)
+    run_cli(lambda: main(**vars(parse_args())), EXPECTED_CLI_ERRORS + (TypeError,))

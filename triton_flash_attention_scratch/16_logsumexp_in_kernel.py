@@ -65,7 +65,10 @@ def main(
     print(f"memory saved for backward: L = {bytes_l:,} bytes vs P = {bytes_p:,} bytes (fp16): {bytes_p / bytes_l:.0f}x")
     for n in (1024, 8192):
         print(f"  at N = {n}, per (batch, head): L {n * 4 / 1024:.0f} KiB vs P {n * n * 2 / 2**20:.0f} MiB")
-    return {"err_lse_ref": err_ref, "err_lse_part1": err_part1, "err_p": err_p, "row_sums": row_sums}
+    return {
+        "err_lse_ref": err_ref, "err_lse_part1": err_part1, "err_p": err_p, "row_sums": row_sums,
+        "tensors": {"q": q, "k": k, "v": v, "lse": lse, "p_rebuilt": p_rebuilt},
+    }  # fmt: skip
 
 
 def parse_args():
@@ -75,4 +78,7 @@ def parse_args():
 
 
 if __name__ == "__main__":
-    main(**vars(parse_args()))
+    from pytorch_basis.common import EXPECTED_CLI_ERRORS, run_cli
+
+    # bad options or inputs: one line "error: ..." and exit 1 (LLM_SCRATCH_DEBUG=1 shows the traceback)
+    run_cli(lambda: main(**vars(parse_args())), EXPECTED_CLI_ERRORS + (TypeError,))

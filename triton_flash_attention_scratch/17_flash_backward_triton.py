@@ -84,8 +84,9 @@ def main(
             )
             err_p1 = max((g.float() - r).abs().max().item() for g, r in zip(grads, part1))
             name = str(dtype).split(".")[-1]
+            tensors = {"q": q, "k": k, "v": v, "do": do, "grads": grads}  # for tests that recompute the reference
             results.append({"dtype": name, "causal": causal, "dq": errs[0], "dk": errs[1], "dv": errs[2],
-                            "part1": err_p1})  # fmt: skip
+                            "part1": err_p1, "tensors": tensors})  # fmt: skip
             print(f"{name:<9} {causal!s:<7} {errs[0]:>9.2e} {errs[1]:>9.2e} {errs[2]:>9.2e} {err_p1:>16.2e}")
 
     cfg = INTERPRET_CONFIGS["dkdv"].kwargs
@@ -102,4 +103,7 @@ def parse_args():
 
 
 if __name__ == "__main__":
-    main(**vars(parse_args()))
+    from pytorch_basis.common import EXPECTED_CLI_ERRORS, run_cli
+
+    # bad options or inputs: one line "error: ..." and exit 1 (LLM_SCRATCH_DEBUG=1 shows the traceback)
+    run_cli(lambda: main(**vars(parse_args())), EXPECTED_CLI_ERRORS + (TypeError,))

@@ -79,9 +79,10 @@ def main(
         grads = torch.autograd.grad(o, (q, k, v), do)
         ref = F.scaled_dot_product_attention(q, k, v, is_causal=causal, enable_gqa=True)
         ref_grads = torch.autograd.grad(ref, (q, k, v), do)
-        errs = {"O": (o - ref).abs().max().item()}
+        errs = {"O": (o - ref).abs().max().item()}  # printed; the tests recompute the reference themselves
         errs.update({n: (g - r).abs().max().item() for n, g, r in zip(("dQ", "dK", "dV"), grads, ref_grads)})
-        out["gqa"].append({"causal": causal, **errs})
+        out["gqa"].append({"causal": causal, **errs, "tensors": {"q": q, "k": k, "v": v, "do": do, "o": o,
+                                                                   "grads": grads}})  # fmt: skip
         print(f"  causal={causal!s:<5} max |triton - SDPA|: " + "  ".join(f"{n} {e:.1e}" for n, e in errs.items()))
     print(f"K/V memory vs {H} K/V heads: {H_kv / H:.0%} (the KV cache at inference shrinks the same way)")
     return out
@@ -93,4 +94,7 @@ def parse_args():
 
 
 if __name__ == "__main__":
-    main(**vars(parse_args()))
+    from pytorch_basis.common import EXPECTED_CLI_ERRORS, run_cli
+
+    # bad options or inputs: one line "error: ..." and exit 1 (LLM_SCRATCH_DEBUG=1 shows the traceback)
+    run_cli(lambda: main(**vars(parse_args())), EXPECTED_CLI_ERRORS + (TypeError,))

@@ -6,10 +6,15 @@ length rounded up to a power of two so that not every new length re-tunes — Tr
 of the space and caches the fastest; later calls with the same key reuse it.
 
 * the space (``config_space``): query tile BLOCK_M × key tile BLOCK_N × ``num_stages`` (software pipelining, next
-  step) × ``num_warps``. 36 configs per kernel;
+  step) × ``num_warps``: 36 configs per kernel in the ``full`` space. Each config of each kernel is compiled and
+  timed on the first call per key, so by default the kernels tune over a ``small`` space of 4 hand-picked
+  configs each (backward included, as Triton's fused-attention tutorial fixes its backward to one config);
+  ``LLM_SCRATCH_AUTOTUNE=full`` (or ``LLM_SCRATCH_FULL_AUTOTUNE=1``) opts into all 36, ``=off`` uses the fixed
+  ``GPU_DEFAULT_CONFIGS``;
 * pruning (``config_is_valid``, run as ``early_config_prune`` before any compilation) removes configs that are
-  *illegal* — the causal two-stage split needs the streamed tile to divide the resident one, large head dims with
-  large tiles overflow shared memory — and *pointless*: tiles longer than the sequence only compute padding.
+  *illegal* — the causal two-stage split needs the streamed tile to divide the resident one, the pipelined tiles
+  must fit in shared memory (counted with the real element size: fp32 needs twice fp16) — and *pointless*:
+  tiles longer than the sequence only compute padding.
   Fewer candidates also means a shorter tuning pause on the first call;
 * under the interpreter (no CUDA) there is a single config: timings of NumPy emulation mean nothing, and a
   multi-config ``triton.autotune`` needs a GPU to benchmark on.
@@ -30,6 +35,7 @@ import torch
 from pytorch_basis.common import add_device_argument, seed_everything
 from triton_flash_attention_scratch.triton_flash import (
     AUTOTUNE_KEY,
+    AUTOTUNE_MODE,
     INTERPRET,
     INTERPRET_CONFIGS,
     best_configs,
@@ -43,44 +49,52 @@ from triton_flash_attention_scratch.triton_flash import (
 PROBLEMS = [(128, 32), (1024, 64), (4096, 64), (4096, 128), (16384, 128), (4096, 256)]
 
 
-def pruned_counts(problems=PROBLEMS) -> dict[str, dict[tuple[int, int], int]]:
-    """How many configs of each kernel's space survive pruning, per (N, D)."""
+def pruned_counts(problems=PROBLEMS, mode: str = "full") -> dict[str, dict[tuple[int, int], int]]:
+    """How many configs of each kernel's ``mode`` space survive pruning (fp16), per (N, D)."""
     return {
-        kernel: {(n, d): sum(config_is_valid(kernel, c, n, d) for c in config_space(kernel)) for n, d in problems}
+        kernel: {(n, d): sum(config_is_valid(kernel, c, n, d) for c in config_space(kernel, mode)) for n, d in problems}
         for kernel in ("fwd", "dkdv", "dq")
     }
 
 
-def main(tune_seq_lens: tuple[int, ...] = (1024, 4096), head_dim: int = 64, device: str = "auto", seed: int = 0):
-    seed_everything(seed)
-    dev = resolve_kernel_device(device)
-    print(f"autotune key: {AUTOTUNE_KEY}")
-    counts = pruned_counts()
-    print(f"\nconfigs kept after pruning (of {len(config_space('fwd'))} per kernel):")
-    print(f"{'(N, D)':<14}" + "".join(f"{k:>7}" for k in counts))
-    for problem in PROBLEMS:
-        print(f"{str(problem):<14}" + "".join(f"{counts[k][problem]:>7}" for k in counts))
-
-    example = [c for c in config_space("fwd") if config_is_valid("fwd", c, 4096, 64)][:3]
-    print("\ne.g. forward configs kept for N=4096, D=64: " + "; ".join(describe_config(c) for c in example))
-    out = {"counts": counts, "chosen": {}}
-    if INTERPRET:
-        print("\nunder the interpreter there is one config per kernel and no benchmarking:")
-        for kernel, cfg in INTERPRET_CONFIGS.items():
-            print(f"  {kernel:<5} {describe_config(cfg)}")
-        print("autotuning itself needs a CUDA GPU")
-        return out
+def tune_and_report(tune_seq_lens: tuple[int, ...], head_dim: int, dev: torch.device) -> dict:
+    """GPU only: run forward + backward once per key (the first call with a key tunes), return the choices."""
 
     for n in tune_seq_lens:
         for causal in (False, True):
             q, k, v = (torch.randn(4, 16, n, head_dim, device=dev, dtype=torch.float16, requires_grad=True)
                        for _ in range(3))  # fmt: skip
             flash_attention(q, k, v, causal=causal).sum().backward()  # first call with this key: tunes
-    out["chosen"] = best_configs()
+    chosen = best_configs()
     print("\nconfigs chosen by the autotuner (key = N_CTX_BUCKET, HEAD_DIM, CAUSAL, then dtypes):")
-    for kernel, table in out["chosen"].items():
+    for kernel, table in chosen.items():
         for key, cfg in table.items():
             print(f"  {kernel:<5} {key}: {cfg}")
+    return chosen
+
+
+def main(tune_seq_lens: tuple[int, ...] = (1024, 4096), head_dim: int = 64, device: str = "auto", seed: int = 0):
+    seed_everything(seed)
+    dev = resolve_kernel_device(device)
+    print(f"autotune key: {AUTOTUNE_KEY}; autotune mode {AUTOTUNE_MODE!r} (LLM_SCRATCH_AUTOTUNE=small|full|off)")
+    counts = pruned_counts()
+    small = pruned_counts(mode="small")
+    print(f"\nconfigs kept after pruning, fp16: full space (of {len(config_space('fwd', 'full'))} per kernel) "
+          f"/ small space (of {len(config_space('fwd', 'small'))})")  # fmt: skip
+    print(f"{'(N, D)':<14}" + "".join(f"{k:>9}" for k in counts))
+    for problem in PROBLEMS:
+        print(f"{str(problem):<14}" + "".join(f"{counts[k][problem]:>5} /{small[k][problem]:>2}" for k in counts))
+
+    example = [c for c in config_space("fwd", "full") if config_is_valid("fwd", c, 4096, 64)][:3]
+    print("\ne.g. forward configs kept for N=4096, D=64: " + "; ".join(describe_config(c) for c in example))
+    out = {"counts": counts, "small_counts": small, "chosen": {}}
+    if INTERPRET:
+        print("\nunder the interpreter there is one config per kernel and no benchmarking:")
+        for kernel, cfg in INTERPRET_CONFIGS.items():
+            print(f"  {kernel:<5} {describe_config(cfg)}")
+        print("autotuning itself needs a CUDA GPU")
+    else:
+        out["chosen"] = tune_and_report(tune_seq_lens, head_dim, dev)
     return out
 
 
@@ -96,4 +110,7 @@ def parse_args():
 
 
 if __name__ == "__main__":
-    main(**vars(parse_args()))
+    from pytorch_basis.common import EXPECTED_CLI_ERRORS, run_cli
+
+    # bad options or inputs: one line "error: ..." and exit 1 (LLM_SCRATCH_DEBUG=1 shows the traceback)
+    run_cli(lambda: main(**vars(parse_args())), EXPECTED_CLI_ERRORS + (TypeError,))

@@ -1,9 +1,9 @@
-"""Step 20 — Triton tricks: software pipelining with ``num_stages``.
+"""Step 20 — Triton tricks: software pipelining with ``num_stages``, seen in the compiled code.
 
 What this step adds: the forward loop does, per key block, *load K_j, V_j from HBM* then *compute with them*.
 Run naively, the tensor cores wait for every load. With ``num_stages = s`` the compiler rewrites the ``for`` loop
-(``tl.range`` in the kernels) into a pipeline: while block j is being computed, the loads of blocks j+1 … j+s-1
-are already in flight (``cp.async`` on Ampere, TMA on Hopper) into s rotating shared-memory buffers:
+(``tl.range`` in the kernels) into a pipeline: while block j is being computed, the loads of the next blocks are
+already in flight into rotating shared-memory buffers:
 
     stages=1:  load K0 | math 0 | load K1 | math 1 | load K2 | math 2          memory and math take turns
     stages=3:  load K0  load K1  load K2
@@ -15,11 +15,19 @@ out of shared memory (the config fails to compile, which the autotuner's pruning
 (fewer programs per SM), so the best s depends on the tile and the GPU: that is why ``num_stages`` is part of the
 autotuned config space (step 19).
 
-On CUDA this lesson times the forward kernel with one fixed tile and num_stages = 1 … 4 (TFLOP/s, do_bench).
-Under the interpreter ``num_stages`` is accepted and ignored (there is no memory hierarchy to overlap): the
-lesson checks that the results do not depend on it and prints the shared-memory cost instead.
+What the compiled code shows (``compile_ahead_of_time``: ``triton.compile`` for sm_80 / sm_90, no GPU needed):
+per ``num_stages`` the lesson prints the shared memory of the compiled kernel and the number of asynchronous
+copy instructions in its PTX, next to the formula. ``cp.async.cg/ca`` (Ampere's global→shared copy that does not
+go through registers) appears only from 2 stages on and grows with s, as does the shared memory. On sm_90
+(Hopper) the same kernel also uses ``cp.async`` for its loads — **not** TMA (``cp.async.bulk.tensor``, which
+Triton emits for tensor descriptors, not for the pointer arithmetic these kernels use) — and ``wgmma.mma_async``
+(warpgroup matmul) instead of Ampere's ``mma.sync`` for the tensor cores. (Under the interpreter ``num_stages`` is
+accepted and ignored: there is no memory hierarchy to overlap, so only the compiled code can show it.)
 
-Run:  python triton_flash_attention_scratch/20_software_pipelining.py [--seq-len 4096 --head-dim 64]  (GPU)
+On CUDA the lesson also times the forward kernel with one fixed tile and num_stages = 1 … 4 (TFLOP/s, do_bench).
+
+Run:  python triton_flash_attention_scratch/20_software_pipelining.py [--seq-len 4096 --head-dim 64]
+      (ahead-of-time compilation: ~5 s per kernel and target on a CPU)
 """
 
 import sys
@@ -32,53 +40,26 @@ import torch
 
 from pytorch_basis.common import seed_everything
 from triton_flash_attention_scratch.triton_flash import (
-    INTERPRET,
     attention_flops,
     attention_forward,
+    compile_ahead_of_time,
     do_bench_ms,
     lesson_parser,
     padded_head_dim,
     resolve_kernel_device,
+    smem_estimate_bytes,
 )
 
 
 def stage_smem_bytes(num_stages: int, block_n: int, head_dim: int, itemsize: int = 2) -> int:
-    """Shared memory of the pipelined K and V tiles: num_stages × 2 tiles × BLOCK_N × D elements."""
-    return num_stages * 2 * block_n * padded_head_dim(head_dim) * itemsize
+    """Shared memory of the pipelined K and V tiles: num_stages × 2 tiles × BLOCK_N × D elements (the module's
+    ``smem_estimate_bytes``, which the autotuner's pruning and the explicit-config check use)."""
+    return smem_estimate_bytes("fwd", 16, block_n, num_stages, head_dim, itemsize)
 
 
-def main(
-    batch: int = 4,
-    heads: int = 16,
-    seq_len: int = 4096,
-    head_dim: int = 64,
-    block_m: int = 128,
-    block_n: int = 64,
-    num_warps: int = 8,
-    stages: tuple[int, ...] = (1, 2, 3, 4),
-    device: str = "auto",
-    seed: int = 0,
-) -> dict:
-    seed_everything(seed)
-    dev = resolve_kernel_device(device)
-    print(f"forward tile BLOCK_M={block_m}, BLOCK_N={block_n}, D={head_dim}: shared memory of the K/V pipeline")
-    smem = {s: stage_smem_bytes(s, block_n, head_dim) for s in stages}
-    for s, b in smem.items():
-        print(f"  num_stages={s}: {b / 1024:>5.0f} KiB  (an H100 SM has up to 228 KiB)")
-    out = {"smem": smem, "tflops": {}}
-
-    if INTERPRET:
-        B, H, N = 1, 2, 70  # tiny: the interpreter is slow and num_stages is only accepted, not used
-        q, k, v = (torch.randn(B, H, N, head_dim, device=dev) for _ in range(3))
-        outs = [
-            attention_forward(q, k, v, causal=True, config={"BLOCK_M": 32, "BLOCK_N": 16, "num_stages": s})[0]
-            for s in (1, 3)
-        ]
-        out["max_diff_between_stages"] = (outs[0] - outs[1]).abs().max().item()
-        print(f"\ninterpreter: num_stages=1 vs 3 give the same output (max diff {out['max_diff_between_stages']})")
-        print("timing the pipeline needs a CUDA GPU")
-        return out
-
+def time_stages(batch, heads, seq_len, head_dim, block_m, block_n, num_warps, stages, dev) -> dict:
+    """GPU only: forward TFLOP/s per num_stages, causal and not."""
+    tflops: dict = {}
     for causal in (False, True):
         q, k, v = (torch.randn(batch, heads, seq_len, head_dim, device=dev, dtype=torch.float16) for _ in range(3))
         flops = attention_flops(batch, heads, seq_len, head_dim, causal)
@@ -90,18 +71,80 @@ def main(
             except Exception as e:  # e.g. out of shared memory for a deep pipeline
                 print(f"  num_stages={s}: failed ({type(e).__name__}: {str(e).splitlines()[0][:80]})")
                 continue
-            out["tflops"][(causal, s)] = flops / ms * 1e-9
+            tflops[(causal, s)] = flops / ms * 1e-9
             print(f"  num_stages={s}: {ms:8.3f} ms  {flops / ms * 1e-9:7.1f} TFLOP/s")
+    return tflops
+
+
+def main(
+    batch: int = 4,
+    heads: int = 16,
+    seq_len: int = 4096,
+    head_dim: int = 64,
+    block_m: int = 128,
+    block_n: int = 64,
+    num_warps: int = 8,
+    stages: tuple[int, ...] = (1, 2, 3, 4),
+    archs: tuple[int, ...] = (80, 90),
+    device: str = "auto",
+    seed: int = 0,
+) -> dict:
+    seed_everything(seed)
+    print(f"forward tile BLOCK_M={block_m}, BLOCK_N={block_n}, D={head_dim}, fp16, {num_warps} warps: "
+          "compiled ahead of time")  # fmt: skip
+    smem = {s_: stage_smem_bytes(s_, block_n, head_dim) for s_ in stages}
+    jobs = [
+        {"kernel": "fwd", "arch": arch, "dtype": "float16", "head_dim": head_dim, "causal": False,
+         "config": {"BLOCK_M": block_m, "BLOCK_N": block_n, "num_warps": num_warps, "num_stages": s_}}
+        for arch in archs for s_ in stages
+    ]  # fmt: skip
+    facts = compile_ahead_of_time(jobs)
+    compiled = {(f["arch"], f["config"]["num_stages"]): f for f in facts}
+    one_stage = smem[stages[0]] // stages[0]  # one K tile + one V tile
+    q_tile = block_m * padded_head_dim(head_dim) * 2
+    print(f"{'target':<7} {'stages':>6} {'formula KiB':>12} {'compiled KiB':>13} {'K/V buffers':>12} {'cp.async':>9} "
+          f"{'TMA':>4} {'tensor-core op':>15}")  # fmt: skip
+    for arch in archs:
+        for s_ in stages:
+            f = compiled[(arch, s_)]
+            f["kv_buffers"] = (f["shared_bytes"] - q_tile) / one_stage
+            mma = f"wgmma x{f['wgmma']}" if f["wgmma"] else f"mma.sync x{f['mma_sync']}"
+            print(f"sm_{arch:<4} {s_:>6} {smem[s_] / 1024:>12.0f} {f['shared_bytes'] / 1024:>13.0f} "
+                  f"{f['kv_buffers']:>12.1f} {f['cp_async']:>9} {f['tma']:>4} {mma:>15}")  # fmt: skip
+    print("formula: num_stages x 2 tiles (K, V) x BLOCK_N x D x 2 bytes. compiled: the kernel's shared memory;")
+    print(
+        f"K/V buffers = (compiled - the Q tile's {q_tile // 1024} KiB) / one K+V tile ({one_stage // 1024} KiB). "
+        "Each extra stage costs one K+V tile;"
+    )
+    print("whether the compiler keeps s or s-1 buffers (the last load can reuse the buffer being consumed) depends")
+    print("on the target and the Triton version. An H100 allows up to 227 KiB per block, an A100 163 KiB.")
+    out = {"smem": smem, "compiled": compiled, "tflops": {}}
+    dev = resolve_kernel_device(device)
+    if dev.type == "cuda":
+        out["tflops"] = time_stages(batch, heads, seq_len, head_dim, block_m, block_n, num_warps, stages, dev)
+    else:
+        print("\ntiming the pipeline needs a CUDA GPU")
     return out
 
 
 def parse_args():
     p = lesson_parser(__doc__, batch=4, heads=16, seq_len=4096, head_dim=64, block_m=128, block_n=64, num_warps=8)
     p.add_argument("--stages", type=int, nargs="+", default=[1, 2, 3, 4])
+    p.add_argument(
+        "--archs",
+        type=int,
+        nargs="+",
+        default=[80, 90],
+        choices=[80, 86, 89, 90],
+        help="compute capabilities to compile for (80 = A100, 90 = H100)",
+    )
     args = p.parse_args()
-    args.stages = tuple(args.stages)
+    args.stages, args.archs = tuple(args.stages), tuple(args.archs)
     return args
 
 
 if __name__ == "__main__":
-    main(**vars(parse_args()))
+    from pytorch_basis.common import EXPECTED_CLI_ERRORS, run_cli
+
+    # bad options or inputs: one line "error: ..." and exit 1 (LLM_SCRATCH_DEBUG=1 shows the traceback)
+    run_cli(lambda: main(**vars(parse_args())), EXPECTED_CLI_ERRORS + (TypeError,))

@@ -15,9 +15,13 @@ What this step adds: the check-then-measure routine for the whole kernel.
        forward  = 4 · B · H · N² · D        (two N×N×D matmuls, 2 FLOPs per multiply-add), × 0.5 when causal
        backward = 2.5 × forward             (five matmuls instead of two)
 
-   B·N is held at 16k tokens, H = 2048 / D (model width 2048). Results go to ``out/triton_flash_attention/``
-   as a Markdown table (``benchmark.md``) and JSON, with device, versions and the fraction of the GPU's dense
-   fp16/bf16 peak where the GPU is known.
+   B·N is held at 16k tokens, H = 2048 / D (model width 2048). Ours and SDPA are timed side by side for each
+   shape (interleaved, the 20/50/80 % quantiles kept), so load on the GPU affects both alike. Results go to
+   ``out/triton_flash_attention/`` as a Markdown table (``benchmark.md``) and JSON, with device, versions and
+   the fraction of the GPU's dense fp16/bf16 peak where the GPU is known. ``--grid trimmed`` is the short grid
+   (N = 1024, 4096, 16384; D = 64, 128; fp16, bf16; causal and not; ours vs SDPA), also callable as
+   ``benchmark_rows()`` from other scripts; ``--configs default`` times the fixed ``GPU_DEFAULT_CONFIGS``
+   instead of autotuning (autotuning volume: ``LLM_SCRATCH_AUTOTUNE=small|full|off``, see ``triton_flash.py``).
 
 Without CUDA the lesson says that timing needs a GPU: the interpreter emulates each program with NumPy.
 
@@ -38,6 +42,7 @@ import torch.nn.functional as F
 from pytorch_basis.common import add_device_argument, atomic_write_text, out_dir, seed_everything
 from triton_flash_attention_scratch.attention_torch import flash_attention_torch
 from triton_flash_attention_scratch.triton_flash import (
+    GPU_DEFAULT_CONFIGS,
     INTERPRET,
     attention_flops,
     do_bench_ms,
@@ -49,6 +54,12 @@ from triton_flash_attention_scratch.triton_flash import (
 PEAK_TFLOPS = {"H100 PCIe": 756.0, "H100": 989.4, "H200": 989.4, "A100": 312.0, "L4": 121.0, "RTX 4090": 165.2}
 TOKENS = 16384
 MODEL_WIDTH = 2048
+TRIMMED_GRID = {
+    "seq_lens": (1024, 4096, 16384),
+    "head_dims": (64, 128),
+    "dtypes": ("float16", "bfloat16"),
+    "causal": (False, True),
+}
 
 
 def peak_tflops(device_name: str) -> float | None:
@@ -66,7 +77,8 @@ def check_correctness(dev: torch.device, seq_len: int = 45, head_dim: int = 32) 
         for causal in (False, True):
             q, k, v = (torch.randn(2, 2, seq_len, head_dim, device=dev, dtype=dtype, requires_grad=True)
                        for _ in range(3))  # fmt: skip
-            o = flash_attention(q, k, v, causal=causal)
+            # fixed tiles on a GPU: each dtype x causality compiles once instead of autotuning 6 keys
+            o = flash_attention(q, k, v, causal=causal, configs=GPU_DEFAULT_CONFIGS if dev.type == "cuda" else None)
             do = torch.randn_like(o)
             grads = torch.autograd.grad(o, (q, k, v), do)
             q32, k32, v32 = (t.detach().float().requires_grad_() for t in (q, k, v))
@@ -76,7 +88,8 @@ def check_correctness(dev: torch.device, seq_len: int = 45, head_dim: int = 32) 
                 (a.float() - b).abs().max().item() for a, b in zip((o, *grads), (ref, *ref_grads))
             )  # worst of O, dQ, dK, dV
             tol = 1e-4 if dtype == torch.float32 else (1e-2 if dtype == torch.float16 else 3e-2)
-            rows.append({"dtype": str(dtype).split(".")[-1], "causal": causal, "max_err": err, "ok": err < tol})
+            rows.append({"dtype": str(dtype).split(".")[-1], "causal": causal, "max_err": err, "ok": err < tol,
+                         "tensors": {"q": q, "k": k, "v": v, "do": do, "o": o, "grads": grads}})  # fmt: skip
     return rows
 
 
@@ -116,6 +129,137 @@ def bench_one(impl: str, N: int, D: int, dtype: torch.dtype, causal: bool, dev: 
     return result
 
 
+def _quantiles_ms(fn, grad_to_none=None, warmup: int = 25, rep: int = 100) -> tuple[float, float, float]:
+    import triton.testing
+
+    q20, q50, q80 = triton.testing.do_bench(
+        fn, warmup=warmup, rep=rep, grad_to_none=grad_to_none, quantiles=[0.2, 0.5, 0.8]
+    )
+    return float(q20), float(q50), float(q80)
+
+
+def _measure_pair(row: dict, dtype: torch.dtype, cfg, dev: torch.device, warmup: int, rep: int) -> None:
+    """Fill ``row`` with forward and backward timings of ours and SDPA (flash backend), measured alternately."""
+    from torch.nn.attention import SDPBackend, sdpa_kernel
+
+    B, H, N, D, causal = row["B"], row["H"], row["N"], row["D"], row["causal"]
+    q, k, v = (torch.randn(B, H, N, D, device=dev, dtype=dtype, requires_grad=True) for _ in range(3))
+    do = torch.randn(B, H, N, D, device=dev, dtype=dtype)
+
+    def ours():
+        return flash_attention(q, k, v, causal=causal, configs=cfg)
+
+    def sdpa():
+        with sdpa_kernel(SDPBackend.FLASH_ATTENTION):
+            return F.scaled_dot_product_attention(q, k, v, is_causal=causal)
+
+    impls = (("ours", ours), ("sdpa", sdpa))
+    for _, fn in impls:  # warm-up (ours autotunes here unless configs are fixed)
+        fn().backward(do)
+    flops = {m: attention_flops(B, H, N, D, causal, m) for m in ("fwd", "bwd")}
+    times = {}
+    for name, fn in impls:  # side by side, same conditions
+        with torch.no_grad():
+            times[(name, "fwd")] = _quantiles_ms(fn, warmup=warmup, rep=rep)
+    for name, fn in impls:
+        o = fn()
+        times[(name, "bwd")] = _quantiles_ms(
+            lambda o=o: o.backward(do, retain_graph=True), grad_to_none=[q, k, v], warmup=warmup, rep=rep
+        )
+    for (name, mode), (q20, q50, q80) in times.items():
+        row[f"{name}_{mode}_ms"] = q50
+        row[f"{name}_{mode}_ms_q20"], row[f"{name}_{mode}_ms_q80"] = q20, q80
+        row[f"{name}_{mode}_tflops"] = flops[mode] / q50 * 1e-9
+    for mode in ("fwd", "bwd"):
+        row[f"{mode}_vs_sdpa"] = row[f"ours_{mode}_tflops"] / row[f"sdpa_{mode}_tflops"]
+
+
+def benchmark_rows(
+    seq_lens: tuple[int, ...] = TRIMMED_GRID["seq_lens"],
+    head_dims: tuple[int, ...] = TRIMMED_GRID["head_dims"],
+    dtypes: tuple[str, ...] = TRIMMED_GRID["dtypes"],
+    causal: tuple[bool, ...] = TRIMMED_GRID["causal"],
+    configs: str | dict | None = None,
+    time_limit_s: float | None = None,
+    warmup: int = 25,
+    rep: int = 100,
+    device: str = "cuda",
+    log=print,
+) -> list[dict]:
+    """Forward and backward TFLOP/s of ours vs SDPA's flash backend, one row per (dtype, D, causal, N).
+
+    ``configs``: None autotunes (``LLM_SCRATCH_AUTOTUNE`` decides how much), ``"default"`` uses
+    ``GPU_DEFAULT_CONFIGS``, a dict ``{"fwd": {...}, "dkdv": {...}, "dq": {...}}`` fixes the tiles.
+    Each row: ``dtype, D, N, B, H, causal``, then per implementation ``ours_``/``sdpa_`` +
+    ``fwd_ms, bwd_ms`` (medians), ``fwd_ms_q20/q80, bwd_ms_q20/q80`` (spread), ``fwd_tflops, bwd_tflops``, and
+    ``fwd_vs_sdpa, bwd_vs_sdpa`` (ours / SDPA throughput) and ``status`` ("ok", "time limit" or the error line).
+    Rows past ``time_limit_s`` (seconds from the call) are returned with status "time limit", not run.
+    """
+    if INTERPRET or not torch.cuda.is_available():
+        raise RuntimeError("benchmark_rows needs a CUDA GPU (the interpreter's timings mean nothing)")
+    dev = torch.device(device)
+    cfg = GPU_DEFAULT_CONFIGS if configs == "default" else configs
+    start = time.monotonic()
+    rows = []
+    for dtype_name in dtypes:
+        dtype = getattr(torch, dtype_name)
+        for D in head_dims:
+            for is_causal in causal:
+                for N in seq_lens:
+                    B, H = max(1, TOKENS // N), MODEL_WIDTH // D
+                    row = {"dtype": dtype_name, "D": D, "N": N, "B": B, "H": H, "causal": is_causal}
+                    rows.append(row)
+                    if time_limit_s is not None and time.monotonic() - start > time_limit_s:
+                        row["status"] = "time limit"
+                        continue
+                    try:
+                        _measure_pair(row, dtype, cfg, dev, warmup, rep)
+                        row["status"] = "ok"
+                    except Exception as e:  # noqa: BLE001 - one failing shape must not stop the others
+                        row["status"] = f"{type(e).__name__}: {str(e).splitlines()[0][:160]}" if str(e) else repr(e)
+                    finally:
+                        torch.cuda.empty_cache()
+                    if log is not None:
+                        log(format_row(row))
+    return rows
+
+
+def format_row(row: dict) -> str:
+    head = f"{row['dtype']:<8} D={row['D']:<3} causal={row['causal']!s:<5} N={row['N']:<5}"
+    if row.get("status") != "ok":
+        return f"   {head} {row.get('status')}"
+    return (
+        f"   {head} fwd ours {row['ours_fwd_tflops']:6.1f} sdpa {row['sdpa_fwd_tflops']:6.1f} "
+        f"(x{row['fwd_vs_sdpa']:.2f})  bwd ours {row['ours_bwd_tflops']:6.1f} sdpa {row['sdpa_bwd_tflops']:6.1f} "
+        f"(x{row['bwd_vs_sdpa']:.2f}) TFLOP/s"
+    )
+
+
+def comparison_table(rows: list[dict], peak: float | None) -> str:
+    """Markdown: ours vs SDPA per shape, forward and backward TFLOP/s, ratio, % of the peak, p20-p80 spread."""
+    head = (
+        "| dtype | causal | D | N | B×H | fwd ours | fwd SDPA | fwd ours/SDPA | bwd ours | bwd SDPA | bwd ours/SDPA |"
+    )
+    if peak:
+        head += " fwd ours % peak |"
+    head += " fwd ours p20–p80 ms |"
+    lines = [head, "|" + "---|" * (head.count("|") - 1)]
+    for r in rows:
+        start = f"| {r['dtype']} | {r['causal']} | {r['D']} | {r['N']} | {r['B']}×{r['H']} |"
+        if r.get("status") != "ok":
+            lines.append(start + f" {r.get('status')} |" + " |" * (head.count("|") - 7))
+            continue
+        line = (
+            f"{start} {r['ours_fwd_tflops']:.1f} | {r['sdpa_fwd_tflops']:.1f} | {r['fwd_vs_sdpa']:.2f} | "
+            f"{r['ours_bwd_tflops']:.1f} | {r['sdpa_bwd_tflops']:.1f} | {r['bwd_vs_sdpa']:.2f} |"
+        )
+        if peak:
+            line += f" {100 * r['ours_fwd_tflops'] / peak:.0f}% |"
+        line += f" {r['ours_fwd_ms_q20']:.3f}–{r['ours_fwd_ms_q80']:.3f} |"
+        lines.append(line)
+    return "\n".join(lines) + "\n"
+
+
 def markdown_table(rows: list[dict], peak: float | None) -> str:
     head = "| impl | dtype | causal | D | N | B×H | fwd TFLOP/s | bwd TFLOP/s | fwd+bwd TFLOP/s |"
     if peak:
@@ -132,30 +276,9 @@ def markdown_table(rows: list[dict], peak: float | None) -> str:
     return "\n".join(lines) + "\n"
 
 
-def main(
-    seq_lens: tuple[int, ...] = (1024, 2048, 4096, 8192, 16384),
-    head_dims: tuple[int, ...] = (64, 128),
-    dtypes: tuple[str, ...] = ("float16", "bfloat16"),
-    impls: tuple[str, ...] = ("triton", "sdpa", "part1"),
-    part1_max_n: int = 2048,
-    bench: bool = True,
-    device: str = "auto",
-    seed: int = 0,
-) -> dict:
-    seed_everything(seed)
-    dev = resolve_kernel_device(device)
-    print(f"1. correctness on {dev} ({'Triton interpreter' if INTERPRET else 'compiled Triton'}) vs SDPA")
-    checks = check_correctness(dev)
-    for r in checks:
-        print(f"   {r['dtype']:<9} causal={r['causal']!s:<5} worst of O/dQ/dK/dV: {r['max_err']:.1e} "
-              f"{'OK' if r['ok'] else 'MISMATCH'}")  # fmt: skip
-    out = {"checks": checks, "rows": []}
-    if not bench:
-        return out
-    if dev.type != "cuda":
-        print("\n2. benchmark: timing needs a CUDA GPU (the interpreter emulates every program with NumPy on the CPU)")
-        return out
-
+def run_benchmark(seq_lens, head_dims, dtypes, impls, part1_max_n, configs, dev) -> dict:
+    """GPU only: ours vs SDPA (and part 1's loops) over the grid; writes benchmark.md / .json and returns rows."""
+    out: dict = {"rows": []}
     name = torch.cuda.get_device_name(dev)
     peak = peak_tflops(name)
     import triton
@@ -166,26 +289,58 @@ def main(
         + (f", dense fp16/bf16 peak {peak} TFLOP/s" if peak else "")
     )
     print(f"\n2. benchmark: {meta}")
-    for dtype_name in dtypes:
-        for D in head_dims:
-            for causal in (False, True):
-                for N in seq_lens:
-                    for impl in impls:
-                        if impl == "part1" and N > part1_max_n:
-                            continue
-                        r = bench_one(impl, N, D, getattr(torch, dtype_name), causal, dev)
-                        out["rows"].append(r)
-                        print(
-                            f"   {impl:<6} {dtype_name:<8} causal={causal!s:<5} D={D:<3} N={N:<5} "
-                            f"fwd {r['fwd_tflops']:6.1f}  bwd {r['bwd_tflops']:6.1f}  "
-                            f"fwd+bwd {r['fwd_bwd_tflops']:6.1f} TFLOP/s"
-                        )
-                        torch.cuda.empty_cache()
+    if "triton" in impls and "sdpa" in impls:
+        out["rows"] = benchmark_rows(seq_lens, head_dims, dtypes, (False, True), configs=configs, device=str(dev))
+    report = f"{meta}\n\n" + comparison_table(out["rows"], peak)
+    if "part1" in impls:
+        part1 = []
+        for dtype_name in dtypes:
+            for D in head_dims:
+                for N in (n for n in seq_lens if n <= part1_max_n):
+                    r = bench_one("part1", N, D, getattr(torch, dtype_name), False, dev)
+                    part1.append(r)
+                    print(f"   part1  {dtype_name:<8} D={D:<3} N={N:<5} fwd {r['fwd_tflops']:6.2f} TFLOP/s")
+        out["part1_rows"] = part1
+        report += "\npart 1 (PyTorch tiled loops, non-causal)\n\n" + markdown_table(part1, peak)
     folder = out_dir("triton_flash_attention")
-    atomic_write_text(f"{meta}\n\n" + markdown_table(out["rows"], peak), folder / "benchmark.md")
-    atomic_write_text(json.dumps({"meta": meta, "rows": out["rows"]}, indent=1), folder / "benchmark.json")
+    atomic_write_text(report, folder / "benchmark.md")
+    atomic_write_text(json.dumps({"meta": meta, **out}, indent=1, default=str), folder / "benchmark.json")
     print(f"\nwrote {folder / 'benchmark.md'}")
     out["meta"] = meta
+    return out
+
+
+def main(
+    seq_lens: tuple[int, ...] = (1024, 2048, 4096, 8192, 16384),
+    head_dims: tuple[int, ...] = (64, 128),
+    dtypes: tuple[str, ...] = ("float16", "bfloat16"),
+    impls: tuple[str, ...] = ("triton", "sdpa", "part1"),
+    part1_max_n: int = 2048,
+    grid: str = "full",
+    configs: str | None = None,
+    bench: bool = True,
+    device: str = "auto",
+    seed: int = 0,
+) -> dict:
+    seed_everything(seed)
+    if grid not in ("full", "trimmed"):
+        raise ValueError(f"--grid must be full or trimmed, got {grid!r}")
+    if configs not in (None, "default"):
+        raise ValueError(f"--configs must be 'default' (GPU_DEFAULT_CONFIGS) or absent (autotune), got {configs!r}")
+    if grid == "trimmed":
+        seq_lens, head_dims, dtypes = TRIMMED_GRID["seq_lens"], TRIMMED_GRID["head_dims"], TRIMMED_GRID["dtypes"]
+        impls = ("triton", "sdpa")
+    dev = resolve_kernel_device(device)
+    print(f"1. correctness on {dev} ({'Triton interpreter' if INTERPRET else 'compiled Triton'}) vs SDPA")
+    checks = check_correctness(dev)
+    for r in checks:
+        print(f"   {r['dtype']:<9} causal={r['causal']!s:<5} worst of O/dQ/dK/dV: {r['max_err']:.1e} "
+              f"{'OK' if r['ok'] else 'MISMATCH'}")  # fmt: skip
+    out = {"checks": checks, "rows": []}
+    if bench and dev.type == "cuda":
+        out.update(run_benchmark(seq_lens, head_dims, dtypes, impls, part1_max_n, configs, dev))
+    elif bench:
+        print("\n2. benchmark: timing needs a CUDA GPU (the interpreter emulates every program with NumPy on the CPU)")
     return out
 
 
@@ -196,6 +351,15 @@ def parse_args():
     p.add_argument("--dtypes", nargs="+", default=["float16", "bfloat16"], choices=["float16", "bfloat16"])
     p.add_argument("--impls", nargs="+", default=["triton", "sdpa", "part1"], choices=["triton", "sdpa", "part1"])
     p.add_argument("--part1-max-n", type=int, default=2048, help="longest N for the slow part-1 PyTorch version")
+    p.add_argument(
+        "--grid",
+        choices=["full", "trimmed"],
+        default="full",
+        help="trimmed: N 1024/4096/16384, D 64/128, fp16/bf16, causal or not, ours vs SDPA",
+    )
+    p.add_argument(
+        "--configs", choices=["default"], default=None, help="'default': time GPU_DEFAULT_CONFIGS instead of autotuning"
+    )
     p.add_argument("--no-bench", dest="bench", action="store_false", help="only the correctness check")
     p.add_argument("--seed", type=int, default=0)
     add_device_argument(p)
@@ -206,4 +370,7 @@ def parse_args():
 
 
 if __name__ == "__main__":
-    main(**vars(parse_args()))
+    from pytorch_basis.common import EXPECTED_CLI_ERRORS, run_cli
+
+    # bad options or inputs: one line "error: ..." and exit 1 (LLM_SCRATCH_DEBUG=1 shows the traceback)
+    run_cli(lambda: main(**vars(parse_args())), EXPECTED_CLI_ERRORS + (TypeError,))

@@ -26,7 +26,7 @@ import torch
 
 from pytorch_basis.common import add_device_argument, seed_everything, synchronize
 from pytorch_gpt2_from_scratch.model import GPT, GPTConfig
-from triton_flash_attention_scratch.triton_flash import resolve_kernel_device
+from triton_flash_attention_scratch.triton_flash import INTERPRET, resolve_kernel_device
 
 
 def markov_batches(
@@ -83,9 +83,15 @@ def main(
     print(f"GPT-2 preset {preset!r}, {steps} AdamW steps of {batch}x{seq_len} tokens on {dev}")
     losses = {}
     secs = {}
+    how = {
+        "sdpa": f"PyTorch's compiled kernels on {dev.type}",
+        "triton": "Triton's CPU interpreter (NumPy emulation of every program: a correctness run, not a speed)"
+        if INTERPRET
+        else "compiled Triton kernels",
+    }
     for impl in ("sdpa", "triton"):
         losses[impl], secs[impl] = train(impl, batches, preset, lr, dev, seed)
-        print(f"  attn_impl={impl!r:<9} {secs[impl]:.2f} s/step")
+        print(f"  attn_impl={impl!r:<9} {secs[impl]:.2f} s/step  ({how[impl]})")
     diffs = [abs(a - b) for a, b in zip(losses["sdpa"], losses["triton"])]
     print(f"\n{'step':>4} {'loss sdpa':>12} {'loss triton':>12} {'|diff|':>10}")
     for i, (a, b, d) in enumerate(zip(losses["sdpa"], losses["triton"], diffs)):
@@ -109,5 +115,11 @@ def parse_args():
 
 
 if __name__ == "__main__":
-    out = main(**vars(parse_args()))
-    raise SystemExit(0 if out["ok"] else 1)
+    from pytorch_basis.common import EXPECTED_CLI_ERRORS, run_cli
+
+    def _cli():
+        out = main(**vars(parse_args()))
+        raise SystemExit(0 if out["ok"] else 1)
+
+    # bad options or inputs: one line "error: ..." and exit 1 (LLM_SCRATCH_DEBUG=1 shows the traceback)
+    run_cli(_cli, EXPECTED_CLI_ERRORS + (TypeError,))

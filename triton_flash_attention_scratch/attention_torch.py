@@ -25,7 +25,10 @@ Milakov & Gimelshein, "Online normalizer calculation for softmax" (2018).
 
 from __future__ import annotations
 
+import contextlib
 import math
+import os
+import sys
 from collections.abc import Callable
 
 import torch
@@ -277,6 +280,46 @@ def flash_attention_forward_simple(
     return o.reshape(B, H, N, D).to(q.dtype)
 
 
+def flash_forward_row_trace(
+    q_row: torch.Tensor, k: torch.Tensor, v: torch.Tensor, block_k: int, sm_scale: float | None = None
+) -> list[dict]:
+    """The FlashAttention-2 forward for ONE query row q (D,) over keys/values k, v (N, D), block by block.
+
+    One entry per key block j, with the state *before* and *after* folding it in::
+
+        s_j    = K_j q · sm_scale                       (block_k scores)
+        m_new  = max(m, max s_j)        alpha = e^(m - m_new)       (rescale of what was accumulated)
+        l      = alpha · l + Σ e^(s_j - m_new)
+        õ      = alpha · õ + Σ_t e^(s_jt - m_new) V_jt                (unnormalised output, (D,))
+
+    After the last block, o = õ / l. The running values are exactly the softmax statistics of the keys seen so far:
+    m = their max, l = Σ e^(s - m), õ / l = softmax(s_prefix) V_prefix — which the lesson and the tests check.
+    """
+    if q_row.dim() != 1 or k.dim() != 2 or v.shape != k.shape or k.shape[1] != q_row.shape[0]:
+        raise ValueError(f"q_row must be (D,), k and v (N, D); got {tuple(q_row.shape)}, {tuple(k.shape)}, "
+                         f"{tuple(v.shape)}")  # fmt: skip
+    _check_blocks(block_k=block_k)
+    scale = _scale(sm_scale, q_row.shape[0])
+    m = torch.tensor(float("-inf"), dtype=q_row.dtype)
+    l = torch.zeros((), dtype=q_row.dtype)  # noqa: E741 - the paper's symbol
+    o = torch.zeros_like(q_row)
+    steps = []
+    for start in range(0, k.shape[0], block_k):
+        kj, vj = k[start : start + block_k], v[start : start + block_k]
+        s = kj @ q_row * scale  # (block_k, D) @ (D,) -> (block_k,)
+        m_new = torch.maximum(m, s.max())
+        alpha = torch.exp(m - m_new)  # e^(-inf) = 0 on the first block: nothing to rescale yet
+        p = torch.exp(s - m_new)
+        step = {"keys": (start, start + kj.shape[0]), "m_before": m, "l_before": l, "o_before": o,
+                "scores": s, "m_new": m_new, "alpha": alpha}  # fmt: skip
+        l = alpha * l + p.sum()  # noqa: E741
+        o = alpha * o + p @ vj  # (block_k,) @ (block_k, D) -> (D,)
+        m = m_new
+        step.update({"m_after": m, "l_after": l, "o_after": o})
+        steps.append(step)
+    return steps
+
+
 def flash_attention_forward(
     q: torch.Tensor,
     k: torch.Tensor,
@@ -524,10 +567,31 @@ def peak_memory_bytes(fn: Callable[[], object], device: torch.device | str = "cp
     return _cpu_peak_memory(fn)
 
 
+@contextlib.contextmanager
+def _silence_native_stderr():
+    """Send file descriptor 2 to /dev/null for the block: the profiler's C++ side (Kineto) prints a
+    ``USDT: ... profiler_start`` / ``profiler_stop`` line per run there, bypassing Python's ``sys.stderr``."""
+    sys.stderr.flush()
+    try:
+        saved = os.dup(2)
+    except OSError:  # no real fd 2 (embedded interpreters): nothing to silence
+        yield
+        return
+    devnull = os.open(os.devnull, os.O_WRONLY)
+    try:
+        os.dup2(devnull, 2)
+        yield
+    finally:
+        sys.stderr.flush()
+        os.dup2(saved, 2)
+        os.close(saved)
+        os.close(devnull)
+
+
 def _cpu_peak_memory(fn: Callable[[], object]) -> int:
     from torch.profiler import ProfilerActivity, profile
 
-    with profile(activities=[ProfilerActivity.CPU], profile_memory=True) as prof:
+    with _silence_native_stderr(), profile(activities=[ProfilerActivity.CPU], profile_memory=True) as prof:
         fn()
     # Each "[memory]" event is one allocation (nbytes > 0) or free (nbytes < 0) by the CPU allocator.
     events = [e for e in prof.profiler.kineto_results.events() if e.name() == "[memory]"]

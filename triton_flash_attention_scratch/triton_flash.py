@@ -1,6 +1,7 @@
 """Flash attention in Triton: forward, backward, the autograd Function, input validation and autotuning.
 
-This is the module the lessons 15-22 build up and that chapter 2's GPT-2 imports as its ``attn_impl="triton"``::
+This is the module the lessons 15-22 build up; importing it registers the kernel with chapter 2's GPT-2 as
+``attn_impl="triton"`` (see ``_register_with_gpt2``)::
 
     from triton_flash_attention_scratch.triton_flash import flash_attention
     o = flash_attention(q, k, v, causal=True)          # q (B, H, N, D), k/v (B, H_kv, N, D), H % H_kv == 0
@@ -510,43 +511,126 @@ PREPROCESS_BLOCK_M = 64
 # Keyed by the sequence length rounded up to a power of two (N_CTX_BUCKET), not N_CTX itself: otherwise every new
 # length (e.g. each step of token-by-token generation) would pay for a fresh tuning run.
 AUTOTUNE_KEY = ["N_CTX_BUCKET", "HEAD_DIM", "CAUSAL"]
+KERNELS = ("fwd", "dkdv", "dq")
+# How much the compiled kernels autotune (read once, at import):
+#   LLM_SCRATCH_AUTOTUNE=small (default)  <= 4 hand-picked configs per kernel: a first call per key compiles
+#                                           and times at most 4 variants of each of the three kernels
+#   LLM_SCRATCH_AUTOTUNE=full             the whole space of config_space(kernel, "full"), 36 per kernel
+#                                           (also LLM_SCRATCH_FULL_AUTOTUNE=1): minutes per key, for people with time
+#   LLM_SCRATCH_AUTOTUNE=off              no tuning: GPU_DEFAULT_CONFIGS (the first one that fits per key)
+AUTOTUNE_MODES = ("small", "full", "off")
 
 
-def config_space(kernel: str) -> list[triton.Config]:
-    """The full GPU search space of ``kernel`` ("fwd", "dkdv" or "dq") before pruning.
+def autotune_mode_from_env(environ=os.environ) -> str:
+    """The autotuning volume chosen by ``LLM_SCRATCH_AUTOTUNE`` / ``LLM_SCRATCH_FULL_AUTOTUNE`` (see above)."""
+    mode = environ.get("LLM_SCRATCH_AUTOTUNE", "").strip().lower()
+    if environ.get("LLM_SCRATCH_FULL_AUTOTUNE", "0").strip() == "1":
+        if mode not in ("", "full"):
+            raise ValueError(f"LLM_SCRATCH_FULL_AUTOTUNE=1 contradicts LLM_SCRATCH_AUTOTUNE={mode}")
+        mode = "full"
+    mode = mode or "small"
+    if mode not in AUTOTUNE_MODES:
+        raise ValueError(f"LLM_SCRATCH_AUTOTUNE={mode!r} is not one of {', '.join(AUTOTUNE_MODES)}")
+    return mode
 
-    Query tiles (BLOCK_M) × key tiles (BLOCK_N) × pipeline depth (num_stages) × warps. The forward and dQ
-    kernels keep a query tile in registers and stream keys; the dK/dV kernel keeps a key tile and streams queries.
+
+AUTOTUNE_MODE = autotune_mode_from_env()
+
+# The small spaces: the GPU default plus three others per kernel, chosen after Triton's fused-attention tutorial
+# (which fixes its backward to one config): bigger tiles with 8 warps for long sequences, a deeper pipeline, and
+# small tiles that fit shared memory at D = 256 or in fp32.
+_SMALL_SPACES = {
+    "fwd": [(64, 64, 4, 3), (128, 64, 8, 3), (128, 32, 4, 3), (64, 32, 4, 2)],
+    "dkdv": [(32, 64, 4, 2), (32, 128, 8, 2), (64, 128, 8, 2), (16, 32, 4, 2)],
+    "dq": [(64, 32, 4, 2), (128, 32, 8, 2), (128, 64, 8, 2), (32, 16, 4, 2)],
+}
+
+
+def _check_kernel(kernel: str) -> None:
+    if kernel not in KERNELS:
+        raise ValueError(f"unknown kernel {kernel!r}; choose fwd, dkdv or dq")
+
+
+def config_space(kernel: str, mode: str | None = None) -> list[triton.Config]:
+    """The GPU search space of ``kernel`` ("fwd", "dkdv" or "dq") before pruning, for an autotune ``mode``.
+
+    ``full``: query tiles (BLOCK_M) × key tiles (BLOCK_N) × pipeline depth (num_stages) × warps, 36 configs. The
+    forward and dQ kernels keep a query tile in registers and stream keys; the dK/dV kernel keeps a key tile and
+    streams queries. ``small`` (the default, ``AUTOTUNE_MODE``): 4 of them; ``off``: the GPU default alone.
     """
+    _check_kernel(kernel)
+    mode = AUTOTUNE_MODE if mode is None else mode
+    if mode not in AUTOTUNE_MODES:
+        raise ValueError(f"autotune mode {mode!r} is not one of {', '.join(AUTOTUNE_MODES)}")
+    if mode == "off":
+        c = GPU_DEFAULT_CONFIGS[kernel]
+        small = _SMALL_SPACES[kernel][-1]  # fallback that fits where the default does not (fp32 at D = 256)
+        return [
+            triton.Config({"BLOCK_M": c["BLOCK_M"], "BLOCK_N": c["BLOCK_N"]}, num_warps=c["num_warps"],
+                          num_stages=c["num_stages"]),
+            triton.Config({"BLOCK_M": small[0], "BLOCK_N": small[1]}, num_warps=small[2], num_stages=small[3]),
+        ]  # fmt: skip
+    if mode == "small":
+        return [
+            triton.Config({"BLOCK_M": m, "BLOCK_N": n}, num_warps=w, num_stages=s)
+            for m, n, w, s in _SMALL_SPACES[kernel]
+        ]
     if kernel == "fwd":
         tiles = [(m, n) for m in (64, 128) for n in (32, 64, 128)]
     elif kernel == "dkdv":
         tiles = [(m, n) for m in (16, 32, 64) for n in (64, 128)]
-    elif kernel == "dq":
-        tiles = [(m, n) for m in (64, 128) for n in (16, 32, 64)]
     else:
-        raise ValueError(f"unknown kernel {kernel!r}; choose fwd, dkdv or dq")
+        tiles = [(m, n) for m in (64, 128) for n in (16, 32, 64)]
     return [
         triton.Config({"BLOCK_M": m, "BLOCK_N": n}, num_warps=w, num_stages=s)
         for (m, n), s, w in itertools.product(tiles, (2, 3, 4), (4, 8))
     ]
 
 
-def config_is_valid(kernel: str, cfg: triton.Config, n_ctx: int, head_dim: int) -> bool:
-    """Is ``cfg`` a legal and sensible config of ``kernel`` for this problem?
+# Shared memory of the GPUs the kernels are tuned for (max per block, opt-in): A100 164 KiB - 1 KiB, H100 228 KiB
+# - 1 KiB (CUDA C programming guide, compute capabilities table). Used when no device can be asked.
+SMEM_LIMIT_BYTES_DEFAULT = 163 * 1024
+
+
+def smem_estimate_bytes(kernel: str, block_m: int, block_n: int, num_stages: int, head_dim: int,
+                        itemsize: int = 2) -> int:  # fmt: skip
+    """Shared memory of the pipelined streamed tiles: num_stages × 2 tiles × streamed × D_pad × element size.
+
+    Forward: K and V tiles of BLOCK_N rows; dQ: K and V of BLOCK_N rows; dK/dV: Q and dO of BLOCK_M rows.
+    (The compiled kernels' real use is compared with this formula in lesson 20 and in the ahead-of-time tests.)
+    """
+    _check_kernel(kernel)
+    streamed = block_m if kernel == "dkdv" else block_n
+    return max(1, num_stages) * 2 * streamed * padded_head_dim(head_dim) * itemsize
+
+
+def smem_limit_bytes(device: torch.device | None = None) -> int:
+    """The shared memory a program may use on ``device`` (the current CUDA device), else the A100 default."""
+    if torch.cuda.is_available() and not INTERPRET:
+        props = torch.cuda.get_device_properties(device if device is not None else torch.cuda.current_device())
+        limit = getattr(props, "shared_memory_per_block_optin", 0)
+        if limit:
+            return int(limit)
+    return SMEM_LIMIT_BYTES_DEFAULT
+
+
+def config_is_valid(kernel: str, cfg: triton.Config, n_ctx: int, head_dim: int, itemsize: int = 2,
+                    smem_limit: int | None = None) -> bool:  # fmt: skip
+    """Is ``cfg`` a legal and sensible config of ``kernel`` for this problem (``itemsize`` bytes per element)?
 
     * legal: the causal two-stage split needs the streamed tile to divide the resident one (fwd/dQ:
-      BLOCK_M % BLOCK_N == 0; dK/dV: BLOCK_N % BLOCK_M == 0), and
-      large head dims with large tiles and deep pipelines overflow shared memory;
-    * sensible: tiles much longer than the sequence only compute padding.
+      BLOCK_M % BLOCK_N == 0; dK/dV: BLOCK_N % BLOCK_M == 0), and the pipelined tiles must fit in shared memory
+      (``smem_estimate_bytes`` with the real element size: fp32 needs twice what fp16 does);
+    * sensible: large head dims with large tiles spill registers; tiles much longer than the sequence only
+      compute padding.
     """
     m, n = cfg.kwargs["BLOCK_M"], cfg.kwargs["BLOCK_N"]
     resident, streamed = (n, m) if kernel == "dkdv" else (m, n)
     if resident % streamed:
         return False
     block_d = padded_head_dim(head_dim)
-    # shared memory of the streamed tiles: roughly num_stages × (two tiles of streamed × D) × 2 bytes
-    if cfg.num_stages * 2 * streamed * block_d * 2 > 160 * 1024:
+    limit = SMEM_LIMIT_BYTES_DEFAULT if smem_limit is None else smem_limit
+    if smem_estimate_bytes(kernel, m, n, cfg.num_stages, head_dim, itemsize) > limit:
         return False
     if block_d >= 256 and (resident > 64 or cfg.num_stages > 2):
         return False
@@ -560,7 +644,12 @@ def _make_pruner(kernel: str):
     def prune(configs, named_args, **kwargs):
         args = {**named_args, **kwargs}
         n_ctx, head_dim = int(args["N_CTX"]), int(args["HEAD_DIM"])
-        kept = [c for c in configs if config_is_valid(kernel, c, n_ctx, head_dim)]
+        q = args.get("Q")
+        itemsize = q.element_size() if isinstance(q, torch.Tensor) else 2
+        limit = smem_limit_bytes(q.device) if isinstance(q, torch.Tensor) and q.is_cuda else None
+        kept = [c for c in configs if config_is_valid(kernel, c, n_ctx, head_dim, itemsize, limit)]
+        if AUTOTUNE_MODE == "off":
+            kept = kept[:1]
         # never prune everything: fall back to the smallest tiles
         return kept or [min(configs, key=lambda c: (c.kwargs["BLOCK_M"] * c.kwargs["BLOCK_N"], c.num_stages))]
 
@@ -661,17 +750,81 @@ def _input_precision(dtype: torch.dtype) -> str:
     return "ieee" if dtype == torch.float32 else "tf32"
 
 
-def _launch(tuned, raw, grid, config: dict | None, *args, **kwargs):
-    """Run the autotuned kernel, or ``raw`` with one explicit config (BLOCK_M, BLOCK_N, num_warps, num_stages)."""
-    if config is None:
+CONFIG_KEYS = ("BLOCK_M", "BLOCK_N", "num_warps", "num_stages")
+
+
+def check_config(kernel: str, config: object, head_dim: int, dtype: torch.dtype = torch.float16,
+                 smem_limit: int | None = None) -> dict:  # fmt: skip
+    """Validate an explicit config of ``kernel`` and return it complete (``num_warps`` 4, ``num_stages`` 2 if absent).
+
+    Checks, with one clear error each: a dict with exactly the keys BLOCK_M and BLOCK_N (plus optional
+    num_warps, num_stages); tiles powers of two >= 16 (``tl.dot`` needs 16); the causal split's divisibility; and
+    that the pipelined tiles fit in ``smem_limit`` bytes of shared memory (``smem_estimate_bytes`` with the real
+    element size of ``dtype``). ``smem_limit=None``: the GPU's limit when compiled; not checked under the
+    interpreter, which has no shared memory.
+    """
+    _check_kernel(kernel)
+    if not isinstance(config, dict):
+        raise TypeError(f"{kernel} config must be a dict like {{'BLOCK_M': 64, 'BLOCK_N': 32}}, got {config!r}")
+    unknown = sorted(set(config) - set(CONFIG_KEYS), key=str)
+    if unknown:
+        raise ValueError(f"{kernel} config has unknown keys {unknown}; allowed: {', '.join(CONFIG_KEYS)}")
+    missing = [key for key in ("BLOCK_M", "BLOCK_N") if key not in config]
+    if missing:
+        raise ValueError(f"{kernel} config {config} is missing {' and '.join(missing)} (needs BLOCK_M and BLOCK_N)")
+    cfg = {"num_warps": 4, "num_stages": 2, **config}
+    for key in CONFIG_KEYS:
+        value = cfg[key]
+        if isinstance(value, bool) or not isinstance(value, int):
+            raise TypeError(f"{kernel} config {key} must be an int, got {value!r}")
+    for key in ("BLOCK_M", "BLOCK_N"):
+        if cfg[key] < 16 or cfg[key] & (cfg[key] - 1) or cfg[key] > 256:
+            raise ValueError(f"{kernel} config {key}={cfg[key]} must be a power of two between 16 and 256")
+    if cfg["num_warps"] not in (1, 2, 4, 8, 16):
+        raise ValueError(f"{kernel} config num_warps={cfg['num_warps']} must be one of 1, 2, 4, 8, 16")
+    if not 1 <= cfg["num_stages"] <= 8:
+        raise ValueError(f"{kernel} config num_stages={cfg['num_stages']} must be between 1 and 8")
+    m, n = cfg["BLOCK_M"], cfg["BLOCK_N"]
+    if kernel == "dkdv" and n % m:
+        raise ValueError(f"dK/dV config needs BLOCK_N % BLOCK_M == 0, got {config}")
+    if kernel != "dkdv" and m % n:
+        name = "forward" if kernel == "fwd" else "dQ"
+        raise ValueError(f"{name} config needs BLOCK_M % BLOCK_N == 0, got {config}")
+    if smem_limit is None and not INTERPRET:
+        smem_limit = smem_limit_bytes()
+    if smem_limit is not None:
+        itemsize = torch.empty((), dtype=dtype).element_size()
+        need = smem_estimate_bytes(kernel, m, n, cfg["num_stages"], head_dim, itemsize)
+        if need > smem_limit:
+            raise ValueError(
+                f"{kernel} config {config} needs ~{need / 1024:.0f} KiB of shared memory at head_dim {head_dim} in "
+                f"{str(dtype).split('.')[-1]} (num_stages x 2 tiles x {n if kernel != 'dkdv' else m} x "
+                f"{padded_head_dim(head_dim)} x {itemsize} B) but the GPU allows {smem_limit / 1024:.0f} KiB: "
+                "use fewer num_stages or smaller tiles"
+            )
+    return cfg
+
+
+def _launch(tuned, raw, grid, cfg: dict | None, *args, **kwargs):
+    """Run the autotuned kernel, or ``raw`` with one explicit, already checked config (``check_config``)."""
+    if cfg is None:
         tuned[grid](*args, **kwargs)
         return
-    cfg = dict(config)
-    meta = {"BLOCK_M": cfg.pop("BLOCK_M"), "BLOCK_N": cfg.pop("BLOCK_N")}
-    launch_opts = {"num_warps": cfg.pop("num_warps", 4), "num_stages": cfg.pop("num_stages", 2)}
-    if cfg:
-        raise ValueError(f"unknown config keys {sorted(cfg)}")
-    raw[grid](*args, **kwargs, **meta, **launch_opts)
+    meta = {"BLOCK_M": cfg["BLOCK_M"], "BLOCK_N": cfg["BLOCK_N"]}
+    try:
+        raw[grid](*args, **kwargs, **meta, num_warps=cfg["num_warps"], num_stages=cfg["num_stages"])
+    except triton.runtime.errors.OutOfResources as e:  # the estimate said it fits, the compiler disagrees
+        raise ValueError(f"config {cfg} does not fit this GPU: {e}") from None
+
+
+def _check_causal_and_scale(causal: object, sm_scale: object) -> None:
+    if not isinstance(causal, bool):
+        raise TypeError(f"causal must be True or False, got {causal!r}")
+    if sm_scale is not None:
+        if isinstance(sm_scale, bool) or not isinstance(sm_scale, (int, float)):
+            raise TypeError(f"sm_scale must be a number or None, got {sm_scale!r}")
+        if not math.isfinite(sm_scale) or sm_scale == 0:
+            raise ValueError(f"sm_scale must be finite and non-zero, got {sm_scale!r}")
 
 
 # ============================================================================================ Python entry points
@@ -689,11 +842,11 @@ def attention_forward(
     (the causal split needs BLOCK_M % BLOCK_N == 0).
     """
     validate_attention_inputs(q, k, v)
+    _check_causal_and_scale(causal, sm_scale)
     B, H, N, D = q.shape
     H_kv = k.shape[1]
     sm_scale = 1.0 / math.sqrt(D) if sm_scale is None else float(sm_scale)
-    if config is not None and config["BLOCK_M"] % config["BLOCK_N"]:
-        raise ValueError(f"forward config needs BLOCK_M % BLOCK_N == 0, got {config}")
+    config = None if config is None else check_config("fwd", config, D, q.dtype)
     o = torch.empty_like(q, memory_format=torch.contiguous_format)
     lse = torch.empty((B, H, N), device=q.device, dtype=torch.float32)
     grid = lambda META: (triton.cdiv(N, META["BLOCK_M"]), B * H)
@@ -724,6 +877,7 @@ def attention_backward(
 ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     """Flash-attention backward from the saved ``o`` and ``lse``: returns ``(dq, dk, dv)`` in the input dtype."""
     validate_attention_inputs(q, k, v)
+    _check_causal_and_scale(causal, sm_scale)
     B, H, N, D = q.shape
     H_kv = k.shape[1]
     for name, t in (("o", o), ("do", do)):
@@ -736,10 +890,8 @@ def attention_backward(
     _check_tensor("lse", lse)
     if lse.shape != (B, H, N) or lse.dtype != torch.float32 or lse.device != q.device or not lse.is_contiguous():
         raise ValueError(f"lse must be a contiguous float32 tensor of shape {(B, H, N)} on {q.device}")
-    if dkdv_config is not None and dkdv_config["BLOCK_N"] % dkdv_config["BLOCK_M"]:
-        raise ValueError(f"dK/dV config needs BLOCK_N % BLOCK_M == 0, got {dkdv_config}")
-    if dq_config is not None and dq_config["BLOCK_M"] % dq_config["BLOCK_N"]:
-        raise ValueError(f"dQ config needs BLOCK_M % BLOCK_N == 0, got {dq_config}")
+    dkdv_config = None if dkdv_config is None else check_config("dkdv", dkdv_config, D, q.dtype)
+    dq_config = None if dq_config is None else check_config("dq", dq_config, D, q.dtype)
     sm_scale = 1.0 / math.sqrt(D) if sm_scale is None else float(sm_scale)
     o = o if o.stride(-1) == 1 else o.contiguous()
     do = do if do.stride(-1) == 1 else do.contiguous()
@@ -788,22 +940,35 @@ class FlashAttentionFunction(torch.autograd.Function):
     """``torch.autograd.Function`` tying the Triton forward and backward together.
 
     forward saves ``q, k, v, o`` and the logsumexp ``L`` (B·H·N floats) — never the N×N attention matrix;
-    backward recomputes ``P`` block by block from ``L``.
+    backward recomputes ``P`` block by block from ``L``. The backward kernels are not themselves differentiable:
+    a backward with ``create_graph=True`` (double backward, e.g. a gradient penalty) raises a clear error instead
+    of silently returning gradients whose own gradients miss every second-order term.
     """
 
     @staticmethod
-    def forward(ctx, q, k, v, causal, sm_scale):
-        o, lse = attention_forward(q, k, v, causal=causal, sm_scale=sm_scale)
+    def forward(ctx, q, k, v, causal, sm_scale, configs=None):
+        configs = configs or {}
+        o, lse = attention_forward(q, k, v, causal=causal, sm_scale=sm_scale, config=configs.get("fwd"))
         ctx.save_for_backward(q, k, v, o, lse)
         ctx.causal = causal
         ctx.sm_scale = sm_scale
+        ctx.configs = configs
         return o
 
     @staticmethod
     def backward(ctx, do):
+        if torch.is_grad_enabled():  # autograd runs backward in grad mode only for create_graph=True
+            raise RuntimeError(
+                "flash_attention has no double backward (create_graph=True): its backward kernels are not "
+                "differentiable; use F.scaled_dot_product_attention or the part-1 naive_attention for "
+                "higher-order gradients"
+            )
         q, k, v, o, lse = ctx.saved_tensors
-        dq, dk, dv = attention_backward(q, k, v, o, lse, do, causal=ctx.causal, sm_scale=ctx.sm_scale)
-        return dq, dk, dv, None, None
+        dq, dk, dv = attention_backward(
+            q, k, v, o, lse, do, causal=ctx.causal, sm_scale=ctx.sm_scale,
+            dkdv_config=ctx.configs.get("dkdv"), dq_config=ctx.configs.get("dq"),
+        )  # fmt: skip
+        return dq, dk, dv, None, None, None
 
 
 def flash_attention(
@@ -812,20 +977,140 @@ def flash_attention(
     v: torch.Tensor,
     causal: bool = False,
     sm_scale: float | None = None,
+    configs: dict[str, dict] | None = None,
 ) -> torch.Tensor:
     """Differentiable flash attention. q (B, H, N, D); k, v (B, H_kv, N, D) with H % H_kv == 0 (GQA).
 
     Same result as ``F.scaled_dot_product_attention(q, k, v, is_causal=causal, scale=sm_scale)`` (with K/V heads
     repeated for GQA). Inputs whose last dim is not contiguous are copied first; everything else is validated
-    before any kernel launch.
+    before any kernel launch. ``configs`` fixes the tiles of some kernels instead of autotuning them, e.g.
+    ``configs=GPU_DEFAULT_CONFIGS`` or ``{"fwd": {"BLOCK_M": 64, "BLOCK_N": 32}}`` (keys fwd, dkdv, dq).
     """
+    if configs is not None:
+        if not isinstance(configs, dict) or set(configs) - set(KERNELS):
+            raise ValueError(f"configs must be a dict with keys among {KERNELS}, got {configs!r}")
+        validate_attention_inputs(q, k, v)
+        configs = {name: check_config(name, cfg, q.shape[-1], q.dtype) for name, cfg in configs.items()}
+    _check_causal_and_scale(causal, sm_scale)
     q, k, v = (
         t.contiguous() if isinstance(t, torch.Tensor) and t.dim() and t.stride(-1) != 1 else t for t in (q, k, v)
     )
-    return FlashAttentionFunction.apply(q, k, v, bool(causal), sm_scale)
+    return FlashAttentionFunction.apply(q, k, v, causal, sm_scale, configs)
+
+
+# ============================================================================================ ahead of time
+# ``triton.compile`` with a ``GPUTarget`` builds PTX and a cubin for a given GPU without one being present (the
+# Triton wheel ships ptxas). CI uses it so that a compile error cannot wait for the first GPU run; lesson 20 uses it
+# to show what ``num_stages`` does to the compiled code. The pointers and strides are marked divisible by 16, as a
+# real launch specializes them for tensors from PyTorch's allocator (without it no load is wide enough for cp.async).
+AOT_KERNELS = ("fwd", "dkdv", "dq", "preprocess")
+_FP32_POINTERS = {"LSE", "DELTA"}
+_POINTERS = {"Q", "K", "V", "O", "DO", "DK", "DV", "DQ"} | _FP32_POINTERS
+
+
+def _aot_one(kernel: str, arch: int, dtype: str, head_dim: int, causal: bool, config: dict | None) -> dict:
+    from triton.backends.compiler import GPUTarget
+    from triton.compiler import ASTSource
+
+    fn = {"fwd": _attn_fwd, "dkdv": _attn_bwd_dkdv, "dq": _attn_bwd_dq, "preprocess": _attn_bwd_preprocess}[kernel]
+    tdt = {"float16": "fp16", "bfloat16": "bf16", "float32": "fp32"}[dtype]
+    cfg = {"num_warps": 4, "num_stages": 2, "BLOCK_M": PREPROCESS_BLOCK_M}
+    if kernel != "preprocess":
+        cfg = check_config(kernel, config or GPU_DEFAULT_CONFIGS[kernel], head_dim, getattr(torch, dtype),
+                           smem_limit=1 << 30)  # fmt: skip
+    values = {
+        "HEAD_DIM": head_dim, "BLOCK_D": padded_head_dim(head_dim), "CAUSAL": bool(causal),
+        "INPUT_PRECISION": "ieee" if dtype == "float32" else "tf32", "BLOCK_M": cfg["BLOCK_M"],
+        "BLOCK_N": cfg.get("BLOCK_N"),
+    }  # fmt: skip
+    signature, constexprs, attrs = {}, {}, {}
+    for i, param in enumerate(fn.params):
+        name = param.name
+        if param.is_constexpr:
+            signature[name] = "constexpr"
+            constexprs[(i,)] = values[name]
+        elif name in _POINTERS:
+            signature[name] = "*fp32" if name in _FP32_POINTERS else f"*{tdt}"
+            attrs[(i,)] = [["tt.divisibility", 16]]
+        elif name == "sm_scale":
+            signature[name] = "fp32"
+        else:
+            signature[name] = "i32"
+            if name.startswith("stride"):
+                attrs[(i,)] = [["tt.divisibility", 16]]
+    src = ASTSource(fn=fn, signature=signature, constexprs=constexprs, attrs=attrs)
+    options = {"num_warps": cfg["num_warps"], "num_stages": cfg["num_stages"]}
+    compiled = triton.compile(src, target=GPUTarget("cuda", arch, 32), options=options)
+    ptx = compiled.asm["ptx"]
+    lines = [line.strip() for line in ptx.splitlines()]
+    count = lambda prefix: sum(line.startswith(prefix) for line in lines)  # noqa: E731
+    return {
+        "kernel": kernel, "arch": arch, "dtype": dtype, "head_dim": head_dim, "causal": bool(causal),
+        "config": {k: cfg[k] for k in ("BLOCK_M", "BLOCK_N", "num_warps", "num_stages") if k in cfg},
+        "shared_bytes": int(compiled.metadata.shared),
+        "cp_async": count("cp.async.ca") + count("cp.async.cg"),  # Ampere-style asynchronous global->shared copies
+        "cp_async_wait": count("cp.async.wait_group"),
+        "tma": count("cp.async.bulk.tensor"),  # Hopper's Tensor Memory Accelerator copies
+        "wgmma": count("wgmma.mma_async"),  # Hopper warpgroup matrix multiply
+        "mma_sync": count("mma.sync"),  # Ampere warp-level tensor-core matmul
+        "cubin_bytes": len(compiled.asm.get("cubin", b"")),
+    }  # fmt: skip
+
+
+def compile_ahead_of_time(jobs: list[dict], timeout_s: float = 600) -> list[dict]:
+    """Compile kernels for CUDA targets without a GPU; one dict of facts per job (see ``_aot_one``).
+
+    A job: ``{"kernel": "fwd"|"dkdv"|"dq"|"preprocess", "arch": 80|90, "dtype": "float16"|"bfloat16"|"float32",
+    "head_dim": 64, "causal": True, "config": None | {"BLOCK_M": .., "BLOCK_N": .., "num_warps": .., "num_stages":
+    ..}}``. Under the interpreter the kernels are not compilable in this process (``TRITON_INTERPRET=1`` turned
+    them into interpreted functions), so the jobs run in one child process with ``TRITON_INTERPRET=0``.
+    """
+    for job in jobs:
+        if job.get("kernel") not in AOT_KERNELS:
+            raise ValueError(f"kernel must be one of {AOT_KERNELS}, got {job.get('kernel')!r}")
+        if job.get("arch") not in (80, 86, 89, 90):
+            raise ValueError(f"arch must be 80, 86, 89 or 90 (sm_XX), got {job.get('arch')!r}")
+    full = [{"dtype": "float16", "head_dim": 64, "causal": True, "config": None, **job} for job in jobs]
+    if not INTERPRET:
+        return [_aot_one(**job) for job in full]
+    import json
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    root = str(Path(__file__).resolve().parents[1])
+    code = (
+        "import json, sys; sys.path.insert(0, sys.argv[1]); "
+        "from triton_flash_attention_scratch.triton_flash import _aot_one; "
+        "print(json.dumps([_aot_one(**job) for job in json.loads(sys.argv[2])]))"
+    )
+    env = {**os.environ, "TRITON_INTERPRET": "0", "TRITON_DEFAULT_FP_FUSION": "1"}
+    proc = subprocess.run(
+        [sys.executable, "-c", code, root, json.dumps(full)], capture_output=True, text=True, env=env, timeout=timeout_s
+    )
+    if proc.returncode != 0:
+        tail = proc.stderr.strip().splitlines()[-1:] or ["(no output)"]
+        raise RuntimeError(f"ahead-of-time compilation failed (exit {proc.returncode}): {tail[0]}")
+    return json.loads(proc.stdout.strip().splitlines()[-1])
 
 
 # ============================================================================================ lesson helpers
+def causal_flash_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor) -> torch.Tensor:
+    """``flash_attention(q, k, v, causal=True)``: the form chapter 2's GPT-2 calls as ``attn_impl="triton"``."""
+    return flash_attention(q, k, v, causal=True)
+
+
+def _register_with_gpt2() -> None:
+    """Chapter 2's GPT-2 takes attention implementations by name; importing this module adds ``"triton"``.
+    (Chapter 4 may import chapter 2; never the other way round.)"""
+    from pytorch_gpt2_from_scratch.model import register_attention
+
+    register_attention("triton", causal_flash_attention)
+
+
+_register_with_gpt2()
+
+
 def resolve_kernel_device(name: str = "auto") -> torch.device:
     """The device the kernels run on: CUDA when compiled, the CPU under the interpreter (``auto`` picks it)."""
     from pytorch_basis.common import resolve_device

@@ -1,10 +1,10 @@
 """Lesson 01: sigmoid derivative against the analytic formula and torch.func; leaf/.grad/.detach() facts."""
 
-import math
-
 import pytest
 import torch
 from torch.func import grad, vmap
+
+from tests.pytorch_basis.reference import assert_matches
 
 
 @pytest.fixture
@@ -12,24 +12,28 @@ def result(load_lesson):
     return load_lesson("pytorch_basis", 1).main(x=0.5, n_points=7)
 
 
-def sigmoid_prime(x: float) -> float:
-    s = 1 / (1 + math.exp(-x))
+def sigmoid_prime(x: torch.Tensor) -> torch.Tensor:
+    s = 1 / (1 + torch.exp(-x))
     return s * (1 - s)
 
 
 def test_point_derivative_matches_formula(result):
-    assert result["point_grad"].item() == pytest.approx(sigmoid_prime(0.5), abs=1e-6)
-    assert result["y"].item() == pytest.approx(1 / (1 + math.exp(-0.5)), abs=1e-6)
+    x = torch.tensor(0.5)
+    assert_matches(result["point_grad"], sigmoid_prime, x)
+    assert_matches(result["y"], lambda t: 1 / (1 + torch.exp(-t)), x)
 
 
 def test_elementwise_derivative_matches_formula_and_torch_func(result):
-    expected = torch.tensor([sigmoid_prime(v) for v in result["xs"].tolist()])
-    torch.testing.assert_close(result["xs_grad"], expected, atol=1e-6, rtol=0)
-    torch.testing.assert_close(result["xs_grad"], vmap(grad(torch.sigmoid))(result["xs"]), atol=1e-6, rtol=0)
+    xs = result["xs"]
+    assert torch.equal(xs, torch.linspace(-3, 3, 7))  # the lesson's points, so the references below use them
+    assert_matches(result["xs_grad"], sigmoid_prime, xs)
+    assert_matches(result["xs_grad"], vmap(grad(torch.sigmoid)), xs)
 
 
 def test_gradients_accumulate(result):
-    assert result["accumulated_grad"].item() == pytest.approx(2 * sigmoid_prime(0.5), abs=1e-6)
+    assert_matches(result["accumulated_grad"], lambda t: 2 * sigmoid_prime(t), torch.tensor(0.5))
+    # the same graph twice: the second backward adds the very same fp32 number, and doubling is exact
+    assert torch.equal(result["accumulated_grad"], 2 * result["point_grad"])
 
 
 def test_leaf_and_graph_facts(result):

@@ -3,6 +3,8 @@
 import pytest
 import torch
 
+from tests.pytorch_basis.reference import assert_matches
+
 LEAF = "a leaf Variable that requires grad is being used in an in-place operation"
 MODIFIED = "modified by an inplace operation"
 
@@ -23,7 +25,7 @@ def test_leaf_inplace_error(lesson, result):
         lesson.leaf_inplace(torch.ones(2, requires_grad=True))
     with pytest.raises(RuntimeError, match=LEAF):
         torch.zeros(2, requires_grad=True).mul_(2)
-    torch.testing.assert_close(result["w_after_no_grad"], torch.full((3,), 2.0))
+    assert torch.equal(result["w_after_no_grad"], torch.full((3,), 2.0))  # 1 + 1, exact
 
 
 def test_version_counter(lesson, result):
@@ -39,10 +41,11 @@ def test_version_counter(lesson, result):
 
 
 def test_data_gives_silently_wrong_gradient(lesson, result):
-    s = torch.sigmoid(result["x"])
-    torch.testing.assert_close(result["true_grad"], s * (1 - s))
+    assert torch.equal(result["x"], torch.tensor([-1.0, 0.5, 2.0]))
+    sigmoid_prime = lambda x: (1 / (1 + torch.exp(-x))) * (1 - 1 / (1 + torch.exp(-x)))
+    assert_matches(result["true_grad"], sigmoid_prime, result["x"])
+    assert bool((result["true_grad"] > 0.1).all())  # σ' at these points is 0.10 .. 0.24, far from 0
     assert torch.equal(result["data_grad"], torch.zeros(3))  # not σ(1-σ): wrong, and no error
-    assert not torch.allclose(result["data_grad"], result["true_grad"])
     x = torch.tensor([0.3, -0.7], requires_grad=True)
     assert torch.equal(lesson.sigmoid_grad_after_data_zero(x), torch.zeros(2))
 

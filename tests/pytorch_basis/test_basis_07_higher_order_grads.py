@@ -5,6 +5,8 @@ import torch
 from torch.autograd.functional import hessian, hvp
 from torch.func import grad, vmap
 
+from tests.pytorch_basis.reference import assert_matches
+
 
 @pytest.fixture
 def lesson(load_lesson):
@@ -16,19 +18,22 @@ def result(lesson):
     return lesson.main(x=1.5, dim=5)
 
 
+def sigmoid(t: torch.Tensor) -> torch.Tensor:
+    return 1 / (1 + torch.exp(-t))
+
+
 def test_cube_derivatives(result):
-    d1, d2, d3 = (d.item() for d in result["cube_derivatives"])
-    assert d1 == pytest.approx(3 * 1.5**2, abs=1e-5)
-    assert d2 == pytest.approx(6 * 1.5, abs=1e-5)
-    assert d3 == pytest.approx(6.0, abs=1e-5)
+    # (x³)' = 3x², (x³)'' = 6x, (x³)''' = 6 at x = 1.5: 6.75, 9 and 6
+    x = torch.tensor([1.5])
+    assert_matches(result["cube_derivatives"], lambda t: [3 * t * t, 6 * t, torch.full_like(t, 6.0)], x)
 
 
-def test_nth_derivatives_match_torch_func(lesson):
+def test_nth_derivatives_match_formulas_and_torch_func(lesson):
     xs = torch.linspace(-2, 2, 7)
     d1, d2, d3 = lesson.nth_derivatives(torch.sin, xs, 3)
-    torch.testing.assert_close(d1, torch.cos(xs))
-    torch.testing.assert_close(d2, vmap(grad(grad(torch.sin)))(xs))
-    torch.testing.assert_close(d3, -torch.cos(xs))
+    assert_matches([d1, d2, d3], lambda t: [torch.cos(t), -torch.sin(t), -torch.cos(t)], xs)
+    assert_matches(d2, vmap(grad(grad(torch.sin))), xs)
+    assert_matches(d3, vmap(grad(grad(grad(torch.sin)))), xs)
 
 
 def test_no_create_graph_error(result):
@@ -41,18 +46,19 @@ def test_no_create_graph_error(result):
 
 def test_sigmoid_second_derivative(result):
     xs = result["xs"]
-    s = torch.sigmoid(xs)
-    torch.testing.assert_close(result["sigmoid_d1"], s * (1 - s), atol=1e-6, rtol=0)
-    torch.testing.assert_close(result["sigmoid_d2"], s * (1 - s) * (1 - 2 * s), atol=1e-6, rtol=0)
-    torch.testing.assert_close(result["sigmoid_d2"], vmap(grad(grad(torch.sigmoid)))(xs), atol=1e-6, rtol=0)
+    assert torch.equal(xs, torch.linspace(-4, 4, 9))
+    assert_matches(result["sigmoid_d1"], lambda t: sigmoid(t) * (1 - sigmoid(t)), xs)
+    assert_matches(result["sigmoid_d2"], lambda t: sigmoid(t) * (1 - sigmoid(t)) * (1 - 2 * sigmoid(t)), xs)
+    assert_matches(result["sigmoid_d2"], vmap(grad(grad(torch.sigmoid))), xs)
 
 
 def test_hessian_vector_product(lesson, result):
-    w, v = result["w"], result["v"]
     lse = lambda t: torch.logsumexp(t, dim=0)
-    _, ref = hvp(lse, w, v)
-    torch.testing.assert_close(result["hvp"], ref, atol=1e-6, rtol=1e-5)
-    torch.testing.assert_close(result["hvp"], hessian(lse, w) @ v, atol=1e-6, rtol=1e-5)
+    inputs = (result["w"], result["v"])
+    assert_matches(result["hvp"], lambda w, v: hvp(lse, w, v)[1], *inputs)
+    assert_matches(result["hvp"], lambda w, v: hessian(lse, w) @ v, *inputs)
+    p_formula = lambda w, v: torch.softmax(w, 0) * v - torch.softmax(w, 0) * (torch.softmax(w, 0) @ v)
+    assert_matches(result["hvp"], p_formula, *inputs)  # (diag(p) - ppᵀ) v
     # a non-trivial Hessian: f(w) = Σ w_i³ w_0 mixes coordinates
     f = lambda t: (t**3).sum() * t[0]
-    torch.testing.assert_close(lesson.hessian_vector_product(f, w, v), hessian(f, w) @ v, atol=1e-5, rtol=1e-5)
+    assert_matches(lesson.hessian_vector_product(f, *inputs), lambda w, v: hessian(f, w) @ v, *inputs)

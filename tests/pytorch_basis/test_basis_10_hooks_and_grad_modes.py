@@ -3,6 +3,8 @@
 import pytest
 import torch
 
+from tests.pytorch_basis.reference import assert_matches
+
 INFERENCE = "Inference tensors cannot be saved for backward"
 
 
@@ -17,16 +19,23 @@ def result(lesson):
 
 
 def test_tensor_hooks(result):
-    torch.testing.assert_close(result["hook_seen_grad"], torch.ones(3))
-    torch.testing.assert_close(result["tensor_hook_grad"], torch.full((3,), 20.0))
+    assert torch.equal(result["hook_seen_grad"], torch.ones(3))  # d(Σ h)/dh = 1, exact
+    assert torch.equal(result["tensor_hook_grad"], torch.full((3,), 20.0))  # 10 · 1 · 2, exact in binary
 
 
 def test_module_hooks_capture_activations_and_grads(result):
     model, inputs, hooked = result["model"], result["inputs"], result["hooked"]
-    torch.testing.assert_close(hooked["input"], inputs)
-    torch.testing.assert_close(hooked["relu_out"], torch.relu(inputs @ model[0].weight.T + model[0].bias).detach())
-    out = result["out_eval"]
-    torch.testing.assert_close(hooked["grad_out"], 2 * out / out.numel())  # d mean(out²) / d out
+    assert torch.equal(hooked["input"], inputs)  # the very tensor that went in
+    relu_out = lambda m, x: torch.relu(x @ m[0].weight.T + m[0].bias).detach()
+    assert_matches(hooked["relu_out"], relu_out, model, inputs)
+    assert not model.training  # the lesson ends in eval(): dropout is the identity, as during the hooked pass
+
+    def grad_out(m, x):  # d mean(out²) / d out = 2 out / numel, with out recomputed from the model
+        out = m(x).detach()
+        return 2 * out / out.numel()
+
+    assert_matches(hooked["grad_out"], grad_out, model, inputs)
+    assert_matches(result["out_eval"], lambda m, x: m(x).detach(), model, inputs)
     assert result["hook_calls"] == ["pre", "forward", "backward"]
     assert result["hooks_after_remove"] == 0
 
@@ -51,4 +60,4 @@ def test_inference_tensor_cannot_enter_a_graph():
     with torch.no_grad():
         n = torch.ones(2) * 3
     (n * w).sum().backward()
-    torch.testing.assert_close(w.grad, torch.full((2,), 3.0))
+    assert torch.equal(w.grad, torch.full((2,), 3.0))  # exact

@@ -3,6 +3,9 @@
 * ``hf_gpt2_small_dir``: a *randomly initialised* ``GPT2LMHeadModel`` (2 layers, 64 wide, full 50257 vocab,
   64 positions) written with ``save_pretrained`` into a temporary folder — the exact layout of the published
   checkpoints, built offline.
+* ``hf_gpt2_parity_dir``: the same shape with a *large* init (``initializer_range=0.5``) for the parity tests:
+  with GPT-2's 0.02 the MLP's pre-activations are so small that exact GELU and the tanh approximation give the
+  same logits to fp32 precision, and a swapped activation would pass; at 0.5 they reach |x| ~ 3.
 * ``gpt2_enc``: tiktoken's ``gpt2`` encoding, or a skip with the reason when it cannot be loaded offline.
 * ``shakespeare_tokens``: tiny Shakespeare as GPT-2 tokens, or a skip when the data is not available.
 * ``single_thread``: run a test with ``torch.set_num_threads(1)`` (restored afterwards). The models in these
@@ -26,6 +29,14 @@ def hf_gpt2_small_dir(tmp_path_factory):
     from pytorch_gpt2_from_scratch.model import save_random_hf_checkpoint
 
     return save_random_hf_checkpoint(tmp_path_factory.mktemp("hf_gpt2_small"), seed=0, **SMALL_HF_CONFIG)
+
+
+@pytest.fixture(scope="session")
+def hf_gpt2_parity_dir(tmp_path_factory):
+    from pytorch_gpt2_from_scratch.model import save_random_hf_checkpoint
+
+    folder = tmp_path_factory.mktemp("hf_gpt2_parity")
+    return save_random_hf_checkpoint(folder, seed=0, initializer_range=0.5, **SMALL_HF_CONFIG)
 
 
 @pytest.fixture(scope="session")

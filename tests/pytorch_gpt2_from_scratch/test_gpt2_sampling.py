@@ -1,5 +1,7 @@
 """Sampling: reproducible with a seeded generator, top-k only ever emits one of torch.topk's tokens."""
 
+import math
+
 import pytest
 import torch
 
@@ -67,3 +69,34 @@ def test_generate_text_reproducible(gpt2_enc):
     b = generate_text(model, gpt2_enc, "Hello, I'm a language model,", num_return_sequences=2, max_length=12, seed=3)
     assert a == b and len(a) == 2
     assert all(t.startswith("Hello, I'm a language model,") for t in a)
+
+
+def _frequencies(logits_row, n, **kw):
+    gen = torch.Generator().manual_seed(0)
+    draws = sample_next(logits_row.expand(n, -1), generator=gen, **kw).flatten()
+    return torch.bincount(draws, minlength=logits_row.size(-1)).double() / n
+
+
+@pytest.mark.parametrize("temperature", [0.5, 1.0, 2.0])
+def test_top_k_distribution_is_the_renormalised_softmax_with_temperature(temperature):
+    """Inside the top k the frequencies follow exp(l_i / tau) / sum_{j in top k} exp(l_j / tau), computed here
+    independently (sorted by hand, float64). Uniform sampling among the k best, or ignoring the temperature on
+    the top-k path, is many standard errors away at n = 40,000."""
+    logits = torch.tensor([[3.0, -1.0, 2.0, 0.5, 1.0, -2.0, 2.5, 0.0]])
+    k, n = 4, 40_000
+    order = sorted(range(8), key=lambda i: -logits[0, i].item())[:k]  # the k largest logits
+    expected = torch.zeros(8, dtype=torch.float64)
+    weights = torch.tensor([math.exp(logits[0, i].item() / temperature) for i in order], dtype=torch.float64)
+    expected[order] = weights / weights.sum()
+    freq = _frequencies(logits[0], n, top_k=k, temperature=temperature)
+    sigma = torch.sqrt(expected * (1 - expected) / n)  # binomial standard error per token
+    assert torch.all((freq - expected).abs() <= 5 * sigma + 1e-12), (freq, expected)
+    uniform = torch.zeros(8, dtype=torch.float64)
+    uniform[order] = 1 / k
+    assert (uniform - expected).abs().max() > 20 * sigma.max()  # the test can tell uniform from the truth
+
+
+def test_temperature_changes_the_top_k_distribution():
+    logits = torch.tensor([3.0, 2.0, 1.0, 0.0, -5.0])
+    cold, hot = (_frequencies(logits, 20_000, top_k=3, temperature=t) for t in (0.5, 4.0))
+    assert cold[0] > 0.8 and hot[0] < 0.5 and cold[3:].sum() == hot[3:].sum() == 0

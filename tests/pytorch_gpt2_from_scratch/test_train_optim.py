@@ -16,6 +16,7 @@ from pytorch_gpt2_from_scratch.training import (
     ramped_grad_accum_steps,
     split_decay_params,
 )
+from tests.numerics import assert_close_to_fp64, to_double
 
 MAX_LR, WARMUP, MAX_STEPS = 6e-4, 10, 110
 MIN_LR = 0.1 * MAX_LR
@@ -78,6 +79,7 @@ def test_fused_flag_follows_request():
     assert configure_optimizers(model, device_type="cpu", fused=False).defaults["fused"] is False
 
 
+@pytest.mark.parity
 @pytest.mark.parametrize("k", [2, 4])
 def test_gradient_accumulation_equals_big_batch(k):
     torch.manual_seed(0)
@@ -86,17 +88,19 @@ def test_gradient_accumulation_equals_big_batch(k):
     B, T = 2, 16
     x = torch.randint(0, 64, (k * B, T))
     y = torch.randint(0, 64, (k * B, T))
-    # reference: one batch k times larger, plain backward of the mean loss
-    _, loss = model(x, y)
-    loss.backward()
-    ref = {n: p.grad.clone() for n, p in model.named_parameters()}
+    # reference: one batch k times larger, plain backward of the mean loss, in fp32 and in float64
+    refs = {}
+    for name, m in (("ref32", model), ("ref64", to_double(model))):
+        _, loss = m(x, y)
+        loss.backward()
+        refs[name] = (loss.detach(), {n: p.grad.clone() for n, p in m.named_parameters()})
     model.zero_grad(set_to_none=True)
     batches = iter(zip(x.split(B), y.split(B)))
     acc_loss, tokens = accumulate_gradients(model, lambda: next(batches), k, device=torch.device("cpu"))
     assert tokens == k * B * T
-    torch.testing.assert_close(acc_loss, loss.detach(), atol=1e-6, rtol=0)
+    assert_close_to_fp64(acc_loss, refs["ref64"][0], refs["ref32"][0], what="accumulated loss")
     for n, p in model.named_parameters():
-        torch.testing.assert_close(p.grad, ref[n], atol=1e-6, rtol=1e-5, msg=n)
+        assert_close_to_fp64(p.grad, refs["ref64"][1][n], refs["ref32"][1][n], what=n)
 
 
 def test_batch_ramp_and_accum_steps():

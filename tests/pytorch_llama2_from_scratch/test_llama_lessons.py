@@ -132,7 +132,7 @@ def test_09_weight_loading(load_lesson, tmp_path):
     assert_close_to_fp64(r["logits"]["hf"], ref64, ref32, what="HF-layout loader")
     assert_close_to_fp64(r["logits"]["meta"], ref64, ref32, what="Meta-layout loader")
     assert (tmp_path / "tiny_meta" / "consolidated.01.pth").exists()
-    again = lesson.main(checkpoint=str(tmp_path / "tiny_meta"), prompt="the weights", max_seq_len=64)
+    again = lesson.inspect_checkpoint(str(tmp_path / "tiny_meta"), prompt="the weights", max_seq_len=64)
     probs = [p for _, p in again["top"]]
     assert len(probs) == 5 and probs == sorted(probs, reverse=True) and sum(probs) <= 1 + 1e-6
     assert again["num_params"] == again["args"].num_params()

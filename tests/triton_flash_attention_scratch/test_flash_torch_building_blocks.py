@@ -10,6 +10,7 @@ import pytest
 import torch
 from torch.autograd.functional import jacobian
 
+from tests.numerics import assert_close_scaled, assert_close_to_fp64
 from triton_flash_attention_scratch.attention_torch import (
     attention_bytes_naive,
     attention_bytes_tiled,
@@ -26,29 +27,33 @@ from triton_flash_attention_scratch.attention_torch import (
 )
 
 
+@pytest.mark.parity
 @pytest.mark.parametrize("n", [1, 17, 100, 257])
 @pytest.mark.parametrize("block_size", [1, 3, 64])
 def test_softmaxes_match_torch(n, block_size):
     x = torch.randn(4, n) * 3
-    ref = torch.softmax(x, dim=-1)
-    torch.testing.assert_close(naive_softmax(x), ref)
-    torch.testing.assert_close(safe_softmax(x), ref)
-    torch.testing.assert_close(online_softmax(x, block_size), ref)
-    torch.testing.assert_close(logsumexp(x), torch.logsumexp(x, -1))
-    torch.testing.assert_close(online_logsumexp(x, block_size), torch.logsumexp(x, -1))
+    p64, p32 = torch.softmax(x.double(), dim=-1), torch.softmax(x, dim=-1)
+    for name, fn in (("naive", naive_softmax), ("safe", safe_softmax)):
+        assert_close_to_fp64(fn(x), p64, p32, what=name)
+    assert_close_to_fp64(online_softmax(x, block_size), p64, p32, what="online")
+    l64, l32 = torch.logsumexp(x.double(), -1), torch.logsumexp(x, -1)
+    assert_close_to_fp64(logsumexp(x), l64, l32, what="logsumexp")
+    assert_close_to_fp64(online_logsumexp(x, block_size), l64, l32, what="online logsumexp")
 
 
 def test_softmax_other_dim_and_large_logits():
     x = torch.randn(5, 6, 7) * 3
-    torch.testing.assert_close(safe_softmax(x, dim=1), torch.softmax(x, dim=1))
+    assert_close_to_fp64(safe_softmax(x, dim=1), torch.softmax(x.double(), dim=1), torch.softmax(x, dim=1))
     big = torch.tensor([[1000.0, 999.0, 998.0], [-1000.0, -1001.0, -1003.0]])
     assert torch.isnan(naive_softmax(big)).all()
-    torch.testing.assert_close(safe_softmax(big), torch.softmax(big, -1))
-    torch.testing.assert_close(online_softmax(big), torch.softmax(big, -1))
-    torch.testing.assert_close(logsumexp(big), torch.logsumexp(big, -1))
+    p64, p32 = torch.softmax(big.double(), -1), torch.softmax(big, -1)
+    assert_close_to_fp64(safe_softmax(big), p64, p32, what="safe")
+    assert_close_to_fp64(online_softmax(big), p64, p32, what="online")
+    assert_close_to_fp64(logsumexp(big), torch.logsumexp(big.double(), -1), torch.logsumexp(big, -1))
     half = torch.tensor([12.0, 11.0, 10.0], dtype=torch.float16)
     assert not torch.isfinite(naive_softmax(half)).all()
-    torch.testing.assert_close(safe_softmax(half).float(), torch.softmax(half.float(), -1), atol=1e-3, rtol=1e-3)
+    # fp16 softmax: a few fp16 ulp of the largest probability (exact values from the float64 softmax)
+    assert_close_scaled(safe_softmax(half).double(), torch.softmax(half.double(), -1), ulps=4, dtype=torch.float16)
 
 
 @pytest.mark.parametrize("block_size", [1, 4])
@@ -58,9 +63,9 @@ def test_online_softmax_invariant_each_step(block_size):
     assert len(ms) == math.ceil(23 / block_size)
     for t, (m, l) in enumerate(zip(ms, ls)):
         prefix = x[:, : (t + 1) * block_size]
-        torch.testing.assert_close(m, prefix.max(dim=-1).values)
+        assert torch.equal(m, prefix.max(dim=-1).values)  # a max is exact
         # l_j = Σ e^(x_i - m_j)  <=>  log l_j + m_j = logsumexp(prefix)
-        torch.testing.assert_close(torch.log(l) + m, torch.logsumexp(prefix, -1))
+        assert_close_to_fp64(torch.log(l) + m, torch.logsumexp(prefix.double(), -1), torch.logsumexp(prefix, -1))
 
 
 @pytest.mark.parametrize(
@@ -68,12 +73,12 @@ def test_online_softmax_invariant_each_step(block_size):
 )
 def test_block_matmul_matches_matmul(m, k, n, bm, bn, bk):
     a, b = torch.randn(m, k), torch.randn(k, n)
-    torch.testing.assert_close(block_matmul(a, b, bm, bn, bk), a @ b, atol=1e-5, rtol=1e-5)
+    assert_close_to_fp64(block_matmul(a, b, bm, bn, bk), a.double() @ b.double(), a @ b)
 
 
 def test_block_matmul_batched_and_errors():
     a, b = torch.randn(2, 1, 9, 7), torch.randn(3, 7, 5)
-    torch.testing.assert_close(block_matmul(a, b, 4, 4, 3), a @ b, atol=1e-5, rtol=1e-5)
+    assert_close_to_fp64(block_matmul(a, b, 4, 4, 3), a.double() @ b.double(), a @ b)
     with pytest.raises(ValueError, match="inner dimensions differ"):
         block_matmul(torch.randn(3, 4), torch.randn(5, 6), 2, 2, 2)
     with pytest.raises(ValueError, match="block_k must be a positive integer"):

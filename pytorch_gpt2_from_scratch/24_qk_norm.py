@@ -1,0 +1,40 @@
+"""Step 24 (Section 5, rung 4): QK-norm: RMS-normalise queries and keys before attention.
+
+Attention scores are ``q . k / sqrt(hs)``. If the query/key weights grow, the scores grow with them, the softmax
+saturates and its gradient vanishes -- one of the classic causes of loss spikes. QK-norm (Dehghani et al. 2023,
+ViT-22B; used in modded-nanogpt) normalises each head's vectors first::
+
+    q <- q / rms(q),   k <- k / rms(k)      so   |q . k| / sqrt(hs) <= sqrt(hs)
+
+bounding the scores whatever the weights do, which also lets the optimizer use larger learning rates.
+
+The lesson trains rung ``qk-norm`` next to rung ``rmsnorm`` (the one before it) for the same wall-clock budget and
+seeds, interleaved (seed 0 of every rung, then seed 1), prints the table (val loss at the budget as mean +- half the
+seed range, time to reach the baseline's loss, tokens/s, verdict: "kept" only if it beats the previous rung by more
+than the seed spread) and writes it with a plot of val loss against training time to ``out/speedrun/24_qk-norm.*``.
+
+Run (from the repo root)::
+
+    python pytorch_gpt2_from_scratch/24_qk_norm.py                                 # 2 seeds x 120 s per rung
+    python pytorch_gpt2_from_scratch/24_qk_norm.py --time-budget 30 --seeds 0      # a quick look
+"""
+
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # repo root: import the chapter modules
+
+from pytorch_basis.common import run_cli
+from pytorch_gpt2_from_scratch.speedrun import cli, lesson_main
+
+KEY = "qk-norm"
+
+
+def main(argv=None) -> dict:
+    return lesson_main(KEY, argv, description=__doc__.split("\n\n")[0])
+
+
+if __name__ == "__main__":
+    run_cli(lambda: cli(entry=main))

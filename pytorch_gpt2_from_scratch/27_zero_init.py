@@ -1,0 +1,39 @@
+"""Step 27 (Section 5, rung 7): zero-initialised output projections and head.
+
+The attention and MLP output projections (``c_proj``) and the untied ``lm_head`` start at exactly zero
+(modded-nanogpt; the same idea as "ReZero" and "Fixup"). Then every block starts as the identity on the residual
+stream, ``x + attn(...) + mlp(...) = x``, and the first prediction is uniform: the loss at init is exactly
+``ln V = 10.82`` (tested). The gradients into the zero matrices are not zero (their inputs are not), so they learn
+from the first step, and deep stacks start perfectly conditioned instead of with noise in every residual add.
+
+The lesson trains rung ``zero-init`` next to rung ``untied`` (the one before it) for the same wall-clock budget and
+seeds, interleaved (seed 0 of every rung, then seed 1), prints the table (val loss at the budget as mean +- half the
+seed range, time to reach the baseline's loss, tokens/s, verdict: "kept" only if it beats the previous rung by more
+than the seed spread) and writes it with a plot of val loss against training time to ``out/speedrun/27_zero-
+init.*``.
+
+Run (from the repo root)::
+
+    python pytorch_gpt2_from_scratch/27_zero_init.py                                 # 2 seeds x 120 s per rung
+    python pytorch_gpt2_from_scratch/27_zero_init.py --time-budget 30 --seeds 0      # a quick look
+"""
+
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # repo root: import the chapter modules
+
+from pytorch_basis.common import run_cli
+from pytorch_gpt2_from_scratch.speedrun import cli, lesson_main
+
+KEY = "zero-init"
+
+
+def main(argv=None) -> dict:
+    return lesson_main(KEY, argv, description=__doc__.split("\n\n")[0])
+
+
+if __name__ == "__main__":
+    run_cli(lambda: cli(entry=main))

@@ -1,0 +1,40 @@
+"""Step 31 (Section 5, rung 11): skip connections from the embedding into every block.
+
+Each block reads a learnable mix of the residual stream and of the embedding ``x_0`` (modded-nanogpt)::
+
+    x <- a_l x + b_l x_0          (a_l = 1, b_l = 0 at init: the rung starts as the previous model)
+
+so deeper layers see the token identity directly however much the stream has changed. Two scalars per block,
+trained by AdamW.
+
+The lesson trains rung ``x0-skip`` next to rung ``value-embed`` (the one before it) for the same wall-clock budget
+and seeds, interleaved (seed 0 of every rung, then seed 1), prints the table (val loss at the budget as mean +- half
+the seed range, time to reach the baseline's loss, tokens/s, verdict: "kept" only if it beats the previous rung by
+more than the seed spread) and writes it with a plot of val loss against training time to
+``out/speedrun/31_x0-skip.*``.
+
+Run (from the repo root)::
+
+    python pytorch_gpt2_from_scratch/31_embedding_skip.py                                 # 2 seeds x 120 s per rung
+    python pytorch_gpt2_from_scratch/31_embedding_skip.py --time-budget 30 --seeds 0      # a quick look
+"""
+
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # repo root: import the chapter modules
+
+from pytorch_basis.common import run_cli
+from pytorch_gpt2_from_scratch.speedrun import cli, lesson_main
+
+KEY = "x0-skip"
+
+
+def main(argv=None) -> dict:
+    return lesson_main(KEY, argv, description=__doc__.split("\n\n")[0])
+
+
+if __name__ == "__main__":
+    run_cli(lambda: cli(entry=main))

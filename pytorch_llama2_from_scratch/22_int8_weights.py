@@ -1,0 +1,211 @@
+"""Step 22: weight-only int8 - one byte per weight, scales per output channel, activations in floating point.
+
+``quantize.quantize_int8_(model)`` replaces every ``nn.Linear`` in place by an ``Int8Linear``::
+
+    s_o = max_i |W[o, i]| / 127,   Q[o, i] = round(W[o, i] / s_o)  (int8),   y_o = s_o * sum_i x_i Q[o, i]
+
+so a decode step reads ~1 byte per weight (+ one scale per row) instead of 4 (fp32) or 2 (bf16). On the CPU the
+matmul is PyTorch's ``aten._weight_int8pack_mm``, which is vectorised for 16-bit activations, so each linear
+rounds its input to bf16 (the accuracy cost below includes that). The quantised model is saved and loaded as a
+checkpoint of int8 tensors + scales (``save_quantized`` writes atomically, ``load_quantized`` reads it with
+``weights_only=True``); the embedding table stays floating point because a step reads only one of its rows.
+
+Group-wise int4 (16 scales per row instead of 1, half the bytes again) pays only if its kernel reads at full
+speed; part 4 times PyTorch's CPU int4 kernel (``aten._weight_int4pack_mm_for_cpu``, group 128) against the int8
+one on one matrix, which decides whether this chapter goes further.
+
+Run::
+
+    python pytorch_llama2_from_scratch/22_int8_weights.py            # ~2-4 min on one CPU thread
+    python pytorch_llama2_from_scratch/22_int8_weights.py --layers 2 --vocab 4000 --repeats 2
+"""
+
+from __future__ import annotations
+
+import argparse
+import copy
+import statistics
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # repo root: import the chapter modules
+
+import torch
+import torch.nn.functional as F
+
+from pytorch_basis.common import add_device_argument, resolve_device, seed_everything
+from pytorch_llama2_from_scratch.decode_eval import accuracy_cost, heldout_windows, trained_tiny_llama
+from pytorch_llama2_from_scratch.fast_decode import (
+    FastDecoder,
+    bytes_per_token,
+    measure,
+    model_gemv_probe,
+    random_llama_pair,
+    random_prompt,
+    spread,
+    weight_bytes,
+)
+from pytorch_llama2_from_scratch.quantize import load_quantized, quantize_int8_, save_quantized
+
+
+def kernel_times(rows: int = 4096, cols: int = 4096, repeats: int = 20) -> dict[str, float]:
+    """Best-of-``repeats`` milliseconds of one (1, cols) x (cols, rows) product per weight format (CPU)."""
+    g = torch.Generator().manual_seed(0)
+    w = torch.randn(rows, cols, generator=g)
+    x = torch.randn(1, cols, generator=g)
+    q = torch.randint(-127, 128, (rows, cols), dtype=torch.int8, generator=g)
+    s = torch.rand(rows, generator=g)
+    calls = {
+        "fp32 F.linear": lambda: F.linear(x, w),
+        "bf16 F.linear": lambda: F.linear(x.bfloat16(), w.bfloat16()),
+        "int8 _weight_int8pack_mm (bf16 act)": lambda: torch.ops.aten._weight_int8pack_mm(
+            x.bfloat16(), q, s.bfloat16()
+        ),
+    }
+    try:  # speed only: packed random 4-bit values, 128-wide groups (scales and zeros per group and row)
+        q4 = torch.randint(0, 16, (rows, cols), dtype=torch.int32, generator=g)
+        packed = torch.ops.aten._convert_weight_to_int4pack_for_cpu(q4, 1)
+        sz = torch.rand(cols // 128, rows, 2, generator=g).bfloat16()
+        calls["int4 _weight_int4pack_mm_for_cpu (bf16 act, g128)"] = lambda: torch.ops.aten._weight_int4pack_mm_for_cpu(
+            x.bfloat16(), packed, 128, sz
+        )
+    except (RuntimeError, AttributeError) as e:
+        print(f"   (int4 kernel unavailable in this build: {type(e).__name__})")
+    wb, xb = w.bfloat16(), x.bfloat16()
+    calls["bf16 F.linear"] = lambda: F.linear(xb, wb)
+    out = {}
+    for name, fn in calls.items():
+        fn()
+        best = float("inf")
+        for _ in range(repeats):
+            t0 = time.perf_counter()
+            fn()
+            best = min(best, time.perf_counter() - t0)
+        out[name] = 1e3 * best
+    return out
+
+
+def main(
+    hidden: int = 768,
+    layers: int = 12,
+    heads: int = 12,
+    kv_heads: int = 4,
+    intermediate: int = 2048,
+    vocab: int = 32000,
+    prompt_len: int = 16,
+    new_tokens: int = 64,
+    repeats: int = 5,
+    windows: int = 16,
+    train_steps: int = 150,
+    checkpoint: str | None = None,
+    threads: int | None = 1,
+    clock: str = "wall",
+    device: str = "cpu",
+    seed: int = 0,
+) -> dict:
+    seed_everything(seed)
+    if threads:
+        torch.set_num_threads(threads)
+    dev = resolve_device(device)
+    model, _ = random_llama_pair(hidden, layers, heads, kv_heads, intermediate, vocab, prompt_len + new_tokens, seed,
+                                 with_hf=False)  # fmt: skip
+    model.to(dev)
+    total = prompt_len + new_tokens
+    bf16 = copy.deepcopy(model).to(torch.bfloat16)
+    t0 = time.perf_counter()
+    int8 = quantize_int8_(copy.deepcopy(model))
+    print(
+        f"model: {model.num_params() / 1e6:.1f} M parameters, {dev}, {torch.get_num_threads()} thread(s); quantised "
+        f"in {time.perf_counter() - t0:.1f} s: {weight_bytes(model) / 1e6:.0f} MB fp32 -> "
+        f"{weight_bytes(int8) / 1e6:.0f} MB int8 (+ fp32 embedding table)"
+    )
+
+    print("\n1) save and load the quantised checkpoint")
+    with tempfile.TemporaryDirectory() as d:
+        path = Path(d) / "llama-int8.pt"
+        save_quantized(int8, path)
+        size = path.stat().st_size
+        loaded = load_quantized(path, device=dev)
+    probe = torch.tensor([random_prompt(vocab, 8)], device=dev)
+    with torch.inference_mode():
+        same = torch.equal(int8(probe, use_cache=False), loaded(probe, use_cache=False))
+    print(f"   {size / 1e6:.0f} MB on disk; loaded model gives identical logits: {same}")
+    del loaded
+
+    print(f"\n2) static-cache greedy decoding, {repeats} interleaved rounds ({clock} clock), limit = fp32 GEMV")
+    prompt = random_prompt(vocab, prompt_len)
+    methods = {}
+    for name, m in (("fp32 weights", model), ("bf16 weights", bf16), ("int8 weights", int8)):
+        dec = FastDecoder(m, max_seq_len=total)
+        methods[name] = (lambda d=dec: d.generate(prompt, new_tokens), bytes_per_token(m, total))
+    for fn, _ in methods.values():
+        fn()
+    res = measure(methods, new_tokens, repeats, dev, model_gemv_probe(model), clock, "fp32 weights")
+    base = res["methods"]["fp32 weights"]["median_tok_s"]
+    for name, row in res["methods"].items():
+        print(
+            f"   {name:14s} {row['bytes_per_token'] / 1e6:7.1f} MB/token  {spread(row['tok_s']):>20s} tok/s  "
+            f"{spread(row['pct_of_limit']):>20s} % of limit  {row['median_tok_s'] / base:.2f}x fp32  "
+            f"same tokens as fp32 {row['same_tokens']:.0%}"
+        )
+
+    print("\n3) accuracy cost on the trained tiny LLaMA (held-out tiny Shakespeare)")
+    ref, tok = trained_tiny_llama(checkpoint, train_steps=train_steps)
+    win = heldout_windows(tok, seq_len=ref.args.max_seq_len - 1, n=windows)
+    acc = {
+        "bf16": accuracy_cost(ref, copy.deepcopy(ref).to(torch.bfloat16), win),
+        "int8": accuracy_cost(ref, quantize_int8_(copy.deepcopy(ref)), win),
+    }
+    for name, a in acc.items():
+        print(
+            f"   {name}: top-1 agreement {100 * a['top1_agreement']:.2f} %, perplexity {a['ppl_reference']:.3f} -> "
+            f"{a['ppl']:.3f} ({a['ppl_delta_pct']:+.3f} %)"
+        )
+
+    kernels = {}
+    if dev.type == "cpu":
+        print("\n4) one 4096 x 4096 GEMV per weight format (best of 20)")
+        kernels = kernel_times()
+        for name, ms in kernels.items():
+            print(f"   {name:52s} {ms:7.3f} ms")
+    return {"speed": res, "accuracy": acc, "kernels_ms": kernels, "checkpoint_bytes": size, "roundtrip_equal": same,
+            "bandwidth_GBs": statistics.median(res["bandwidth_GBs"])}  # fmt: skip
+
+
+def parse_args(argv=None) -> argparse.Namespace:
+    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    p.add_argument("--hidden", type=int, default=768)
+    p.add_argument("--layers", type=int, default=12)
+    p.add_argument("--heads", type=int, default=12)
+    p.add_argument("--kv-heads", type=int, default=4)
+    p.add_argument("--intermediate", type=int, default=2048)
+    p.add_argument("--vocab", type=int, default=32000)
+    p.add_argument("--prompt-len", type=int, default=16)
+    p.add_argument("--new-tokens", type=int, default=64)
+    p.add_argument("--repeats", type=int, default=5, help="interleaved rounds (median and range are printed)")
+    p.add_argument("--windows", type=int, default=16, help="held-out windows for the accuracy measurement")
+    p.add_argument("--train-steps", type=int, default=150, help="steps if lesson 12's checkpoint is missing")
+    p.add_argument("--checkpoint", default=None, help="tiny LLaMA folder (default: lesson 12's out/llama2/...)")
+    p.add_argument("--threads", type=int, default=1, help="CPU threads (default 1; 0 = PyTorch's choice)")
+    p.add_argument(
+        "--clock",
+        choices=["wall", "cpu"],
+        default=None,
+        help="wall: elapsed time; cpu: this process's CPU time, steadier on a shared CPU (default: cpu on the CPU "
+        "with one thread, else wall)",
+    )
+    p.add_argument("--seed", type=int, default=0)
+    add_device_argument(p, default="cpu")
+    args = p.parse_args(argv)
+    args.threads = args.threads or None
+    if args.clock is None:
+        args.clock = "cpu" if args.device == "cpu" and args.threads == 1 else "wall"
+    return args
+
+
+if __name__ == "__main__":
+    from pytorch_llama2_from_scratch.generate import run_with_clear_errors
+
+    run_with_clear_errors(lambda: main(**vars(parse_args())))

@@ -1,0 +1,168 @@
+"""Step 23: speculative decoding - a cheap draft proposes k tokens, the target verifies them in one forward.
+
+A target forward over k+1 tokens reads the weights once, like a forward over one token, so checking k guesses
+costs about one decode step. ``speculative.speculative_generate`` runs rounds of
+
+    draft: d_1 .. d_k  (k cheap steps)  ->  target: one forward on [x, d_1 .. d_k]  ->  accept a prefix + 1 token
+
+With greedy acceptance (``d_i == argmax p_i``) the output is the target's greedy output token for token; with
+sampling, the accept/reject rule ``min(1, p/q)`` + residual ``max(0, p - q)`` emits exactly the target's
+distribution (proof in ``speculative.py``). If each proposal is accepted with probability ``a``, a round emits
+``(1 - a^{k+1}) / (1 - a)`` tokens for one target forward and k draft steps, so with a draft costing ``c`` of
+a target step the speed-up is about ``(1 - a^{k+1}) / ((1 - a)(1 + k c))``: it needs a draft that is both
+cheap and often right.
+
+Drafts here (no training needed, so they work on the random ~125M-parameter target of lessons 19-22):
+
+* ``int8`` -- the target itself with weight-only int8 weights (``quantize.py``): ~4x fewer bytes per step and
+  nearly the same predictions;
+* ``layers:N`` -- the target's first N layers + its norm and output head (``speculative.truncated_draft``),
+  sharing the target's tensors (early exit).
+
+For each draft length k the lesson prints the acceptance rate, tokens per target forward and tok/s against
+plain greedy decoding with the same static-cache decoder, interleaved, and checks the tokens are identical.
+
+Run::
+
+    python pytorch_llama2_from_scratch/23_speculative_decoding.py                    # ~3-6 min on one CPU thread
+    python pytorch_llama2_from_scratch/23_speculative_decoding.py --draft layers:3 --ks 1 2 4
+"""
+
+from __future__ import annotations
+
+import argparse
+import copy
+import sys
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # repo root: import the chapter modules
+
+import torch
+
+from pytorch_basis.common import add_device_argument, resolve_device, seed_everything
+from pytorch_llama2_from_scratch.fast_decode import (
+    FastDecoder,
+    bytes_per_token,
+    measure,
+    model_gemv_probe,
+    random_llama_pair,
+    random_prompt,
+    spread,
+)
+from pytorch_llama2_from_scratch.quantize import quantize_int8_
+from pytorch_llama2_from_scratch.speculative import speculative_generate, truncated_draft
+
+
+def make_draft(model, spec: str):
+    """``"int8"`` or ``"layers:N"`` -> a draft Transformer with the target's vocabulary."""
+    if spec == "int8":
+        return quantize_int8_(copy.deepcopy(model))
+    if spec.startswith("layers:"):
+        try:
+            n = int(spec.split(":", 1)[1])
+        except ValueError:
+            raise ValueError(f"--draft layers:N needs an integer N, got {spec!r}") from None
+        return truncated_draft(model, n)
+    raise ValueError(f"--draft must be 'int8' or 'layers:N', got {spec!r}")
+
+
+def main(
+    hidden: int = 768,
+    layers: int = 12,
+    heads: int = 12,
+    kv_heads: int = 4,
+    intermediate: int = 2048,
+    vocab: int = 32000,
+    prompt_len: int = 16,
+    new_tokens: int = 64,
+    ks: tuple[int, ...] = (1, 2, 3, 4, 6),
+    draft: str = "int8",
+    repeats: int = 3,
+    threads: int | None = 1,
+    clock: str = "wall",
+    device: str = "cpu",
+    seed: int = 0,
+) -> dict:
+    seed_everything(seed)
+    if threads:
+        torch.set_num_threads(threads)
+    dev = resolve_device(device)
+    ks = tuple(int(k) for k in ks)
+    total = prompt_len + new_tokens + max(ks)
+    model, _ = random_llama_pair(hidden, layers, heads, kv_heads, intermediate, vocab, total, seed, with_hf=False)
+    model.to(dev)
+    small = make_draft(model, draft)
+    print(
+        f"target: {model.num_params() / 1e6:.1f} M parameters fp32 ({bytes_per_token(model, total) / 1e6:.0f} "
+        f"MB/token); draft {draft!r}: {bytes_per_token(small, total) / 1e6:.0f} MB/token; {dev}, "
+        f"{torch.get_num_threads()} thread(s)"
+    )
+    prompt = random_prompt(vocab, prompt_len, seed)
+    tdec = FastDecoder(model, max_seq_len=total)
+    ddec = FastDecoder(small, max_seq_len=total)
+    bpt = bytes_per_token(model, total)
+    methods = {"plain greedy": (lambda: tdec.generate(prompt, new_tokens), bpt)}
+    stats = {}
+    for k in ks:
+
+        def run(k=k):
+            out, stats[k] = speculative_generate(model, small, prompt, new_tokens, k=k, target_decoder=tdec,
+                                                 draft_decoder=ddec)  # fmt: skip
+            return out
+
+        methods[f"speculative k={k}"] = (run, bpt)
+    methods[f"draft alone ({draft})"] = (lambda: ddec.generate(prompt, new_tokens), bytes_per_token(small, total))
+    for fn, _ in methods.values():
+        fn()  # warm-up (and the statistics, which are deterministic for greedy)
+    res = measure(methods, new_tokens, repeats, dev, model_gemv_probe(model), clock, "plain greedy",
+                  progress=True)  # fmt: skip
+    base = res["methods"]["plain greedy"]["median_tok_s"]
+    print(f"\n{repeats} interleaved rounds, {new_tokens} new tokens, greedy, {clock} clock")
+    print(f"   {'method':24s} {'tok/s':>20s} {'vs plain':>9s} {'accept':>7s} {'tok/fwd':>8s}  same tokens")
+    for name, row in res["methods"].items():
+        k = int(name.split("=")[1]) if name.startswith("speculative") else None
+        acc = f"{100 * stats[k].acceptance_rate:6.1f}%" if k else "      -"
+        tpf = f"{stats[k].tokens_per_target_forward:8.2f}" if k else "       -"
+        print(
+            f"   {name:24s} {spread(row['tok_s']):>20s} {row['median_tok_s'] / base:8.2f}x {acc} {tpf}  "
+            f"{row['same_tokens']:.0%}"
+        )
+    best = max(ks, key=lambda k: res["methods"][f"speculative k={k}"]["median_tok_s"])
+    print(f"best k = {best}: {res['methods'][f'speculative k={best}']['median_tok_s'] / base:.2f}x plain greedy")
+    return {"speed": res, "stats": stats, "best_k": best}
+
+
+def parse_args(argv=None) -> argparse.Namespace:
+    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    p.add_argument("--hidden", type=int, default=768)
+    p.add_argument("--layers", type=int, default=12)
+    p.add_argument("--heads", type=int, default=12)
+    p.add_argument("--kv-heads", type=int, default=4)
+    p.add_argument("--intermediate", type=int, default=2048)
+    p.add_argument("--vocab", type=int, default=32000)
+    p.add_argument("--prompt-len", type=int, default=16)
+    p.add_argument("--new-tokens", type=int, default=64)
+    p.add_argument("--ks", type=int, nargs="+", default=[1, 2, 3, 4, 6], help="draft lengths to compare")
+    p.add_argument("--draft", default="int8", help="'int8' (quantised target) or 'layers:N' (first N layers)")
+    p.add_argument("--repeats", type=int, default=3, help="interleaved rounds (median and range are printed)")
+    p.add_argument("--threads", type=int, default=1, help="CPU threads (default 1; 0 = PyTorch's choice)")
+    p.add_argument(
+        "--clock",
+        choices=["wall", "cpu"],
+        default=None,
+        help="wall: elapsed time; cpu: this process's CPU time, steadier on a shared CPU (default: cpu on the CPU "
+        "with one thread, else wall)",
+    )
+    p.add_argument("--seed", type=int, default=0)
+    add_device_argument(p, default="cpu")
+    args = p.parse_args(argv)
+    args.threads = args.threads or None
+    if args.clock is None:
+        args.clock = "cpu" if args.device == "cpu" and args.threads == 1 else "wall"
+    return args
+
+
+if __name__ == "__main__":
+    from pytorch_llama2_from_scratch.generate import run_with_clear_errors
+
+    run_with_clear_errors(lambda: main(**vars(parse_args())))

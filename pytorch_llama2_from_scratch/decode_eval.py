@@ -1,0 +1,106 @@
+"""What a cheaper number format costs in accuracy: top-1 agreement and perplexity on held-out text.
+
+    from pytorch_llama2_from_scratch.decode_eval import trained_tiny_llama, heldout_windows, accuracy_cost
+
+    model, tok = trained_tiny_llama()               # lesson 12's checkpoint (trained quickly if missing)
+    windows = heldout_windows(tok, seq_len=128, n=16)
+    cost = accuracy_cost(model, cheaper_model, windows)
+
+For a reference model with next-token distribution ``p`` and a cheaper one (bf16 weights, int8 weights) ``p'``
+on the same held-out windows ``x`` (the last 10 % of tiny Shakespeare, the validation split of lesson 12)::
+
+    top-1 agreement = mean_t [ argmax p'_t == argmax p_t ]          (would greedy decoding pick the same token?)
+    perplexity      = exp( -1/N sum_t log p_t(x_{t+1}) )             (ppl' likewise with p')
+    delta           = ppl' / ppl - 1                                 (relative perplexity change)
+"""
+
+from __future__ import annotations
+
+import importlib.util
+import math
+from pathlib import Path
+
+import torch
+import torch.nn.functional as F
+
+from pytorch_basis.common import out_dir, tiny_shakespeare_path
+from pytorch_llama2_from_scratch.loading import load_checkpoint, load_tokenizer
+from pytorch_llama2_from_scratch.model import Transformer
+
+__all__ = ["accuracy_cost", "heldout_windows", "trained_tiny_llama"]
+
+
+def trained_tiny_llama(
+    directory: str | Path | None = None, train_steps: int = 150, max_minutes: float = 3.0, max_chars: int | None = None
+):
+    """``(model, tokenizer)`` of lesson 12's checkpoint; if it does not exist, train one with fewer steps.
+
+    The fallback runs lesson 12's ``main`` (same data, tokenizer and model) for ``train_steps`` steps, so the
+    numbers are then those of a shorter training; the caller prints which one it got.
+    """
+    directory = Path(directory) if directory else out_dir("llama2", "tiny_shakespeare")
+    trained_now = False
+    if not (directory / "params.json").is_file():
+        path = Path(__file__).with_name("12_train_tiny_llama.py")
+        spec = importlib.util.spec_from_file_location("lesson12_train_tiny_llama", path)
+        lesson = importlib.util.module_from_spec(spec)
+        spec.loader.exec_module(lesson)
+        print(f"no checkpoint in {directory}: training lesson 12's tiny LLaMA for {train_steps} steps first")
+        lesson.main(
+            out=str(directory),
+            steps=train_steps,
+            max_minutes=max_minutes,
+            max_chars=max_chars,
+            sample_tokens=8,
+            eval_every=max(train_steps, 1),
+            device="cpu",
+        )
+        trained_now = True
+    model, _ = load_checkpoint(directory)
+    model.trained_steps = _steps(directory)
+    model.trained_now = trained_now
+    return model.eval(), load_tokenizer(directory)
+
+
+def _steps(directory: Path) -> int | None:
+    import json
+
+    log = directory / "train_log.json"
+    if not log.is_file():
+        return None
+    val = json.loads(log.read_text()).get("val", [])
+    return int(val[-1][0]) if val else None
+
+
+def heldout_windows(tokenizer, seq_len: int = 128, n: int = 16) -> torch.Tensor:
+    """``n`` non-overlapping windows (n, seq_len + 1) from the last 10 % of tiny Shakespeare's tokens."""
+    ids = tokenizer.encode(tiny_shakespeare_path().read_text(), bos=False)
+    data = torch.tensor(ids, dtype=torch.long)
+    val = data[-max(len(data) // 10, seq_len + 1) :]
+    n = min(n, len(val) // (seq_len + 1))
+    if n < 1:
+        raise ValueError(f"held-out text has {len(val)} tokens, fewer than one window of {seq_len + 1}")
+    return val[: n * (seq_len + 1)].view(n, seq_len + 1)  # (n * (T+1),) -> (n, T+1)
+
+
+@torch.inference_mode()
+def _logits(model: Transformer, windows: torch.Tensor) -> torch.Tensor:
+    return torch.cat([model(w[None, :-1], use_cache=False) for w in windows]).float()  # (n, T, V)
+
+
+@torch.inference_mode()
+def accuracy_cost(reference: Transformer, model: Transformer, windows: torch.Tensor) -> dict:
+    """Top-1 agreement and perplexities of ``model`` vs ``reference`` on ``windows`` (n, T+1)."""
+    ref, out = _logits(reference, windows), _logits(model, windows)
+    targets = windows[:, 1:]
+    nll_ref = F.cross_entropy(ref.flatten(0, 1), targets.flatten()).item()
+    nll = F.cross_entropy(out.flatten(0, 1), targets.flatten()).item()
+    ppl_ref, ppl = math.exp(nll_ref), math.exp(nll)
+    return {
+        "top1_agreement": (ref.argmax(-1) == out.argmax(-1)).float().mean().item(),
+        "ppl_reference": ppl_ref,
+        "ppl": ppl,
+        "ppl_delta_pct": 100 * (ppl / ppl_ref - 1),
+        "max_abs_logit_diff": (ref - out).abs().max().item(),
+        "tokens": targets.numel(),
+    }

@@ -1,0 +1,199 @@
+"""The chapter's decode table: every method of lessons 20-23 on one model, interleaved in one run.
+
+    python pytorch_llama2_from_scratch/decode_ladder.py                 # ~125M random LLaMA, one thread
+    python pytorch_llama2_from_scratch/decode_ladder.py --no-compile --layers 4 --vocab 8000   # quick look
+
+Methods (batch 1, greedy, same prompt, same weights): HF ``generate``; ours with the dynamic cache; the static
+cache eager and compiled (fp32); bf16, fp16 and int8 weights (static cache); speculative decoding with the int8
+copy as draft for several k. Each round measures the bandwidth of the GEMVs of the fp32 model's own matrices
+first (the limit), then runs every
+method once. The accuracy cost of each number format comes from the trained tiny LLaMA (lesson 12). Writes
+``out/llama2/decode_ladder.md``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import copy
+import platform
+import statistics
+import sys
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # repo root: import the chapter modules
+
+import torch
+
+from pytorch_basis.common import atomic_write_text, out_dir, seed_everything
+from pytorch_llama2_from_scratch.decode_eval import accuracy_cost, heldout_windows, trained_tiny_llama
+from pytorch_llama2_from_scratch.fast_decode import (
+    FastDecoder,
+    _hf_generate,
+    bytes_per_token,
+    measure,
+    model_gemv_probe,
+    random_llama_pair,
+    random_prompt,
+)
+from pytorch_llama2_from_scratch.generate import generate
+from pytorch_llama2_from_scratch.quantize import quantize_int8_
+from pytorch_llama2_from_scratch.speculative import speculative_generate
+
+
+def cpu_name() -> str:
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return platform.processor() or platform.machine()
+
+
+@torch.inference_mode()
+def ladder(
+    hidden=768, layers=12, heads=12, kv_heads=4, intermediate=2048, vocab=32000, prompt_len=16, new_tokens=64,
+    repeats=3, ks=(2, 3, 4), compile=True, clock="cpu", seed=0, checkpoint=None, windows=16,
+) -> dict:  # fmt: skip
+    seed_everything(seed)
+    total = prompt_len + new_tokens + max(ks)
+    model, hf = random_llama_pair(hidden, layers, heads, kv_heads, intermediate, vocab, total, seed)
+    prompt = random_prompt(vocab, prompt_len, seed)
+    bf16 = copy.deepcopy(model).to(torch.bfloat16)
+    fp16 = copy.deepcopy(model).to(torch.float16)
+    int8 = quantize_int8_(copy.deepcopy(model))
+    dec = {name: FastDecoder(m, max_seq_len=total) for name, m in
+           (("fp32", model), ("bf16", bf16), ("fp16", fp16), ("int8", int8))}  # fmt: skip
+    ctx = prompt_len + new_tokens // 2
+    b = {n: bytes_per_token(m, total) for n, m in (("fp32", model), ("bf16", bf16), ("fp16", fp16), ("int8", int8))}
+    methods = {
+        "HF generate (fp32)": (lambda: _hf_generate(hf, prompt, new_tokens, "cpu"), bytes_per_token(model, ctx)),
+        "dynamic cache (fp32)": (lambda: generate(model, [prompt], new_tokens)[0], bytes_per_token(model, ctx)),
+        "static cache (fp32)": (lambda: dec["fp32"].generate(prompt, new_tokens), b["fp32"]),
+    }
+    compiled = None
+    if compile:
+        compiled = FastDecoder(model, max_seq_len=total, compile=True)
+        print("compiling the fp32 decode step ...", flush=True)
+        compiled.generate(prompt, 2)
+        print(f"compiled in {compiled.compile_seconds:.0f} s", flush=True)
+        methods["static + compile (fp32)"] = (lambda: compiled.generate(prompt, new_tokens), b["fp32"])
+    for name in ("bf16", "fp16", "int8"):
+        methods[f"static cache ({name} weights)"] = (lambda d=dec[name]: d.generate(prompt, new_tokens), b[name])
+    stats = {}
+    for k in ks:
+
+        def spec(k=k):
+            out, stats[k] = speculative_generate(model, int8, prompt, new_tokens, k=k, target_decoder=dec["fp32"],
+                                                 draft_decoder=dec["int8"])  # fmt: skip
+            return out
+
+        methods[f"speculative k={k} (fp32 target, int8 draft)"] = (spec, b["fp32"])
+    print("warm-up ...", flush=True)
+    for fn, _ in methods.values():
+        fn()
+    res = measure(methods, new_tokens, repeats, "cpu", model_gemv_probe(model), clock,
+                  "HF generate (fp32)", progress=True)  # fmt: skip
+    ref, tok = trained_tiny_llama(checkpoint)
+    win = heldout_windows(tok, seq_len=ref.args.max_seq_len - 1, n=windows)
+    acc = {
+        "bf16": accuracy_cost(ref, copy.deepcopy(ref).to(torch.bfloat16), win),
+        "fp16": accuracy_cost(ref, copy.deepcopy(ref).to(torch.float16), win),
+        "int8": accuracy_cost(ref, quantize_int8_(copy.deepcopy(ref)), win),
+    }
+    res.update(
+        params=model.num_params(), stats=stats, accuracy=acc, compile_seconds=compiled.compile_seconds if compiled else
+        None, tiny={"params": ref.num_params(), "steps": ref.trained_steps, "tokens": win[:, 1:].numel()},
+    )  # fmt: skip
+    return res
+
+
+def markdown(res: dict, hidden, layers, heads, kv_heads, intermediate, vocab, prompt_len) -> str:
+    rows = res["methods"]
+    hf = rows["HF generate (fp32)"]["median_tok_s"]
+    ours = rows["static cache (fp32)"]["median_tok_s"]
+    bw = res["bandwidth_GBs"]
+    acc = res["accuracy"]
+    lines = [
+        f"{cpu_name()}, {res['threads']} thread, torch {torch.__version__}, 2026-12-01; random LLaMA with "
+        f"{res['params'] / 1e6:.1f} M parameters (dim {hidden}, {layers} layers, {heads} query / {kv_heads} kv "
+        f"heads, FFN {intermediate}, vocab {vocab}); batch 1, greedy, prompt {prompt_len}, {res['new_tokens']} new "
+        f"tokens; {res['repeats']} interleaved rounds, {res['clock']} clock; median [min-max]. Limit = bandwidth "
+        f"of the GEMVs of the model's own fp32 matrices, measured in each round "
+        f"({statistics.median(bw):.1f} [{min(bw):.1f}-{max(bw):.1f}] GB/s) / "
+        f"bytes per token.",
+        "",
+        "| method | MB / token | tok/s | % of limit | vs HF | vs static fp32 | same tokens as HF | accept rate "
+        "| tokens / target fwd |",
+        "|---|---:|---:|---:|---:|---:|---:|---:|---:|",
+    ]
+    for name, r in rows.items():
+        t = r["tok_s"]
+        p = r["pct_of_limit"]
+        k = int(name.split("=")[1].split()[0]) if name.startswith("speculative") else None
+        s = res["stats"].get(k) if k else None
+        accept = f"{100 * s.acceptance_rate:.0f} %" if s else "-"
+        per_fwd = f"{s.tokens_per_target_forward:.2f}" if s else "-"
+        lines.append(
+            f"| {name} | {r['bytes_per_token'] / 1e6:.0f} | {r['median_tok_s']:.1f} [{min(t):.1f}-{max(t):.1f}] "
+            f"| {statistics.median(p):.0f} [{min(p):.0f}-{max(p):.0f}] | {r['median_tok_s'] / hf:.2f}x "
+            f"| {r['median_tok_s'] / ours:.2f}x | {r['same_tokens']:.0%} "
+            f"| {accept} | {per_fwd} |"
+        )
+    lines += [
+        "",
+        f"Accuracy of each weight format on the tiny LLaMA of lesson 12 ({res['tiny']['params'] / 1e6:.2f} M "
+        f"parameters, {res['tiny']['steps']} training steps), {res['tiny']['tokens']} held-out tokens of tiny "
+        "Shakespeare:",
+        "",
+        "| weights | top-1 agreement with fp32 | perplexity (fp32 -> this) | change |",
+        "|---|---:|---:|---:|",
+    ]
+    for name, a in acc.items():
+        lines.append(
+            f"| {name} | {100 * a['top1_agreement']:.2f} % | {a['ppl_reference']:.3f} -> {a['ppl']:.3f} "
+            f"| {a['ppl_delta_pct']:+.3f} % |"
+        )
+    if res.get("compile_seconds"):
+        gain = 1 / ours - 1 / rows["static + compile (fp32)"]["median_tok_s"]
+        be = f"{res['compile_seconds'] / gain:.0f} tokens" if gain > 0 else "never (no gain)"
+        lines += ["", f"Compile time of the decode step: {res['compile_seconds']:.0f} s ({res['clock']} clock); "
+                  f"break-even against the eager static cache after {be}."]  # fmt: skip
+    return "\n".join(lines) + "\n"
+
+
+def main(argv=None) -> dict:
+    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    p.add_argument("--hidden", type=int, default=768)
+    p.add_argument("--layers", type=int, default=12)
+    p.add_argument("--heads", type=int, default=12)
+    p.add_argument("--kv-heads", type=int, default=4)
+    p.add_argument("--intermediate", type=int, default=2048)
+    p.add_argument("--vocab", type=int, default=32000)
+    p.add_argument("--prompt-len", type=int, default=16)
+    p.add_argument("--new-tokens", type=int, default=64)
+    p.add_argument("--repeats", type=int, default=3)
+    p.add_argument("--ks", type=int, nargs="+", default=[2, 3, 4])
+    p.add_argument("--no-compile", dest="compile", action="store_false")
+    p.add_argument("--clock", choices=["wall", "cpu"], default="cpu", help="cpu (default): this process's CPU time")
+    p.add_argument("--checkpoint", default=None, help="tiny LLaMA for the accuracy table (default: lesson 12's)")
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--out", default=None, help="markdown file (default: out/llama2/decode_ladder.md)")
+    a = p.parse_args(argv)
+    torch.set_num_threads(1)
+    shape = dict(hidden=a.hidden, layers=a.layers, heads=a.heads, kv_heads=a.kv_heads, intermediate=a.intermediate,
+                 vocab=a.vocab, prompt_len=a.prompt_len)  # fmt: skip
+    res = ladder(**shape, new_tokens=a.new_tokens, repeats=a.repeats, ks=tuple(a.ks), compile=a.compile,
+                 clock=a.clock, seed=a.seed, checkpoint=a.checkpoint)  # fmt: skip
+    table = markdown(res, **shape)
+    path = Path(a.out) if a.out else out_dir("llama2") / "decode_ladder.md"
+    atomic_write_text(table, path)
+    print(f"\n{table}\nwritten to {path}")
+    res["table"] = table
+    return res
+
+
+if __name__ == "__main__":
+    from pytorch_llama2_from_scratch.generate import run_with_clear_errors
+
+    run_with_clear_errors(main)

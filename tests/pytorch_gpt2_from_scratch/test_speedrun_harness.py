@@ -1,0 +1,97 @@
+"""speedrun.py: the time-based schedule, the budget stop, the verdicts, CLI errors, lessons 20+ at tiny budgets."""
+
+from __future__ import annotations
+
+import math
+
+import pytest
+import torch
+
+from pytorch_gpt2_from_scratch import speedrun
+from pytorch_gpt2_from_scratch.speedrun import RUNG_KEYS, Recipe, RunResult, shrink, summarise, time_lr
+
+pytestmark = pytest.mark.usefixtures("single_thread")
+
+
+def test_time_lr_closed_form():
+    kw = dict(max_lr=1e-2, warmup_frac=0.2, min_lr_ratio=0.1)
+    assert time_lr(0.0, **kw) == 0.0
+    assert time_lr(0.1, **kw) == pytest.approx(5e-3)  # half-way through the warmup
+    assert time_lr(0.2, **kw) == pytest.approx(1e-2)  # top
+    assert time_lr(0.6, **kw) == pytest.approx((1e-2 + 1e-3) / 2)  # cosine half-way: the mean of max and min
+    r = (0.8 - 0.2) / 0.8
+    assert time_lr(0.8, **kw) == pytest.approx(1e-3 + 0.5 * (1 + math.cos(math.pi * r)) * 9e-3)
+    assert time_lr(1.0, **kw) == pytest.approx(1e-3) and time_lr(3.0, **kw) == pytest.approx(1e-3)
+    wsd = dict(max_lr=0.05, schedule="wsd", warmup_frac=0.0, cooldown_frac=0.4, min_lr_ratio=0.0)
+    assert time_lr(0.0, **wsd) == 0.05 and time_lr(0.59, **wsd) == 0.05  # stable
+    assert time_lr(0.8, **wsd) == pytest.approx(0.025)  # linear cooldown, half-way
+    assert time_lr(0.999, **wsd) == pytest.approx(0.05 * 0.001 / 0.4)
+    with pytest.raises(ValueError, match="schedule"):
+        time_lr(0.5, max_lr=1.0, schedule="step")
+
+
+def test_time_budget_stops_within_one_step(shakespeare_tokens):
+    r = shrink(speedrun.recipe("baseline"))
+    res = speedrun.run(r, budget=0.6, seed=0, tokens=shakespeare_tokens, eval_points=1, val_tokens=256,
+                       progress=False, log=lambda *_: None)
+    assert res.steps >= 1
+    assert res.clock >= 0.6  # never stops early
+    assert res.clock - res.last_step_s < 0.6  # the last step started before the budget was spent
+    assert res.tokens == res.steps * r.tokens_per_step
+    assert res.curve[0][0] == 0.0 and res.curve[-1][0] == res.clock
+    assert abs(res.curve[0][2] - math.log(50257)) < 0.2  # val loss at init ~ ln V
+
+
+def _result(name, seed, curve):
+    return RunResult(name, seed, 10.0, curve, steps=10, tokens=curve[-1][1], clock=curve[-1][0], last_step_s=1.0,
+                     precision="fp32")
+
+
+def test_summary_time_to_target_and_verdicts():
+    base = [_result("a", 0, [(0, 0, 10.0), (10, 100, 6.0)]), _result("a", 1, [(0, 0, 10.0), (10, 100, 6.2)])]
+    # b reaches 6.1 (a's mean) between 2 s (8.0) and 4 s (5.0): 2 + 2 * (8 - 6.1) / 3
+    better = [_result("b", 0, [(0, 0, 10.0), (2, 20, 8.0), (4, 40, 5.0), (10, 100, 4.0)]),
+              _result("b", 1, [(0, 0, 10.0), (2, 20, 8.0), (4, 40, 5.0), (10, 100, 4.2)])]
+    same = [_result("c", 0, [(0, 0, 10.0), (10, 100, 4.05)]), _result("c", 1, [(0, 0, 10.0), (10, 100, 4.3)])]
+    rows = summarise(base + better + same)
+    assert [r.verdict for r in rows] == ["reference", "kept", "within noise"]
+    assert rows[0].mean == pytest.approx(6.1) and rows[0].spread == pytest.approx(0.1)
+    assert rows[1].time_to_baseline == pytest.approx(2 + 2 * 1.9 / 3)
+    assert rows[0].time_to_baseline is None and rows[0].reached == 1  # seed 1 ends above the mean (6.2 > 6.1)
+    assert rows[1].tokens_per_s == pytest.approx(10.0)
+    worse = [_result("d", 0, [(0, 0, 10.0), (10, 100, 7.0)])]
+    assert summarise(base + worse)[1].verdict == "worse"
+    assert summarise(base + [_result("e", 0, [(0, 0, 10.0), (10, 100, 9.0)])])[1].time_to_baseline is None
+
+
+def test_ladder_is_cumulative():
+    rungs = speedrun.ladder()
+    assert [r.name for r in rungs] == list(RUNG_KEYS)
+    last = rungs[-1]
+    assert last.arch == "modern" and last.optimizer == "muon" and last.precision == "auto"
+    assert last.modern["rope"] and last.modern["x0_skip"] and last.modern["softcap"] == 15.0
+    assert rungs[0] == Recipe(name="baseline")
+    with pytest.raises(ValueError, match="unknown rung"):
+        speedrun.ladder("nope")
+
+
+def test_cli_bad_budget_is_one_line(capsys):
+    with pytest.raises(SystemExit) as e:
+        speedrun.cli(["--time-budget", "0"])
+    assert e.value.code == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert err == ["error: --time-budget must be > 0 seconds, got 0.0"]
+
+
+@pytest.mark.parametrize("number", range(20, 20 + len(RUNG_KEYS)))
+def test_rung_lessons_run_at_a_tiny_budget(load_lesson, number, tmp_path, shakespeare_tokens):
+    lesson = load_lesson("pytorch_gpt2_from_scratch", number)
+    out = lesson.main(["--tiny", "--time-budget", "0.2", "--seeds", "0", "--eval-points", "1", "--val-tokens",
+                       "256", "--no-progress", "--out", str(tmp_path)])
+    names = [r.name for r in out["rows"]]
+    assert names[-1] == RUNG_KEYS[number - 20]
+    assert len(names) == (1 if number == 20 else 2)
+    assert all(math.isfinite(r.mean) for r in out["rows"])
+    assert out["plot"].is_file() and out["plot"].stat().st_size > 0
+    assert isinstance(out["results"][0].curve[-1][2], float)
+    assert torch.get_num_threads() == 1

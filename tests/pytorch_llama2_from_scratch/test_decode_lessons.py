@@ -1,0 +1,70 @@
+"""Lessons 19-23 (decoding at the bandwidth limit) run at tiny sizes and show what they claim."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+CHAPTER = "pytorch_llama2_from_scratch"
+TINY = dict(hidden=64, layers=2, heads=4, kv_heads=2, intermediate=96, vocab=512, prompt_len=4, new_tokens=6,
+            repeats=1, clock="cpu")  # fmt: skip
+
+
+@pytest.fixture(scope="module")
+def tiny_checkpoint(tmp_path_factory):
+    """A tiny LLaMA trained for 2 steps by lesson 12's code (accuracy numbers need a trained model and tokenizer)."""
+    from pytorch_llama2_from_scratch.decode_eval import trained_tiny_llama
+
+    directory = tmp_path_factory.mktemp("tiny_llama")
+    model, _ = trained_tiny_llama(directory, train_steps=2, max_chars=60_000)
+    assert model.trained_now and model.trained_steps == 2
+    return str(directory)
+
+
+@pytest.mark.slow
+def test_lesson19_bytes_profile_and_limit(load_lesson):
+    res = load_lesson(CHAPTER, 19).main(**TINY)
+    parts = res["parts"]
+    assert sum(parts.values()) == res["bytes_per_token"]
+    args_bytes = 4 * (2 * (64 * 64 * 2 + 2 * 64 * 32) + 2 * 3 * 64 * 96)  # wq,wo 64x64; wk,wv 32x64; FFN 3x
+    assert parts["attention (wq wk wv wo)"] + parts["feed-forward (w1 w2 w3)"] == args_bytes
+    assert 0 < res["profile"]["matmul_share"] < 1 and res["profile"]["ops"] > 20
+    assert all(v > 0 for v in res["large"]["bandwidth_GBs"])
+
+
+def test_lesson20_static_and_dynamic_equal_hf(load_lesson):
+    res = load_lesson(CHAPTER, 20).main(**TINY, compile=False)
+    rows = res["methods"]
+    assert set(rows) == {"dynamic cache", "static cache", "HF generate"}
+    assert all(r["same_tokens"] == 1.0 for r in rows.values())  # greedy: token for token
+
+
+@pytest.mark.slow
+def test_lesson21_half_precision(load_lesson, tiny_checkpoint):
+    res = load_lesson(CHAPTER, 21).main(**TINY, windows=2, checkpoint=tiny_checkpoint)
+    rows = res["speed"]["methods"]
+    assert rows["bf16 weights"]["bytes_per_token"] < 0.51 * rows["fp32 weights"]["bytes_per_token"] + 4096
+    for name in ("bf16", "fp16"):
+        a = res["accuracy"][name]
+        assert a["top1_agreement"] > 0.9 and abs(a["ppl_delta_pct"]) < 5
+
+
+@pytest.mark.slow
+def test_lesson22_int8(load_lesson, tiny_checkpoint):
+    res = load_lesson(CHAPTER, 22).main(**TINY, windows=2, checkpoint=tiny_checkpoint)
+    assert res["roundtrip_equal"]
+    rows = res["speed"]["methods"]
+    assert rows["int8 weights"]["bytes_per_token"] < 0.3 * rows["fp32 weights"]["bytes_per_token"] + 512 * 64 * 4
+    assert res["accuracy"]["int8"]["top1_agreement"] > 0.9
+    assert set(res["kernels_ms"]) >= {"fp32 F.linear", "int8 _weight_int8pack_mm (bf16 act)"}
+
+
+def test_lesson23_speculative_is_identical_to_greedy(load_lesson):
+    mod = load_lesson(CHAPTER, 23)
+    for draft in ("int8", "layers:1"):
+        res = mod.main(**TINY, ks=(1, 3), draft=draft)
+        rows = res["speed"]["methods"]
+        assert rows["speculative k=1"]["same_tokens"] == rows["speculative k=3"]["same_tokens"] == 1.0
+        assert 1 <= res["stats"][3].tokens_per_target_forward <= 4
+    with pytest.raises(ValueError, match="--draft must be 'int8' or 'layers:N'"):
+        mod.make_draft(torch.nn.Linear(1, 1), "half")

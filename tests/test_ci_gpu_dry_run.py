@@ -1,0 +1,85 @@
+"""``.ci/gpu``, the GPU report, without a GPU: its dry run, its adapters and its per-part time limits.
+
+* ``bash .ci/gpu --dry-run`` must pass on this CPU machine: every module a part imports imports and every chapter
+  function it calls exists with the parameters it passes;
+* a renamed chapter function or a changed signature makes the dry run fail with a line naming it;
+* a part that overruns its limit is killed and reported as "timed out" with the rows it had written, and the
+  report is still written.
+"""
+
+from __future__ import annotations
+
+import importlib.util
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+@pytest.fixture(scope="module")
+def gpu_report():
+    name = "ci_gpu_report"
+    if name not in sys.modules:
+        spec = importlib.util.spec_from_file_location(name, ROOT / ".ci" / "gpu_report.py")
+        module = importlib.util.module_from_spec(spec)
+        sys.modules[name] = module
+        spec.loader.exec_module(module)
+    return sys.modules[name]
+
+
+@pytest.mark.slow
+def test_dry_run_passes():
+    res = subprocess.run(["bash", ".ci/gpu", "--dry-run"], cwd=ROOT, capture_output=True, text=True, timeout=600)
+    assert res.returncode == 0, res.stdout + res.stderr
+    assert "dry run passed" in res.stdout
+    for n in range(1, 7):
+        assert f"\n{n}. " in res.stdout, f"part {n} is not listed"
+    assert "FAILED" not in res.stdout
+
+
+def test_dry_run_catches_a_removed_function(gpu_report, monkeypatch, capsys):
+    lesson21 = gpu_report.ch4_lesson21()
+    monkeypatch.delattr(lesson21, "bench_one")
+    limits = {p.number: p.limit_s for p in gpu_report.PARTS}
+    assert gpu_report.dry_run([gpu_report.PART_BY_KEY["flash"]], limits, 470) == 1
+    out = capsys.readouterr().out
+    assert "FAILED" in out and "bench_one does not exist" in out
+
+
+def test_dry_run_catches_a_changed_signature(gpu_report, monkeypatch, capsys):
+    lesson11 = gpu_report.ch2_lesson11()
+    monkeypatch.setattr(lesson11, "time_steps", lambda steps_fns, x, y, device, warmup, steps: None)
+    limits = {p.number: p.limit_s for p in gpu_report.PARTS}
+    assert gpu_report.dry_run([gpu_report.PART_BY_KEY["gpt2"]], limits, 470) == 1
+    out = capsys.readouterr().out
+    assert "time_steps" in out and "lacks parameter(s) ['budget_s']" in out
+
+
+def test_limits_fit_the_eight_minutes(gpu_report):
+    assert [p.number for p in gpu_report.PARTS] == [1, 2, 3, 4, 5, 6]
+    assert sum(p.limit_s for p in gpu_report.PARTS) <= gpu_report.TOTAL_BUDGET_S < 8 * 60
+    assert gpu_report.parse_limits(["4=200", "flash=10"])[4] == 200.0
+    with pytest.raises(SystemExit, match="--limit '9=3'"):
+        gpu_report.parse_limits(["9=3"])
+
+
+def test_a_part_that_overruns_is_killed_and_reported(gpu_report, tmp_path):
+    (tmp_path / "parts").mkdir()
+    ctx = tmp_path / "parts" / "context.json"
+    ctx.write_text("{}")
+    ok = gpu_report.run_part(gpu_report.PART_BY_KEY["selftest-ok"], 30, tmp_path, ctx)
+    t0 = time.perf_counter()
+    hung = gpu_report.run_part(gpu_report.PART_BY_KEY["selftest-hang"], 2, tmp_path, ctx)
+    assert time.perf_counter() - t0 < 20
+    assert ok["status"] == "ok" and ok["rows"] == [{"value": 1}] and ok["targets"][0]["met"] is True
+    assert hung["status"] == "timed out" and hung["rows"] == [{"value": 1}]  # what it wrote before the kill
+    assert "sleeping past the limit" in (tmp_path / "parts" / "92_selftest-hang.log").read_text()
+    gpu_report.write_report([ok, hung], tmp_path, "2026-12-01 00:00", 3.0)
+    md = (tmp_path / "report.md").read_text()
+    assert "| 92. selftest: a part that overruns | timed out |" in md
+    assert "| 91. selftest value | 1 | >= 1 | yes |" in md
+    assert (tmp_path / "report.json").exists()
