@@ -26,6 +26,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import shutil
 import sys
 import tempfile
 from pathlib import Path
@@ -79,25 +80,26 @@ def build_tokenizer(directory: Path, vocab_size: int = 400, template: str = "lla
 
 
 def main(vocab_size: int = 400) -> dict:
-    with tempfile.TemporaryDirectory() as tmp:
-        tok = load_tokenizer(build_tokenizer(Path(tmp), vocab_size))
-        print(f"{tok}; EOS ids {list(tok.eos_ids)} (tokenizer_config's eos_token first, then config.json's list)")
-        text = "A chat template turns a conversation into text: ünïcode too 🙂"
-        ids = tok.encode(text, bos=False)
-        pieces = [tok.backend.id_to_token(i) for i in ids]
-        print(f"\n{text!r}\n -> {len(ids)} ids: {ids}\n -> pieces {pieces}")
-        print(f" -> decoded back: {tok.decode(ids)!r}")
-        special = tok.encode("<|start_header_id|>user<|end_header_id|>", bos=False)
-        print(f"special tokens in text are single ids: '<|start_header_id|>user<|end_header_id|>' -> {special}")
+    tmp = Path(tempfile.mkdtemp(prefix="lesson17_"))
+    tok = load_tokenizer(build_tokenizer(tmp, vocab_size))
+    shutil.rmtree(tmp)  # everything is in memory now
+    print(f"{tok}; EOS ids {list(tok.eos_ids)} (tokenizer_config's eos_token first, then config.json's list)")
+    text = "A chat template turns a conversation into text: ünïcode too 🙂"
+    ids = tok.encode(text, bos=False)
+    pieces = [tok.backend.id_to_token(i) for i in ids]
+    print(f"\n{text!r}\n -> {len(ids)} ids: {ids}\n -> pieces {pieces}")
+    print(f" -> decoded back: {tok.decode(ids)!r}")
+    special = tok.encode("<|start_header_id|>user<|end_header_id|>", bos=False)
+    print(f"special tokens in text are single ids: '<|start_header_id|>user<|end_header_id|>' -> {special}")
 
-        rendered = {}
-        for name in EXAMPLE_TEMPLATES:
-            bos, eos = FORMAT_TOKENS[name]
-            rendered[name] = render_chat(EXAMPLE_TEMPLATES[name], CONVERSATION, True, bos, eos)
-            print(f"\n--- {name} (add_generation_prompt=True): {len(tok.encode(rendered[name], bos=False))} tokens")
-            print(rendered[name])
-        return {"ids": ids, "text": text, "decoded": tok.decode(ids), "special": special, "rendered": rendered,
-                "eos_ids": tok.eos_ids}  # fmt: skip
+    rendered = {}
+    for name in EXAMPLE_TEMPLATES:
+        bos, eos = FORMAT_TOKENS[name]
+        rendered[name] = render_chat(EXAMPLE_TEMPLATES[name], CONVERSATION, True, bos, eos)
+        print(f"\n--- {name} (add_generation_prompt=True): {len(tok.encode(rendered[name], bos=False))} tokens")
+        print(rendered[name])
+    return {"ids": ids, "text": text, "decoded": tok.decode(ids), "special": special, "rendered": rendered,
+            "eos_ids": tok.eos_ids}  # fmt: skip
 
 
 def parse_args(argv=None):

@@ -112,9 +112,11 @@ def main(
     dtype: str = "bfloat16",
     seed: int = 0,
     out: str | None = None,
-    **config_changes,
+    config_changes: dict | None = None,
 ) -> dict:
+    """``config_changes``: config.json fields changed for ``--memory`` (e.g. fewer layers for a quick try)."""
     seed_everything(seed)
+    config_changes = config_changes or {}
     rows = requirements()
     print(f"{'family':<10} {'example model':<38} {'params':>8} {'bf16':>8} {'KV 4k ctx':>9} {'RAM':>8}")
     for r in rows:
@@ -135,7 +137,7 @@ def main(
         result["memory"] = m
     if run_bench:
         names = families or [n for n in PUBLISHED if n != "Mistral"]
-        b = bench(names, getattr(torch, dtype), bench_tokens, repeats, seed, **config_changes)
+        b = bench(names, getattr(torch, dtype), bench_tokens, repeats, seed)
         print(f"\ndecode, batch 1, greedy, {dtype}, {bench_tokens} tokens after an 8-token prompt, {repeats} "
               f"interleaved rounds, torch {torch.__version__}, {torch.get_num_threads()} threads:")  # fmt: skip
         for n, v in b.items():
