@@ -38,6 +38,40 @@ from pytorch_llama2_from_scratch.sampling import SamplingConfig
 
 ROLES = ("system", "user", "assistant", "tool")
 
+# Three prompt formats, written as Jinja templates in the style checkpoints ship them (lesson 17 renders them; the
+# tests compare our rendering with transformers' apply_chat_template). A real checkpoint's own template wins.
+_LLAMA3 = (
+    "{{ bos_token }}{% for message in messages %}"
+    "<|start_header_id|>{{ message['role'] }}<|end_header_id|>\n\n{{ message['content'] | trim }}<|eot_id|>"
+    "{% endfor %}{% if add_generation_prompt %}<|start_header_id|>assistant<|end_header_id|>\n\n{% endif %}"
+)
+_CHATML = """{%- if messages[0]['role'] != 'system' %}
+    {{- '<|im_start|>system\nYou are a helpful assistant.<|im_end|>\n' }}
+{%- endif %}
+{%- for message in messages %}
+    {{- '<|im_start|>' + message['role'] + '\n' + message['content'] + '<|im_end|>' + '\n' }}
+{%- endfor %}
+{%- if add_generation_prompt %}
+    {{- '<|im_start|>assistant\n' }}
+{%- endif %}
+"""
+_LLAMA2 = (
+    "{% if messages[0]['role'] == 'system' %}{% set system = messages[0]['content'] %}"
+    "{% set messages = messages[1:] %}{% else %}{% set system = none %}{% endif %}"
+    "{% for message in messages %}"
+    "{% if (message['role'] == 'user') != (loop.index0 % 2 == 0) %}"
+    "{{ raise_exception('roles must alternate user/assistant/user/...') }}{% endif %}"
+    "{% if message['role'] == 'user' %}"
+    "{% if loop.first and system %}{{ bos_token + '[INST] <<SYS>>\\n' + system + '\\n<</SYS>>\\n\\n' }}"
+    "{% else %}{{ bos_token + '[INST] ' }}{% endif %}{{ message['content'] | trim + ' [/INST]' }}"
+    "{% else %}{{ ' ' + message['content'] | trim + ' ' + eos_token }}{% endif %}{% endfor %}"
+)
+EXAMPLE_TEMPLATES = {
+    "llama3": _LLAMA3,  # Llama 3.x: header markers per role, <|eot_id|> ends a turn
+    "chatml": _CHATML,  # Qwen2/2.5/3, SmolLM2: <|im_start|>role ... <|im_end|>, a default system message
+    "llama2": _LLAMA2,  # Llama-2-chat: [INST] ... [/INST], the system message inside <<SYS>>
+}
+
 
 # --------------------------------------------------------------------------------------------- templates
 def check_messages(messages: Sequence[Mapping]) -> list[dict]:

@@ -371,6 +371,13 @@ class _Streamer:
             print(text[len(self.printed) :], end="", flush=True)
             self.printed = text
 
+    def flush(self) -> None:
+        """Print what was held back at the end (a last token that left a multi-byte character unfinished)."""
+        text = decode_continuation(self.tok, self.prompt_ids, self.tokens)
+        if text.startswith(self.printed) and len(text) > len(self.printed):
+            print(text[len(self.printed) :], end="", flush=True)
+            self.printed = text
+
 
 def check_options(
     strategy: str = "top_p",
@@ -486,6 +493,7 @@ def main(
     else:
         sampling = SamplingConfig.from_strategy(strategy, temperature, top_k, top_p, min_p, repetition_penalty)
         stream = not no_stream and len(prompts) == 1
+        streamer = _Streamer(tok, ids[0]) if stream else None
         if stream:
             print(prompts[0], end="", flush=True)
         outs = generate(
@@ -497,9 +505,10 @@ def main(
             pad_id=tok.pad_id if tok.pad_id is not None else 0,
             use_cache=not no_cache,
             generator=generator,
-            on_token=_Streamer(tok, ids[0]) if stream else None,
+            on_token=streamer,
         )
         if stream:
+            streamer.flush()
             print()
     completions = [decode_continuation(tok, i, o) for i, o in zip(ids, outs)]
     if strategy == "beam" or no_stream or len(prompts) > 1:

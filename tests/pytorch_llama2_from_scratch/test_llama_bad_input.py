@@ -482,3 +482,14 @@ def test_eos_list_in_config_without_tokenizer_eos(tmp_path):
     (tmp_path / "tokenizer_config.json").write_text(json.dumps({"bos_token": "<s>", "eos_token": "</s>"}))
     tok = load_tokenizer(tmp_path)
     assert tok.eos_id == 2 and set(tok.eos_ids) == {2, 7, 9}
+
+
+def test_cli_streamed_text_equals_the_completion(checkpoint, capsys):
+    """Streaming prints exactly the decoded completion, also when the last token ends inside a UTF-8 character
+    (random weights emit arbitrary byte tokens)."""
+    from pytorch_llama2_from_scratch.generate import main
+
+    for seed in (0, 1, 2):
+        out = main(checkpoint=str(checkpoint), prompt=["To be"], strategy="random", max_new_tokens=12, seed=seed)
+        printed = capsys.readouterr().out
+        assert f"\nTo be{out['completions'][0]}\n" in printed

@@ -3,7 +3,7 @@
 The tokenizer files are built offline with the ``tokenizers`` trainers (byte-level BPE as in Llama 3, Qwen and
 SmolLM2); the reference is ``transformers.AutoTokenizer`` loading the same folder: its ``encode``/``decode`` and
 its ``apply_chat_template(..., add_generation_prompt=True)`` for a Llama-3-style, a ChatML (Qwen) and a
-Llama-2-chat template (templates written here in each format).
+Llama-2-chat template (``chat.EXAMPLE_TEMPLATES``, written in each format).
 """
 
 from __future__ import annotations
@@ -13,7 +13,7 @@ import json
 import pytest
 import torch
 
-from pytorch_llama2_from_scratch.chat import ChatSession, render_chat, sampling_from
+from pytorch_llama2_from_scratch.chat import EXAMPLE_TEMPLATES, ChatSession, render_chat, sampling_from
 from pytorch_llama2_from_scratch.chat import main as chat_main
 from pytorch_llama2_from_scratch.loading import load_hf_checkpoint, load_tokenizer
 from pytorch_llama2_from_scratch.sampling import SamplingConfig
@@ -22,32 +22,7 @@ SPECIALS = ["<|begin_of_text|>", "<|end_of_text|>", "<|start_header_id|>", "<|en
             "<|im_start|>", "<|im_end|>", "<s>", "</s>"]  # fmt: skip
 VOCAB = 320
 
-LLAMA3 = (
-    "{{ bos_token }}{% for message in messages %}"
-    "<|start_header_id|>{{ message['role'] }}<|end_header_id|>\n\n{{ message['content'] | trim }}<|eot_id|>"
-    "{% endfor %}{% if add_generation_prompt %}<|start_header_id|>assistant<|end_header_id|>\n\n{% endif %}"
-)
-CHATML = """{% if messages[0]['role'] != 'system' %}
-<|im_start|>system
-You are a helpful assistant.<|im_end|>
-{% endif %}
-{% for message in messages %}
-    {{ '<|im_start|>' + message['role'] + '\\n' + message['content'] + '<|im_end|>' + '\\n' }}
-{% endfor %}
-{% if add_generation_prompt %}
-    {{ '<|im_start|>assistant\\n' }}
-{% endif %}"""
-LLAMA2 = (
-    "{% if messages[0]['role'] == 'system' %}{% set system = messages[0]['content'] %}"
-    "{% set messages = messages[1:] %}{% else %}{% set system = none %}{% endif %}"
-    "{% for message in messages %}"
-    "{% if (message['role'] == 'user') != (loop.index0 % 2 == 0) %}"
-    "{{ raise_exception('roles must alternate user/assistant/user/...') }}{% endif %}"
-    "{% if message['role'] == 'user' %}"
-    "{% if loop.first and system %}{{ bos_token + '[INST] <<SYS>>\\n' + system + '\\n<</SYS>>\\n\\n' }}"
-    "{% else %}{{ bos_token + '[INST] ' }}{% endif %}{{ message['content'] | trim + ' [/INST]' }}"
-    "{% else %}{{ ' ' + message['content'] | trim + ' ' + eos_token }}{% endif %}{% endfor %}"
-)
+LLAMA3, CHATML, LLAMA2 = (EXAMPLE_TEMPLATES[k] for k in ("llama3", "chatml", "llama2"))
 TEMPLATES = {
     "llama3": (LLAMA3, "<|begin_of_text|>", "<|eot_id|>"),
     "chatml": (CHATML, None, "<|im_end|>"),
