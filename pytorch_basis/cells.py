@@ -226,9 +226,19 @@ def build_cells(path: str | Path, overrides: dict[str, object] | None = None) ->
     body = list(main.body)
     if body and isinstance(body[0], ast.Expr) and isinstance(body[0].value, ast.Constant):
         body = body[1:]  # main()'s own docstring
+    final = None
     if body and isinstance(body[-1], ast.Return):
-        body = body[:-1]  # the dict for the tests
+        ret = body[-1]
+        body = body[:-1]
+        # the dict for the tests is left out; a return that does the work (a call) becomes `result = ...`
+        is_dict = isinstance(ret.value, (ast.Dict, ast.Name, type(None))) or (
+            isinstance(ret.value, ast.Call) and isinstance(ret.value.func, ast.Name) and ret.value.func.id == "dict"
+        )
+        if not is_dict:
+            final = "result = " + ast.get_source_segment(source, ret.value)
     if not body:
+        if final:
+            out.cells.append(Cell("code", final, "run the lesson"))
         return out
     first = _first_line(body[0])
     # comment lines directly above the first statement belong to it
@@ -260,6 +270,8 @@ def build_cells(path: str | Path, overrides: dict[str, object] | None = None) ->
         if grad_off and i == 0:
             code = f"torch.set_grad_enabled(False)  # main() runs under @{grad_off}\n{code}"
         out.cells.append(Cell("code", code, title))
+    if final:
+        out.cells.append(Cell("code", final, "the lesson's result"))
     if grad_off:
         out.cells.append(Cell("code", "torch.set_grad_enabled(True)  # back to the default", "gradients back on"))
     return out

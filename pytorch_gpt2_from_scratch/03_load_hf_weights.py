@@ -58,7 +58,7 @@ def main(model: str = "gpt2", random_init: bool = False, B: int = 2, T: int = 16
     except ValueError as e:
         mismatch = str(e)
     print(f"loading into a model of half the width: ValueError: {mismatch}")
-    return dict(max_diff=max_diff, config=ours.config, mismatch_error=mismatch)
+    return dict(max_diff=max_diff, config=ours.config, mismatch_error=mismatch, idx=idx, logits=logits)
 
 
 def parse_args(argv=None):

@@ -14,8 +14,10 @@ memory in; two ``mallopt`` calls make it reuse the memory instead (``keep_freed_
 
 Beside our numbers stands the video's column (one A100, B=16, T=1024: 1000, 333, 300, 130, 96, 93 ms).
 A rung that does *not* help on this device (TF32 does not exist on CPUs; bf16 depends on the CPU's bf16
-support) is shown honestly and not kept: the next rung builds on the fastest configuration so far
-(``--keep-all`` forces the video's strictly cumulative ladder).
+support) is shown honestly and not kept: a rung is kept only when its median step is faster than the best so far
+by more than the measured spread of the step times (``bench_stats.rung_verdict``), else it prints "within noise"
+or "slower"; the next rung builds on the fastest configuration kept so far (``--keep-all`` forces the video's
+strictly cumulative ladder).
 
 The same run also measures, interleaved step by step on the same batch and optimizer, our eager fp32 training
 step against ``transformers.GPT2LMHeadModel``'s (with dropout 0, i.e. the same computation, and with
@@ -49,6 +51,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # repo root: impor
 import torch
 
 from pytorch_basis.common import add_device_argument, atomic_write_text, out_dir, resolve_device, synchronize
+from pytorch_gpt2_from_scratch.bench_stats import rung_verdict
 from pytorch_gpt2_from_scratch.model import GPT, PRESET_NAMES, GPTConfig
 
 # Published dense bf16 tensor-core peaks (FLOP/s), for MFU. Unknown GPUs: a bf16 matmul measured in the run.
@@ -99,6 +102,10 @@ class Result:
     peak_fraction: float | None = None
     note: str = ""
     all_ms: list = field(default_factory=list)
+    verdict: str = "kept"  # bench_stats.rung_verdict: kept | within noise | slower
+
+
+_VERDICT_TEXT = {"kept": "kept", "within noise": "NOT kept (within noise)", "slower": "NOT kept (slower)"}
 
 
 # --------------------------------------------------------------------------------------------- timing helpers
@@ -267,12 +274,13 @@ def run_ladder(config, x, y, device, args, peaks) -> list[Result]:
         r = Result(name, setup, ms, tokens / ms * 1e3, firsts[0], len(times[0]), ref_ms, all_ms=times[0])
         peak = peaks["bf16"] if setup.amp in ("bf16", "fp16") else peaks["fp32"]
         r.peak_fraction = flops_per_step / (ms / 1e3) / peak
-        r.kept = args.keep_all or best is None or ms < best.ms
+        r.verdict = rung_verdict(times[0], best.all_ms if best else None)
+        r.kept = args.keep_all or r.verdict == "kept"
         if setup.compile:
             r.note = f"first step {r.first_step_s:.1f} s (compilation)"
         print(
             f"{name:36s} {ms:9.1f} ms/iter {r.tokens_per_s:9.0f} tok/s  peak {r.peak_fraction:6.1%}  "
-            f"{'kept' if r.kept else 'NOT kept (slower)'}  {r.note}"
+            f"{_VERDICT_TEXT[r.verdict] if not args.keep_all else 'kept (--keep-all)'}  {r.note}"
         )
         results.append(r)
         if r.kept:
@@ -293,7 +301,7 @@ def fp16_side_rung(config, setup, x, y, device, args, peaks, flops_per_step) -> 
         firsts, times = time_steps([make_train_step(model, setup, device)], x, y, device, args.warmup, args.steps, 1e9)
     ms = statistics.median(times[0])
     r = Result("  (beside: fp16 autocast + GradScaler)", setup, ms, x.numel() / ms * 1e3, firsts[0], len(times[0]))
-    r.kept, r.note = False, "side measurement"
+    r.kept, r.note, r.verdict = False, "side measurement", "side measurement"
     r.peak_fraction = flops_per_step / (ms / 1e3) / peaks["bf16"]
     print(f"{r.name:36s} {ms:9.1f} ms/iter {r.tokens_per_s:9.0f} tok/s  peak {r.peak_fraction:6.1%}")
     return r
@@ -418,7 +426,7 @@ def markdown(results, hf, peaks, meta) -> str:
         note = f" ({r.note})" if r.note else ""
         lines.append(
             f"| {r.name.strip()}{note} | {r.ms:.0f} | {r.tokens_per_s:,.0f} | {base / r.ms:.2f}x | "
-            f"{r.peak_fraction:.0%} | {'yes' if r.kept else 'no'} | {r.ref_ms or ''} |"
+            f"{r.peak_fraction:.0%} | {'yes' if r.kept else 'no: ' + r.verdict} | {r.ref_ms or ''} |"
         )
     if hf:
         lines += [

@@ -90,7 +90,7 @@ def main(total_batch_size=2048, batch_size=4, seq_len=64, steps=5, seed=1337, de
         stats = train_step(model, optimizer, micro.next_batch, grad_accum_steps=K, lr=1e-3, device=dev)
         losses.append(stats.loss)
         print(f"step {step} | loss {stats.loss:.4f} | norm {stats.grad_norm:.3f} | {stats.tokens} tokens")
-    return {"grad_accum_steps": K, "max_diff": max_diff, "unscaled_ratio": ratio, "losses": losses}
+    return {"grad_accum_steps": K, "max_diff": max_diff, "unscaled_ratio": ratio, "losses": losses, "grads": acc}
 
 
 if __name__ == "__main__":

@@ -139,6 +139,11 @@ def tokenize_document(text: str) -> np.ndarray:
     return tokens.astype(np.uint16)
 
 
+def document_token_counts(documents: Iterable[str]) -> np.ndarray:
+    """Tokens per document as the shards store it (``<|endoftext|>`` + BPE), as an ``int64`` array."""
+    return np.asarray([len(tokenize_document(d)) for d in documents], dtype=np.int64)
+
+
 # --------------------------------------------------------------------------------------------- shard files
 def shard_path(directory: str | os.PathLike, prefix: str, index: int) -> Path:
     """Shard 0 is the validation shard, the others are training shards."""

@@ -633,6 +633,9 @@ class Tokenizer:
         self.eos_ids: tuple[int, ...] = tuple(ids)
         self.eos_id = ids[0] if ids else None
         self.pad_id = pad_id
+        self.chat_template: str | None = None  # the checkpoint's Jinja chat template (chat.py renders it)
+        self.bos_token: str | None = None  # the special tokens' text, for the template
+        self.eos_token: str | None = None
 
     @property
     def vocab_size(self) -> int:
@@ -688,7 +691,42 @@ def config_eos_ids(directory: str | Path) -> list[int]:
     return list(dict.fromkeys(ids))
 
 
+def read_chat_template(directory: str | Path, tok_config: Mapping | None = None) -> str | None:
+    """The chat template of a checkpoint folder: ``chat_template.jinja`` (what transformers >= 4.47 writes) or the
+    ``chat_template`` entry of ``tokenizer_config.json`` (a string, or a list of named templates: ``default``)."""
+    directory = Path(directory)
+    if (directory / "chat_template.jinja").exists():
+        return (directory / "chat_template.jinja").read_text()
+    tok_config = _read_json_if_exists(directory / "tokenizer_config.json") if tok_config is None else tok_config
+    template = tok_config.get("chat_template")
+    if isinstance(template, list):
+        named = {t.get("name"): t.get("template") for t in template if isinstance(t, dict)}
+        template = named.get("default")
+    return template if isinstance(template, str) else None
+
+
 def load_tokenizer(directory: str | Path) -> Tokenizer:
+    """As :func:`_load_tokenizer`, plus the chat template and the special tokens' text from the folder."""
+    directory = Path(directory)
+    tok = _load_tokenizer(directory)
+    tok_config = _read_json_if_exists(directory / "tokenizer_config.json")
+    tok.chat_template = read_chat_template(directory, tok_config)
+
+    def text(key: str, token_id: int | None) -> str | None:
+        named = _special_token(tok_config, key)
+        if named is not None:
+            return named
+        if token_id is None:
+            return None
+        if tok.kind == "sentencepiece":
+            return tok.backend.id_to_piece(token_id)
+        return tok.backend.id_to_token(token_id)
+
+    tok.bos_token, tok.eos_token = text("bos_token", tok.bos_id), text("eos_token", tok.eos_id)
+    return tok
+
+
+def _load_tokenizer(directory: str | Path) -> Tokenizer:
     """SentencePiece ``tokenizer.model`` if the ``sentencepiece`` package is installed, else ``tokenizer.json``.
 
     Meta's downloads keep ``tokenizer.model`` next to the model folders, so the parent directory is searched too.

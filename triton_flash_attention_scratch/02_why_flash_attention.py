@@ -96,6 +96,12 @@ def parse_args() -> argparse.Namespace:
 
 
 if __name__ == "__main__":
-    args = parse_args()
-    args.seq_lens = tuple(args.seq_lens)
-    main(**vars(args))
+    from pytorch_basis.common import EXPECTED_CLI_ERRORS, run_cli
+
+    def _cli():
+        args = parse_args()
+        args.seq_lens = tuple(args.seq_lens)
+        main(**vars(args))
+
+    # bad options or inputs: one line "error: ..." and exit 1 (LLM_SCRATCH_DEBUG=1 shows the traceback)
+    run_cli(_cli, EXPECTED_CLI_ERRORS + (TypeError,))

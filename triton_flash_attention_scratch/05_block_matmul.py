@@ -56,8 +56,15 @@ def main(
     c3 = block_matmul(a3, b3, 8, 4, 4)
     err_batched = (c3 - a3 @ b3).abs().max().item()
     print(f"batched (3, 1, 17, 9) @ (4, 9, 5): max error {err_batched:.2e}")
-    return {"a": a, "b": b, "c": c, "max_error": err, "max_error_batched": err_batched, "tiles": tiles,
-            "batched": (a3, b3, c3)}
+    return {
+        "a": a,
+        "b": b,
+        "c": c,
+        "max_error": err,
+        "max_error_batched": err_batched,
+        "tiles": tiles,
+        "batched": (a3, b3, c3),
+    }
 
 
 def parse_args() -> argparse.Namespace:
@@ -69,4 +76,7 @@ def parse_args() -> argparse.Namespace:
 
 
 if __name__ == "__main__":
-    main(**vars(parse_args()))
+    from pytorch_basis.common import EXPECTED_CLI_ERRORS, run_cli
+
+    # bad options or inputs: one line "error: ..." and exit 1 (LLM_SCRATCH_DEBUG=1 shows the traceback)
+    run_cli(lambda: main(**vars(parse_args())), EXPECTED_CLI_ERRORS + (TypeError,))

@@ -70,8 +70,10 @@ def worked_trace(n_keys: int = 10, block_k: int = 4, head_dim: int = 2, device="
         print(f"   m_new = {st['m_new']:+.4f}, rescale alpha = e^(m - m_new) = {st['alpha']:.4f}")
         print(f"   after:  m = {st['m_after']:+.4f}  l = {st['l_after']:.4f}  õ = {fmt(st['o_after'])}"
               f"  õ/l = {fmt(st['o_after'] / st['l_after'])}")  # fmt: skip
-        print(f"   plain softmax of keys 0..{hi - 1}: max = {prefix.max():+.4f}  "
-              f"Σ e^(s-max) = {torch.exp(prefix - prefix.max()).sum():.4f}  softmax·V = {fmt(p_plain @ v[:hi])}")
+        print(
+            f"   plain softmax of keys 0..{hi - 1}: max = {prefix.max():+.4f}  "
+            f"Σ e^(s-max) = {torch.exp(prefix - prefix.max()).sum():.4f}  softmax·V = {fmt(p_plain @ v[:hi])}"
+        )
     o = steps[-1]["o_after"] / steps[-1]["l_after"]
     plain = torch.softmax(k @ q / head_dim**0.5, 0) @ v
     print(f" final o = õ / l = {fmt(o)};  softmax(q Kᵀ/sqrt(D)) V = {fmt(plain)}\n")
@@ -148,6 +150,12 @@ def parse_args() -> argparse.Namespace:
 
 
 if __name__ == "__main__":
-    args = parse_args()
-    args.seq_lens = tuple(args.seq_lens)
-    main(**vars(args))
+    from pytorch_basis.common import EXPECTED_CLI_ERRORS, run_cli
+
+    def _cli():
+        args = parse_args()
+        args.seq_lens = tuple(args.seq_lens)
+        main(**vars(args))
+
+    # bad options or inputs: one line "error: ..." and exit 1 (LLM_SCRATCH_DEBUG=1 shows the traceback)
+    run_cli(_cli, EXPECTED_CLI_ERRORS + (TypeError,))

@@ -98,8 +98,15 @@ def main(
                 "hand_error": err(hand),
                 "flash_error": err(flash),
                 "function_error": err((qf.grad, kf.grad, vf.grad)),
-                "tensors": {"q": q, "k": k, "v": v, "do": do, "hand": hand, "flash": flash,
-                            "function": (qf.grad, kf.grad, vf.grad)},  # fmt: skip
+                "tensors": {
+                    "q": q,
+                    "k": k,
+                    "v": v,
+                    "do": do,
+                    "hand": hand,
+                    "flash": flash,
+                    "function": (qf.grad, kf.grad, vf.grad),
+                },  # fmt: skip
                 "saved_naive": saved_bytes(lambda a, b, c, causal=causal: naive_attention(a, b, c, causal), qr, kr, vr),
                 "saved_flash": saved_bytes(
                     lambda a, b, c, causal=causal: flash_attention_torch(a, b, c, causal, None, block_q, block_k),
@@ -137,6 +144,12 @@ def parse_args() -> argparse.Namespace:
 
 
 if __name__ == "__main__":
-    args = parse_args()
-    args.seq_lens = tuple(args.seq_lens)
-    main(**vars(args))
+    from pytorch_basis.common import EXPECTED_CLI_ERRORS, run_cli
+
+    def _cli():
+        args = parse_args()
+        args.seq_lens = tuple(args.seq_lens)
+        main(**vars(args))
+
+    # bad options or inputs: one line "error: ..." and exit 1 (LLM_SCRATCH_DEBUG=1 shows the traceback)
+    run_cli(_cli, EXPECTED_CLI_ERRORS + (TypeError,))

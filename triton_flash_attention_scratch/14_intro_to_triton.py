@@ -37,6 +37,28 @@ def benchmark(fn, *, bytes_moved: float = 0.0, flops: float = 0.0) -> dict:
     return {"ms": ms, "GB/s": bytes_moved / ms * 1e-6, "TFLOP/s": flops / ms * 1e-9}
 
 
+def benchmark_kernels(dev: torch.device, dt: torch.dtype) -> dict:
+    """GPU only: each kernel against its PyTorch twin on large inputs (GB/s or TFLOP/s)."""
+    results: dict = {}
+    size = dt.itemsize
+    big = 1 << 24
+    xb, yb = torch.randn(big, device=dev, dtype=dt), torch.randn(big, device=dev, dtype=dt)
+    sm = torch.randn(4096, 4096, device=dev, dtype=dt)
+    ma, mb = torch.randn(4096, 4096, device=dev, dtype=dt), torch.randn(4096, 4096, device=dev, dtype=dt)
+    cases = {
+        "vector_add": (lambda: vector_add(xb, yb), lambda: xb + yb, dict(bytes_moved=3 * big * size)),
+        "softmax": (lambda: softmax(sm), lambda: torch.softmax(sm, -1), dict(bytes_moved=2 * sm.numel() * size)),
+        "matmul": (lambda: matmul(ma, mb), lambda: ma @ mb, dict(flops=2 * 4096**3)),
+    }
+    print(f"\n{'kernel':<11} {'Triton':>18} {'PyTorch':>18}")
+    for name, (tri, ref_fn, work) in cases.items():
+        t, r = benchmark(tri, **work), benchmark(ref_fn, **work)
+        unit = "TFLOP/s" if "flops" in work else "GB/s"
+        results[name] = {"triton": t, "torch": r}
+        print(f"{name:<11} {t[unit]:>10.1f} {unit:<7} {r[unit]:>10.1f} {unit:<7}")
+    return results
+
+
 def main(
     n: int = 1000,
     rows: int = 37,
@@ -84,27 +106,10 @@ def main(
         print(f"  {name:<11} {err:.2e}  {status}")
     out["ok"] = all(e < tol for e in out["errors"].values())
 
-    if not bench:
-        return out
-    if dev.type != "cuda":
+    if bench and dev.type == "cuda":
+        out["bench"] = benchmark_kernels(dev, dt)
+    elif bench:
         print("\ntiming needs a CUDA GPU: the interpreter runs each program in Python, so its speed means nothing")
-        return out
-    size = dt.itemsize
-    big = 1 << 24
-    xb, yb = torch.randn(big, device=dev, dtype=dt), torch.randn(big, device=dev, dtype=dt)
-    sm = torch.randn(4096, 4096, device=dev, dtype=dt)
-    ma, mb = torch.randn(4096, 4096, device=dev, dtype=dt), torch.randn(4096, 4096, device=dev, dtype=dt)
-    cases = {
-        "vector_add": (lambda: vector_add(xb, yb), lambda: xb + yb, dict(bytes_moved=3 * big * size)),
-        "softmax": (lambda: softmax(sm), lambda: torch.softmax(sm, -1), dict(bytes_moved=2 * sm.numel() * size)),
-        "matmul": (lambda: matmul(ma, mb), lambda: ma @ mb, dict(flops=2 * 4096**3)),
-    }
-    print(f"\n{'kernel':<11} {'Triton':>18} {'PyTorch':>18}")
-    for name, (tri, ref_fn, work) in cases.items():
-        t, r = benchmark(tri, **work), benchmark(ref_fn, **work)
-        unit = "TFLOP/s" if "flops" in work else "GB/s"
-        out["bench"][name] = {"triton": t, "torch": r}
-        print(f"{name:<11} {t[unit]:>10.1f} {unit:<7} {r[unit]:>10.1f} {unit:<7}")
     return out
 
 
@@ -124,4 +129,7 @@ def parse_args():
 
 
 if __name__ == "__main__":
-    main(**vars(parse_args()))
+    from pytorch_basis.common import EXPECTED_CLI_ERRORS, run_cli
+
+    # bad options or inputs: one line "error: ..." and exit 1 (LLM_SCRATCH_DEBUG=1 shows the traceback)
+    run_cli(lambda: main(**vars(parse_args())), EXPECTED_CLI_ERRORS + (TypeError,))

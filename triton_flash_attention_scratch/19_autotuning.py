@@ -57,6 +57,22 @@ def pruned_counts(problems=PROBLEMS, mode: str = "full") -> dict[str, dict[tuple
     }
 
 
+def tune_and_report(tune_seq_lens: tuple[int, ...], head_dim: int, dev: torch.device) -> dict:
+    """GPU only: run forward + backward once per key (the first call with a key tunes), return the choices."""
+
+    for n in tune_seq_lens:
+        for causal in (False, True):
+            q, k, v = (torch.randn(4, 16, n, head_dim, device=dev, dtype=torch.float16, requires_grad=True)
+                       for _ in range(3))  # fmt: skip
+            flash_attention(q, k, v, causal=causal).sum().backward()  # first call with this key: tunes
+    chosen = best_configs()
+    print("\nconfigs chosen by the autotuner (key = N_CTX_BUCKET, HEAD_DIM, CAUSAL, then dtypes):")
+    for kernel, table in chosen.items():
+        for key, cfg in table.items():
+            print(f"  {kernel:<5} {key}: {cfg}")
+    return chosen
+
+
 def main(tune_seq_lens: tuple[int, ...] = (1024, 4096), head_dim: int = 64, device: str = "auto", seed: int = 0):
     seed_everything(seed)
     dev = resolve_kernel_device(device)
@@ -77,18 +93,8 @@ def main(tune_seq_lens: tuple[int, ...] = (1024, 4096), head_dim: int = 64, devi
         for kernel, cfg in INTERPRET_CONFIGS.items():
             print(f"  {kernel:<5} {describe_config(cfg)}")
         print("autotuning itself needs a CUDA GPU")
-        return out
-
-    for n in tune_seq_lens:
-        for causal in (False, True):
-            q, k, v = (torch.randn(4, 16, n, head_dim, device=dev, dtype=torch.float16, requires_grad=True)
-                       for _ in range(3))  # fmt: skip
-            flash_attention(q, k, v, causal=causal).sum().backward()  # first call with this key: tunes
-    out["chosen"] = best_configs()
-    print("\nconfigs chosen by the autotuner (key = N_CTX_BUCKET, HEAD_DIM, CAUSAL, then dtypes):")
-    for kernel, table in out["chosen"].items():
-        for key, cfg in table.items():
-            print(f"  {kernel:<5} {key}: {cfg}")
+    else:
+        out["chosen"] = tune_and_report(tune_seq_lens, head_dim, dev)
     return out
 
 
@@ -104,4 +110,7 @@ def parse_args():
 
 
 if __name__ == "__main__":
-    main(**vars(parse_args()))
+    from pytorch_basis.common import EXPECTED_CLI_ERRORS, run_cli
+
+    # bad options or inputs: one line "error: ..." and exit 1 (LLM_SCRATCH_DEBUG=1 shows the traceback)
+    run_cli(lambda: main(**vars(parse_args())), EXPECTED_CLI_ERRORS + (TypeError,))

@@ -57,6 +57,25 @@ def stage_smem_bytes(num_stages: int, block_n: int, head_dim: int, itemsize: int
     return smem_estimate_bytes("fwd", 16, block_n, num_stages, head_dim, itemsize)
 
 
+def time_stages(batch, heads, seq_len, head_dim, block_m, block_n, num_warps, stages, dev) -> dict:
+    """GPU only: forward TFLOP/s per num_stages, causal and not."""
+    tflops: dict = {}
+    for causal in (False, True):
+        q, k, v = (torch.randn(batch, heads, seq_len, head_dim, device=dev, dtype=torch.float16) for _ in range(3))
+        flops = attention_flops(batch, heads, seq_len, head_dim, causal)
+        print(f"\nB={batch} H={heads} N={seq_len} D={head_dim} fp16 causal={causal}")
+        for s in stages:
+            cfg = {"BLOCK_M": block_m, "BLOCK_N": block_n, "num_warps": num_warps, "num_stages": s}
+            try:
+                ms = do_bench_ms(partial(attention_forward, q, k, v, causal=causal, config=cfg))
+            except Exception as e:  # e.g. out of shared memory for a deep pipeline
+                print(f"  num_stages={s}: failed ({type(e).__name__}: {str(e).splitlines()[0][:80]})")
+                continue
+            tflops[(causal, s)] = flops / ms * 1e-9
+            print(f"  num_stages={s}: {ms:8.3f} ms  {flops / ms * 1e-9:7.1f} TFLOP/s")
+    return tflops
+
+
 def main(
     batch: int = 4,
     heads: int = 16,
@@ -93,41 +112,39 @@ def main(
             print(f"sm_{arch:<4} {s_:>6} {smem[s_] / 1024:>12.0f} {f['shared_bytes'] / 1024:>13.0f} "
                   f"{f['kv_buffers']:>12.1f} {f['cp_async']:>9} {f['tma']:>4} {mma:>15}")  # fmt: skip
     print("formula: num_stages x 2 tiles (K, V) x BLOCK_N x D x 2 bytes. compiled: the kernel's shared memory;")
-    print(f"K/V buffers = (compiled - the Q tile's {q_tile // 1024} KiB) / one K+V tile ({one_stage // 1024} KiB). "
-          "Each extra stage costs one K+V tile;")
+    print(
+        f"K/V buffers = (compiled - the Q tile's {q_tile // 1024} KiB) / one K+V tile ({one_stage // 1024} KiB). "
+        "Each extra stage costs one K+V tile;"
+    )
     print("whether the compiler keeps s or s-1 buffers (the last load can reuse the buffer being consumed) depends")
     print("on the target and the Triton version. An H100 allows up to 227 KiB per block, an A100 163 KiB.")
     out = {"smem": smem, "compiled": compiled, "tflops": {}}
     dev = resolve_kernel_device(device)
-    if dev.type != "cuda":
+    if dev.type == "cuda":
+        out["tflops"] = time_stages(batch, heads, seq_len, head_dim, block_m, block_n, num_warps, stages, dev)
+    else:
         print("\ntiming the pipeline needs a CUDA GPU")
-        return out
-
-    for causal in (False, True):
-        q, k, v = (torch.randn(batch, heads, seq_len, head_dim, device=dev, dtype=torch.float16) for _ in range(3))
-        flops = attention_flops(batch, heads, seq_len, head_dim, causal)
-        print(f"\nB={batch} H={heads} N={seq_len} D={head_dim} fp16 causal={causal}")
-        for s in stages:
-            cfg = {"BLOCK_M": block_m, "BLOCK_N": block_n, "num_warps": num_warps, "num_stages": s}
-            try:
-                ms = do_bench_ms(partial(attention_forward, q, k, v, causal=causal, config=cfg))
-            except Exception as e:  # e.g. out of shared memory for a deep pipeline
-                print(f"  num_stages={s}: failed ({type(e).__name__}: {str(e).splitlines()[0][:80]})")
-                continue
-            out["tflops"][(causal, s)] = flops / ms * 1e-9
-            print(f"  num_stages={s}: {ms:8.3f} ms  {flops / ms * 1e-9:7.1f} TFLOP/s")
     return out
 
 
 def parse_args():
     p = lesson_parser(__doc__, batch=4, heads=16, seq_len=4096, head_dim=64, block_m=128, block_n=64, num_warps=8)
     p.add_argument("--stages", type=int, nargs="+", default=[1, 2, 3, 4])
-    p.add_argument("--archs", type=int, nargs="+", default=[80, 90], choices=[80, 86, 89, 90],
-                   help="compute capabilities to compile for (80 = A100, 90 = H100)")
+    p.add_argument(
+        "--archs",
+        type=int,
+        nargs="+",
+        default=[80, 90],
+        choices=[80, 86, 89, 90],
+        help="compute capabilities to compile for (80 = A100, 90 = H100)",
+    )
     args = p.parse_args()
     args.stages, args.archs = tuple(args.stages), tuple(args.archs)
     return args
 
 
 if __name__ == "__main__":
-    main(**vars(parse_args()))
+    from pytorch_basis.common import EXPECTED_CLI_ERRORS, run_cli
+
+    # bad options or inputs: one line "error: ..." and exit 1 (LLM_SCRATCH_DEBUG=1 shows the traceback)
+    run_cli(lambda: main(**vars(parse_args())), EXPECTED_CLI_ERRORS + (TypeError,))

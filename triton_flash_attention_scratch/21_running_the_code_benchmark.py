@@ -238,8 +238,7 @@ def format_row(row: dict) -> str:
 def comparison_table(rows: list[dict], peak: float | None) -> str:
     """Markdown: ours vs SDPA per shape, forward and backward TFLOP/s, ratio, % of the peak, p20-p80 spread."""
     head = (
-        "| dtype | causal | D | N | B×H | fwd ours | fwd SDPA | fwd ours/SDPA "
-        "| bwd ours | bwd SDPA | bwd ours/SDPA |"
+        "| dtype | causal | D | N | B×H | fwd ours | fwd SDPA | fwd ours/SDPA | bwd ours | bwd SDPA | bwd ours/SDPA |"
     )
     if peak:
         head += " fwd ours % peak |"
@@ -277,39 +276,9 @@ def markdown_table(rows: list[dict], peak: float | None) -> str:
     return "\n".join(lines) + "\n"
 
 
-def main(
-    seq_lens: tuple[int, ...] = (1024, 2048, 4096, 8192, 16384),
-    head_dims: tuple[int, ...] = (64, 128),
-    dtypes: tuple[str, ...] = ("float16", "bfloat16"),
-    impls: tuple[str, ...] = ("triton", "sdpa", "part1"),
-    part1_max_n: int = 2048,
-    grid: str = "full",
-    configs: str | None = None,
-    bench: bool = True,
-    device: str = "auto",
-    seed: int = 0,
-) -> dict:
-    seed_everything(seed)
-    if grid not in ("full", "trimmed"):
-        raise ValueError(f"--grid must be full or trimmed, got {grid!r}")
-    if configs not in (None, "default"):
-        raise ValueError(f"--configs must be 'default' (GPU_DEFAULT_CONFIGS) or absent (autotune), got {configs!r}")
-    if grid == "trimmed":
-        seq_lens, head_dims, dtypes = TRIMMED_GRID["seq_lens"], TRIMMED_GRID["head_dims"], TRIMMED_GRID["dtypes"]
-        impls = ("triton", "sdpa")
-    dev = resolve_kernel_device(device)
-    print(f"1. correctness on {dev} ({'Triton interpreter' if INTERPRET else 'compiled Triton'}) vs SDPA")
-    checks = check_correctness(dev)
-    for r in checks:
-        print(f"   {r['dtype']:<9} causal={r['causal']!s:<5} worst of O/dQ/dK/dV: {r['max_err']:.1e} "
-              f"{'OK' if r['ok'] else 'MISMATCH'}")  # fmt: skip
-    out = {"checks": checks, "rows": []}
-    if not bench:
-        return out
-    if dev.type != "cuda":
-        print("\n2. benchmark: timing needs a CUDA GPU (the interpreter emulates every program with NumPy on the CPU)")
-        return out
-
+def run_benchmark(seq_lens, head_dims, dtypes, impls, part1_max_n, configs, dev) -> dict:
+    """GPU only: ours vs SDPA (and part 1's loops) over the grid; writes benchmark.md / .json and returns rows."""
+    out: dict = {"rows": []}
     name = torch.cuda.get_device_name(dev)
     peak = peak_tflops(name)
     import triton
@@ -341,6 +310,40 @@ def main(
     return out
 
 
+def main(
+    seq_lens: tuple[int, ...] = (1024, 2048, 4096, 8192, 16384),
+    head_dims: tuple[int, ...] = (64, 128),
+    dtypes: tuple[str, ...] = ("float16", "bfloat16"),
+    impls: tuple[str, ...] = ("triton", "sdpa", "part1"),
+    part1_max_n: int = 2048,
+    grid: str = "full",
+    configs: str | None = None,
+    bench: bool = True,
+    device: str = "auto",
+    seed: int = 0,
+) -> dict:
+    seed_everything(seed)
+    if grid not in ("full", "trimmed"):
+        raise ValueError(f"--grid must be full or trimmed, got {grid!r}")
+    if configs not in (None, "default"):
+        raise ValueError(f"--configs must be 'default' (GPU_DEFAULT_CONFIGS) or absent (autotune), got {configs!r}")
+    if grid == "trimmed":
+        seq_lens, head_dims, dtypes = TRIMMED_GRID["seq_lens"], TRIMMED_GRID["head_dims"], TRIMMED_GRID["dtypes"]
+        impls = ("triton", "sdpa")
+    dev = resolve_kernel_device(device)
+    print(f"1. correctness on {dev} ({'Triton interpreter' if INTERPRET else 'compiled Triton'}) vs SDPA")
+    checks = check_correctness(dev)
+    for r in checks:
+        print(f"   {r['dtype']:<9} causal={r['causal']!s:<5} worst of O/dQ/dK/dV: {r['max_err']:.1e} "
+              f"{'OK' if r['ok'] else 'MISMATCH'}")  # fmt: skip
+    out = {"checks": checks, "rows": []}
+    if bench and dev.type == "cuda":
+        out.update(run_benchmark(seq_lens, head_dims, dtypes, impls, part1_max_n, configs, dev))
+    elif bench:
+        print("\n2. benchmark: timing needs a CUDA GPU (the interpreter emulates every program with NumPy on the CPU)")
+    return out
+
+
 def parse_args():
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0], formatter_class=argparse.RawTextHelpFormatter)
     p.add_argument("--seq-lens", type=int, nargs="+", default=[1024, 2048, 4096, 8192, 16384])
@@ -348,10 +351,15 @@ def parse_args():
     p.add_argument("--dtypes", nargs="+", default=["float16", "bfloat16"], choices=["float16", "bfloat16"])
     p.add_argument("--impls", nargs="+", default=["triton", "sdpa", "part1"], choices=["triton", "sdpa", "part1"])
     p.add_argument("--part1-max-n", type=int, default=2048, help="longest N for the slow part-1 PyTorch version")
-    p.add_argument("--grid", choices=["full", "trimmed"], default="full",
-                   help="trimmed: N 1024/4096/16384, D 64/128, fp16/bf16, causal or not, ours vs SDPA")
-    p.add_argument("--configs", choices=["default"], default=None,
-                   help="'default': time GPU_DEFAULT_CONFIGS instead of autotuning")
+    p.add_argument(
+        "--grid",
+        choices=["full", "trimmed"],
+        default="full",
+        help="trimmed: N 1024/4096/16384, D 64/128, fp16/bf16, causal or not, ours vs SDPA",
+    )
+    p.add_argument(
+        "--configs", choices=["default"], default=None, help="'default': time GPU_DEFAULT_CONFIGS instead of autotuning"
+    )
     p.add_argument("--no-bench", dest="bench", action="store_false", help="only the correctness check")
     p.add_argument("--seed", type=int, default=0)
     add_device_argument(p)
@@ -362,4 +370,7 @@ def parse_args():
 
 
 if __name__ == "__main__":
-    main(**vars(parse_args()))
+    from pytorch_basis.common import EXPECTED_CLI_ERRORS, run_cli
+
+    # bad options or inputs: one line "error: ..." and exit 1 (LLM_SCRATCH_DEBUG=1 shows the traceback)
+    run_cli(lambda: main(**vars(parse_args())), EXPECTED_CLI_ERRORS + (TypeError,))

@@ -115,5 +115,11 @@ def parse_args():
 
 
 if __name__ == "__main__":
-    out = main(**vars(parse_args()))
-    raise SystemExit(0 if out["ok"] else 1)
+    from pytorch_basis.common import EXPECTED_CLI_ERRORS, run_cli
+
+    def _cli():
+        out = main(**vars(parse_args()))
+        raise SystemExit(0 if out["ok"] else 1)
+
+    # bad options or inputs: one line "error: ..." and exit 1 (LLM_SCRATCH_DEBUG=1 shows the traceback)
+    run_cli(_cli, EXPECTED_CLI_ERRORS + (TypeError,))

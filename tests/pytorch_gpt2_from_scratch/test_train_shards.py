@@ -124,3 +124,30 @@ def test_hf_source_without_datasets_gives_clear_error(monkeypatch):
     monkeypatch.setitem(sys.modules, "datasets", None)  # makes `import datasets` raise ImportError
     with pytest.raises(RuntimeError, match="pip install datasets"):
         next(iter_hf_documents())
+
+
+def test_fineweb_hugging_face_path_with_an_in_memory_dataset(monkeypatch, tmp_path, gpt2_enc):
+    """``fineweb.py`` without --input reads rows from ``datasets.load_dataset``. A stand-in ``datasets`` module
+    returns rows held in memory and records how it was called, so the Hugging Face path runs offline; the shards
+    must hold every row's tokens in order, each after <|endoftext|>."""
+    import types
+
+    from pytorch_gpt2_from_scratch.fineweb import load_shard, main
+
+    rows = [{"text": f"Document number {i} is about {'education ' * i}.", "score": 3} for i in range(12)]
+    calls = []
+
+    def load_dataset(*args, **kwargs):
+        calls.append((args, kwargs))
+        return iter(rows)
+
+    monkeypatch.setitem(sys.modules, "datasets", types.SimpleNamespace(load_dataset=load_dataset))
+    res = main(dataset="HuggingFaceFW/fineweb-edu", name="sample-10BT", split="train", output=str(tmp_path / "s"),
+               shard_size=64, workers=1)  # fmt: skip
+    assert calls == [(("HuggingFaceFW/fineweb-edu",), dict(name="sample-10BT", split="train", streaming=False))]
+    expected = np.concatenate([[gpt2_enc.eot_token, *gpt2_enc.encode_ordinary(r["text"])] for r in rows])
+    got = np.concatenate([load_shard(p) for p in res.shards])
+    assert got.tolist() == expected.tolist() and res.num_documents == 12
+    assert res.shards[0].name == "edufineweb_val_000000.npy"
+    with pytest.raises(ValueError, match="has no field 'body'"):
+        main(dataset="x", text_field="body", output=str(tmp_path / "t"), shard_size=64, workers=1)

@@ -153,9 +153,7 @@ def test_lesson21_correctness_and_cpu_message(load_lesson, capsys):
         t = r["tensors"]
         causal = r["causal"]
         q, k, v, do = t["q"], t["k"], t["v"], t["do"]
-        r64 = [
-            F.scaled_dot_product_attention(*(x.detach().double() for x in (q, k, v)), is_causal=causal)
-        ]
+        r64 = [F.scaled_dot_product_attention(*(x.detach().double() for x in (q, k, v)), is_causal=causal)]
         q6, k6, v6 = (x.detach().double().requires_grad_() for x in (q, k, v))
         ref = F.scaled_dot_product_attention(q6, k6, v6, is_causal=causal)
         r64 = [ref.detach(), *torch.autograd.grad(ref, (q6, k6, v6), do.double())]
@@ -206,3 +204,28 @@ def test_lesson22_gpt2_losses_match_sdpa(load_lesson, capsys):
         assert abs(x - y) <= 64 * torch.finfo(torch.float32).eps * max(abs(x), 1.0) * 10
     if not CUDA:
         assert "Triton's CPU interpreter" in capsys.readouterr().out
+
+
+@pytest.mark.parametrize(
+    "lesson,args,code,message",
+    [
+        ("15_flash_forward_triton.py", ["--seq-len", "0"], 1, "error: empty input: q shape (2, 2, 0, 64)"),
+    ],
+)
+def test_lesson_cli_bad_option_is_one_line(lesson, args, code, message):
+    """A lesson run from the command line with a bad value: one line naming it and exit 1 or 2, no traceback."""
+    import os
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    root = Path(__file__).resolve().parents[2]
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    env.pop("LLM_SCRATCH_DEBUG", None)
+    proc = subprocess.run(
+        [sys.executable, str(root / CH / lesson), *args], capture_output=True, text=True, env=env, timeout=300
+    )
+    assert proc.returncode == code, proc.stderr
+    assert message in proc.stderr and "Traceback" not in proc.stderr
+    if code == 1:
+        assert proc.stderr.strip().count("\n") == 0, proc.stderr
