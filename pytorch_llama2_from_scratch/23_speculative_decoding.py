@@ -19,6 +19,11 @@ Drafts here (no training needed, so they work on the random ~125M-parameter targ
 * ``layers:N`` -- the target's first N layers + its norm and output head (``speculative.truncated_draft``),
   sharing the target's tensors (early exit).
 
+A random model is a poor target for speculation: its next-token distribution is nearly flat, so any change (int8
+rounding, a missing layer) flips the argmax. ``--damp-after N`` makes a random target whose layers N.. barely
+change the residual stream (their ``wo`` and ``w2`` scaled by ``--damp``), so its ``layers:N`` early exit
+agrees often -- a stand-in for a trained pair.
+
 For each draft length k the lesson prints the acceptance rate, tokens per target forward and tok/s against
 plain greedy decoding with the same static-cache decoder, interleaved, and checks the tokens are identical.
 
@@ -53,6 +58,18 @@ from pytorch_llama2_from_scratch.quantize import quantize_int8_
 from pytorch_llama2_from_scratch.speculative import speculative_generate, truncated_draft
 
 
+@torch.no_grad()
+def damp_deep_layers(model, first: int, factor: float) -> None:
+    """Scale the output projections (wo, w2) of layers ``first..`` by ``factor``: their blocks add little to the
+    residual stream, as the later layers of a trained model often do on easy tokens -- a random stand-in for
+    a target whose early exit agrees often."""
+    if not 0 <= first < model.args.n_layers:
+        raise ValueError(f"--damp-after must be in [0, {model.args.n_layers - 1}], got {first}")
+    for layer in model.layers[first:]:
+        layer.attention.wo.weight.mul_(factor)
+        layer.feed_forward.w2.weight.mul_(factor)
+
+
 def make_draft(model, spec: str):
     """``"int8"`` or ``"layers:N"`` -> a draft Transformer with the target's vocabulary."""
     if spec == "int8":
@@ -77,6 +94,8 @@ def main(
     new_tokens: int = 64,
     ks: tuple[int, ...] = (1, 2, 3, 4, 6),
     draft: str = "int8",
+    damp_after: int | None = None,
+    damp: float = 0.05,
     repeats: int = 3,
     threads: int | None = 1,
     clock: str = "wall",
@@ -91,6 +110,9 @@ def main(
     total = prompt_len + new_tokens + max(ks)
     model, _ = random_llama_pair(hidden, layers, heads, kv_heads, intermediate, vocab, total, seed, with_hf=False)
     model.to(dev)
+    if damp_after is not None:
+        damp_deep_layers(model, damp_after, damp)
+        print(f"layers {damp_after}..{layers - 1}: wo and w2 scaled by {damp} (blocks close to the identity)")
     small = make_draft(model, draft)
     print(
         f"target: {model.num_params() / 1e6:.1f} M parameters fp32 ({bytes_per_token(model, total) / 1e6:.0f} "
@@ -144,6 +166,8 @@ def parse_args(argv=None) -> argparse.Namespace:
     p.add_argument("--new-tokens", type=int, default=64)
     p.add_argument("--ks", type=int, nargs="+", default=[1, 2, 3, 4, 6], help="draft lengths to compare")
     p.add_argument("--draft", default="int8", help="'int8' (quantised target) or 'layers:N' (first N layers)")
+    p.add_argument("--damp-after", type=int, default=None, help="scale wo/w2 of layers >= N (agreeing early exit)")
+    p.add_argument("--damp", type=float, default=0.05, help="the factor of --damp-after (default 0.05)")
     p.add_argument("--repeats", type=int, default=3, help="interleaved rounds (median and range are printed)")
     p.add_argument("--threads", type=int, default=1, help="CPU threads (default 1; 0 = PyTorch's choice)")
     p.add_argument(

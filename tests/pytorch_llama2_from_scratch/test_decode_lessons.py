@@ -61,10 +61,12 @@ def test_lesson22_int8(load_lesson, tiny_checkpoint):
 
 def test_lesson23_speculative_is_identical_to_greedy(load_lesson):
     mod = load_lesson(CHAPTER, 23)
-    for draft in ("int8", "layers:1"):
-        res = mod.main(**TINY, ks=(1, 3), draft=draft)
+    for draft, damp_after in (("int8", None), ("layers:1", None), ("layers:1", 1)):
+        res = mod.main(**TINY, ks=(1, 3), draft=draft, damp_after=damp_after)
         rows = res["speed"]["methods"]
         assert rows["speculative k=1"]["same_tokens"] == rows["speculative k=3"]["same_tokens"] == 1.0
         assert 1 <= res["stats"][3].tokens_per_target_forward <= 4
+    with pytest.raises(ValueError, match=r"--damp-after must be in \[0, 1\]"):
+        mod.main(**TINY, ks=(1,), draft="layers:1", damp_after=5)
     with pytest.raises(ValueError, match="--draft must be 'int8' or 'layers:N'"):
         mod.make_draft(torch.nn.Linear(1, 1), "half")
