@@ -9,8 +9,8 @@ Presets (``--preset``):
 
 * ``cpu`` (default): a 6-layer, 384-wide GPT on tiny Shakespeare; a few minutes on a laptop CPU.
 * ``speedrun``: Section 5's recipe (``speedrun.py``'s rung ``x0-skip``: ``modern.ModernGPT`` with RoPE, RMSNorm,
-  QK-norm, ReLU^2, untied zero-init head, soft-cap, value embeddings, embedding skips; Muon + AdamW) for a wall-clock budget
-  (``--time-budget``, default 120 s of training steps; the learning rate follows the elapsed fraction of it).
+  QK-norm, ReLU^2, untied zero-init head, soft-cap, value embeddings, embedding skips; Muon + AdamW) for a
+  wall-clock budget (``--time-budget``, default 120 s of training steps; the lr follows the elapsed fraction of it).
 * ``gpt2-124M``: the GPT-2 small reproduction of "Let's reproduce GPT-2 (124M)": 524,288-token batches (2**19,
   ~0.5M as in GPT-3 Small), max lr 6e-4, 715 warmup steps, 19,073 steps = one epoch of FineWeb-Edu
   ``sample-10BT`` prepared with ``fineweb.py``; bf16 autocast, ``torch.compile``, flash attention, vocab 50304.
