@@ -4,7 +4,8 @@ The largest change of the speedruns (Keller Jordan, 2024: the "Muon" blog post a
 weight inside the blocks, the momentum ``U`` is replaced by its orthogonalisation ``~ P Q^T`` (``U = P S Q^T``),
 computed by 5 Newton-Schulz steps ``X <- a X + b (X X^T) X + c (X X^T)^2 X`` with Keller Jordan's quintic
 coefficients ``(3.4445, -4.7750, 2.0315)``: each step applies ``p(s) = a s + b s^3 + c s^5`` to every singular
-value, and 5 steps take all of them into about ``[0.68, 1.21]`` (``muon.py`` explains why). Every direction of the
+value, and 5 steps take every singular value above 1.5e-3 (of the normalised momentum) into ``[0.68, 1.21]``
+(``muon.py`` explains why). Every direction of the
 update then has the same size, so the rare directions learn as fast as the dominant ones. Embeddings, head and
 gains stay with AdamW. The learning rates are retuned (Muon 0.05, embeddings 0.01, head and gains 4e-3, no weight
 decay, no clipping: the orthogonalised update has a fixed size anyway), and the schedule becomes the speedruns'
