@@ -35,8 +35,15 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # repo root: impor
 
 import torch
 
-from pytorch_basis.common import add_device_argument, resolve_device, seed_everything
-from pytorch_llama2_from_scratch.fast_decode import FastDecoder, benchmark, random_llama_pair, spread
+from pytorch_basis.common import resolve_device, seed_everything
+from pytorch_llama2_from_scratch.fast_decode import (
+    FastDecoder,
+    benchmark,
+    decode_parser,
+    parse_decode_args,
+    random_llama_pair,
+    spread,
+)
 
 
 def print_rows(result: dict, baseline: str | None = "HF generate") -> None:
@@ -99,32 +106,10 @@ def main(
 
 
 def parse_args(argv=None) -> argparse.Namespace:
-    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    p.add_argument("--hidden", type=int, default=768)
-    p.add_argument("--layers", type=int, default=12)
-    p.add_argument("--heads", type=int, default=12)
-    p.add_argument("--kv-heads", type=int, default=4)
-    p.add_argument("--intermediate", type=int, default=2048)
-    p.add_argument("--vocab", type=int, default=32000)
-    p.add_argument("--prompt-len", type=int, default=16)
-    p.add_argument("--new-tokens", type=int, default=128)
+    p = decode_parser(__doc__, new_tokens=128)
     p.add_argument("--repeats", type=int, default=5, help="interleaved rounds (median and range are printed)")
     p.add_argument("--no-compile", dest="compile", action="store_false", help="skip torch.compile")
-    p.add_argument("--threads", type=int, default=1, help="CPU threads (default 1; 0 = PyTorch's choice)")
-    p.add_argument(
-        "--clock",
-        choices=["wall", "cpu"],
-        default=None,
-        help="wall: elapsed time; cpu: this process's CPU time, steadier on a shared CPU (default: cpu on the CPU "
-        "with one thread, else wall)",
-    )
-    p.add_argument("--seed", type=int, default=0)
-    add_device_argument(p, default="cpu")
-    args = p.parse_args(argv)
-    args.threads = args.threads or None
-    if args.clock is None:
-        args.clock = "cpu" if args.device == "cpu" and args.threads == 1 else "wall"
-    return args
+    return parse_decode_args(p, argv)
 
 
 if __name__ == "__main__":

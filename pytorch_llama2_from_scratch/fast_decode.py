@@ -577,3 +577,39 @@ def benchmark(
         gain = 1 / slow - 1 / fast
         result["break_even_tokens"] = compiled.compile_seconds / gain if gain > 0 else float("inf")
     return result
+
+
+# ------------------------------------------------------------------------------------------------ lessons' CLI
+def decode_parser(doc: str, new_tokens: int = 64):
+    """The decode lessons' (19-23) argparse parser: the benchmark model's shape, prompt and token counts. A lesson
+    adds its own options, then calls :func:`parse_decode_args` (which adds threads, clock, seed and device)."""
+    import argparse
+
+    p = argparse.ArgumentParser(description=doc.split("\n\n")[0])
+    for name, default in (("hidden", 768), ("layers", 12), ("heads", 12), ("kv-heads", 4), ("intermediate", 2048)):
+        p.add_argument(f"--{name}", type=int, default=default, help=f"benchmark model: {name} (default: {default})")
+    p.add_argument("--vocab", type=int, default=32000, help="benchmark model: vocabulary size (default: 32000)")
+    p.add_argument("--prompt-len", type=int, default=16, help="prompt tokens (default: 16)")
+    p.add_argument("--new-tokens", type=int, default=new_tokens, help=f"tokens to decode (default: {new_tokens})")
+    return p
+
+
+def parse_decode_args(p, argv=None):
+    """Add the options every decode lesson shares, parse, and settle ``threads`` and ``clock``."""
+    from pytorch_basis.common import add_device_argument
+
+    p.add_argument("--threads", type=int, default=1, help="CPU threads (default 1; 0 = PyTorch's choice)")
+    p.add_argument(
+        "--clock",
+        choices=["wall", "cpu"],
+        default=None,
+        help="wall: elapsed time; cpu: this process's CPU time, steadier on a shared CPU (default: cpu on the CPU "
+        "with one thread, else wall)",
+    )
+    p.add_argument("--seed", type=int, default=0)
+    add_device_argument(p, default="cpu")
+    args = p.parse_args(argv)
+    args.threads = args.threads or None
+    if args.clock is None:
+        args.clock = "cpu" if args.device == "cpu" and args.threads == 1 else "wall"
+    return args
