@@ -149,3 +149,26 @@ def test_fineweb_hugging_face_path_with_an_in_memory_dataset(monkeypatch, tmp_pa
     assert res.shards[0].name == "edufineweb_val_000000.npy"
     with pytest.raises(ValueError, match="has no field 'body'"):
         main(dataset="x", text_field="body", output=str(tmp_path / "t"), shard_size=64, workers=1)
+
+
+def test_fineweb_hugging_face_path_with_a_real_datasets_dataset(monkeypatch, tmp_path, gpt2_enc):
+    """The same path with a real ``datasets.Dataset`` (built in memory, no download): its rows, iterated as
+    ``fineweb.py`` iterates a downloaded FineWeb-Edu split, become shards holding every document in order."""
+    import datasets
+
+    from pytorch_gpt2_from_scratch.fineweb import load_shard, main
+
+    texts = [f"Row {i}: {'the quick brown fox ' * (i % 5 + 1)}" for i in range(20)]
+    ds = datasets.Dataset.from_dict({"text": texts, "score": [float(i % 4) for i in range(20)]})
+    seen = []
+
+    def load_dataset(path, **kwargs):  # fineweb.py calls load_dataset(repo, name=config, split=..., streaming=...)
+        seen.append(path)
+        return ds
+
+    monkeypatch.setattr(datasets, "load_dataset", load_dataset)
+    res = main(dataset="HuggingFaceFW/fineweb-edu", output=str(tmp_path / "s"), shard_size=100, workers=1)
+    assert seen == ["HuggingFaceFW/fineweb-edu"] and res.num_documents == len(texts)
+    expected = np.concatenate([[gpt2_enc.eot_token, *gpt2_enc.encode_ordinary(t)] for t in texts])
+    got = np.concatenate([load_shard(p) for p in res.shards])
+    assert got.tolist() == expected.tolist()
