@@ -3,7 +3,7 @@
 * **Validation.** The training loss is measured on the batch the model is about to learn from; it cannot show
   overfitting. Every ``eval_every`` steps the loop rewinds the validation loader (the held-out split: shard 0,
   or the first 10% of a text) and averages the loss of ``val_steps`` micro-batches under ``torch.no_grad()``,
-  averaged over DDP ranks too (:func:`train_gpt2.estimate_val_loss`). Same batches every time: the curve is
+  averaged over DDP ranks too (:func:`training.estimate_val_loss`). Same batches every time: the curve is
   comparable from point to point.
 * **Sampling** (step 5's top-k loop) every ``sample_every`` steps shows in words what the loss says in numbers.
 * **torch.compile.** The compiled model is specialised to the training shapes; sampling feeds ever-growing
@@ -30,8 +30,14 @@ import torch
 from pytorch_basis.common import add_device_argument, resolve_device, run_cli, seed_everything
 from pytorch_gpt2_from_scratch.data import DataLoaderLite, load_tinyshakespeare_tokens
 from pytorch_gpt2_from_scratch.model import GPT, GPTConfig
-from pytorch_gpt2_from_scratch.train_gpt2 import TrainConfig, estimate_val_loss, sample_text
-from pytorch_gpt2_from_scratch.training import configure_optimizers, get_lr, train_step, unwrap_model
+from pytorch_gpt2_from_scratch.training import (
+    configure_optimizers,
+    estimate_val_loss,
+    get_lr,
+    sample_text,
+    train_step,
+    unwrap_model,
+)
 
 
 def parse_args(argv=None) -> argparse.Namespace:
@@ -68,7 +74,6 @@ def main(
     model = torch.compile(raw) if compile else raw
     assert unwrap_model(model) is raw  # evaluation and sampling use the plain module
     optimizer = configure_optimizers(raw, learning_rate=2e-3, device_type=dev.type)
-    cfg = TrainConfig(sample_prompt="ROMEO:", num_samples=2, sample_length=24)
     train_losses, val_losses, samples = [], [], {}
     for step in range(steps + 1):
         if step % eval_every == 0 or step == steps:
@@ -76,7 +81,7 @@ def main(
             val_losses.append((step, val))
             print(f"step {step:3d} | val loss {val:.4f}")
         if (step > 0 and step % sample_every == 0) or step == steps:
-            samples[step] = sample_text(unwrap_model(model), cfg, dev, seed=seed + step)
+            samples[step] = sample_text(unwrap_model(model), "ROMEO:", 2, 24, dev, seed=seed + step)
             for s in samples[step]:
                 print(f"step {step:3d} | sample: {s!r}")
         if step == steps:

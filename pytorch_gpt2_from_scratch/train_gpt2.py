@@ -58,22 +58,23 @@ from pytorch_basis.common import (
     synchronize,
     tiny_shakespeare_path,
 )
-from pytorch_gpt2_from_scratch.data import DataLoaderLite, gpt2_encoding
+from pytorch_gpt2_from_scratch.data import DataLoaderLite
 from pytorch_gpt2_from_scratch.fineweb import ShardedDataLoader, iter_text_documents, list_shards, tokenize_document
 from pytorch_gpt2_from_scratch.hellaswag import evaluate as hellaswag_evaluate
 from pytorch_gpt2_from_scratch.hellaswag import hellaswag_path, iter_examples
 from pytorch_gpt2_from_scratch.model import GPT, GPTConfig
 from pytorch_gpt2_from_scratch.modern import ModernConfig, ModernGPT
 from pytorch_gpt2_from_scratch.training import (
-    autocast_context,
     cleanup_distributed,
     configure_optimizers,
+    estimate_val_loss,
     get_lr,
     grad_accum_steps_for,
     load_checkpoint,
     ramped_grad_accum_steps,
     restore_model,
     restore_rng_state,
+    sample_text,
     save_checkpoint,
     setup_distributed,
     train_step,
@@ -254,41 +255,6 @@ def make_loaders(cfg: TrainConfig, rank: int, world: int):
         f"training data {data} not found: pass --data <shard dir or text file>, or prepare FineWeb-Edu with "
         "`python pytorch_gpt2_from_scratch/fineweb.py`"
     )
-
-
-# --------------------------------------------------------------------------------------------- evaluation
-@torch.no_grad()
-def estimate_val_loss(model, loader, steps: int, device, autocast_dtype) -> float:
-    """Mean loss over ``steps`` validation micro-batches from the start of the split, averaged over ranks."""
-    was_training = model.training
-    model.eval()
-    loader.reset()
-    total = torch.zeros((), device=device)
-    for _ in range(steps):
-        x, y = loader.next_batch()
-        with autocast_context(device, autocast_dtype):
-            _, loss = model(x.to(device), y.to(device))
-        total += loss.detach().float() / steps
-    if dist.is_available() and dist.is_initialized():
-        dist.all_reduce(total, op=dist.ReduceOp.SUM)
-        total /= dist.get_world_size()
-    model.train(was_training)
-    return total.item()
-
-
-def sample_text(model: GPT, cfg: TrainConfig, device: torch.device, seed: int) -> list[str]:
-    """``num_samples`` continuations of the prompt (top-k 50) from a generator seeded with ``seed``."""
-    from pytorch_gpt2_from_scratch.sampling import generate
-
-    enc = gpt2_encoding()
-    prompt = torch.tensor(enc.encode(cfg.sample_prompt), dtype=torch.long)
-    idx = prompt.unsqueeze(0).repeat(cfg.num_samples, 1).to(device)  # (T0,) -> (num_samples, T0)
-    gen = torch.Generator(device=device).manual_seed(seed)
-    was_training = model.training
-    model.eval()
-    out = generate(model, idx, max_new_tokens=cfg.sample_length, top_k=50, generator=gen)
-    model.train(was_training)
-    return [enc.decode(row.tolist()) for row in out]
 
 
 # --------------------------------------------------------------------------------------------- plot
@@ -596,7 +562,9 @@ def _train(cfg: TrainConfig, env) -> TrainResult:  # noqa: C901 - the training l
                 record({"step": step, "hellaswag": res.acc_norm, "hellaswag_acc": res.acc, "n": res.num_total})
                 log(f"step {step:5d} | HellaSwag acc_norm {res.acc_norm:.4f} ({res.num_correct_norm}/{res.num_total})")
             if master and cfg.num_samples and ((step > 0 and step % cfg.sample_every == 0) or last):
-                samples = sample_text(raw_model, cfg, device, seed=cfg.seed + step)
+                samples = sample_text(
+                    raw_model, cfg.sample_prompt, cfg.num_samples, cfg.sample_length, device, seed=cfg.seed + step
+                )
                 for i, s in enumerate(samples):
                     log(f"step {step:5d} | sample {i}: {s!r}")
                 record({"step": step, "samples": samples})

@@ -402,3 +402,42 @@ def build_model_from_checkpoint(ckpt: dict, device: torch.device | str = "cpu", 
     model = GPT(config)
     restore_model(model, ckpt, config)
     return model.to(device)
+
+
+# --------------------------------------------------------------------------------------------- evaluation
+@torch.no_grad()
+def estimate_val_loss(model: nn.Module, loader, steps: int, device, autocast_dtype) -> float:
+    """Mean loss over ``steps`` validation micro-batches from the start of the split, averaged over ranks."""
+    was_training = model.training
+    model.eval()
+    loader.reset()
+    total = torch.zeros((), device=device)
+    for _ in range(steps):
+        x, y = loader.next_batch()
+        with autocast_context(device, autocast_dtype):
+            _, loss = model(x.to(device), y.to(device))
+        total += loss.detach().float() / steps
+    if dist.is_available() and dist.is_initialized():
+        dist.all_reduce(total, op=dist.ReduceOp.SUM)
+        total /= dist.get_world_size()
+    model.train(was_training)
+    return total.item()
+
+
+def sample_text(
+    model: nn.Module, prompt: str, num_samples: int, length: int, device: torch.device, seed: int
+) -> list[str]:
+    """``num_samples`` continuations of ``prompt`` (``length`` new tokens, top-k 50) from a generator seeded with
+    ``seed``."""
+    from pytorch_gpt2_from_scratch.data import gpt2_encoding
+    from pytorch_gpt2_from_scratch.sampling import generate
+
+    enc = gpt2_encoding()
+    tokens = torch.tensor(enc.encode(prompt), dtype=torch.long)
+    idx = tokens.unsqueeze(0).repeat(num_samples, 1).to(device)  # (T0,) -> (num_samples, T0)
+    gen = torch.Generator(device=device).manual_seed(seed)
+    was_training = model.training
+    model.eval()
+    out = generate(model, idx, max_new_tokens=length, top_k=50, generator=gen)
+    model.train(was_training)
+    return [enc.decode(row.tolist()) for row in out]
