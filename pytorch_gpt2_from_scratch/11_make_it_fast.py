@@ -469,6 +469,7 @@ def main(
     out: str | None = None,
     profile: bool = False,
     threads: int | None = None,
+    peak_n: int | None = None,
 ) -> dict:
     if threads:
         torch.set_num_threads(threads)  # on a busy machine 1 thread avoids OpenMP threads spin-waiting on each other
@@ -505,8 +506,9 @@ def main(
         peak, desc = gpu_bf16_peak(dev)
         peaks = dict(fp32=peak, bf16=peak, desc=f"MFU against the {desc} ({peak / 1e12:.0f} TFLOP/s)")
     else:
-        fp32 = matmul_peak(dev, torch.float32)
-        bf16 = matmul_peak(dev, torch.bfloat16)
+        # peak_n: a smaller probe keeps this cheap where bf16 is emulated (AVX2-only CPUs: ~50x slower than fp32)
+        fp32 = matmul_peak(dev, torch.float32, n=peak_n)
+        bf16 = matmul_peak(dev, torch.bfloat16, n=peak_n)
         peaks = dict(fp32=fp32, bf16=bf16)
     try:
         results = run_ladder(config, x, y, dev, args, peaks)
@@ -577,6 +579,9 @@ def parse_args(argv=None):
     p.add_argument("--seed", type=int, default=1337)
     p.add_argument("--profile", action="store_true", help="CPU: also profile one step of ours and of HF by op type")
     p.add_argument("--threads", type=int, default=None, help="torch.set_num_threads (default: torch's choice)")
+    p.add_argument(
+        "--peak-n", type=int, default=None, help="size n of the n^3 peak-probe matmul (default: 2048 on CPU)"
+    )
     p.add_argument("--out", default=None, help="markdown file (default: out/gpt2_from_scratch/11_make_it_fast.md)")
     args = p.parse_args(argv)
     args.skip = tuple(args.skip)

@@ -54,8 +54,15 @@ PRECISIONS = ("auto", "fp32", "bf16")
 
 
 # --------------------------------------------------------------------------------------------- the schedule
-def time_lr(frac: float, *, max_lr: float, schedule: str = "cosine", warmup_frac: float = 0.1,
-            cooldown_frac: float = 0.5, min_lr_ratio: float = 0.1) -> float:
+def time_lr(
+    frac: float,
+    *,
+    max_lr: float,
+    schedule: str = "cosine",
+    warmup_frac: float = 0.1,
+    cooldown_frac: float = 0.5,
+    min_lr_ratio: float = 0.1,
+) -> float:
     """Learning rate when a fraction ``frac`` of the budget has elapsed (``frac`` >= 0; >= 1 gives ``min_lr``).
 
     With ``min_lr = min_lr_ratio * max_lr`` and ``w = warmup_frac``:
@@ -130,8 +137,14 @@ class Recipe:
 
     def lr_multiplier(self, frac: float) -> float:
         """The schedule's value at ``frac`` relative to its maximum (applied to every group's ``max_lr``)."""
-        return time_lr(frac, max_lr=1.0, schedule=self.schedule, warmup_frac=self.warmup_frac,
-                       cooldown_frac=self.cooldown_frac, min_lr_ratio=self.min_lr_ratio)
+        return time_lr(
+            frac,
+            max_lr=1.0,
+            schedule=self.schedule,
+            warmup_frac=self.warmup_frac,
+            cooldown_frac=self.cooldown_frac,
+            min_lr_ratio=self.min_lr_ratio,
+        )
 
 
 EVAL_T = 128  # every recipe is evaluated on sequences of this length, whatever it trains on
@@ -148,13 +161,15 @@ def build_model(recipe: Recipe, vocab_size: int = 50257) -> torch.nn.Module:
 def build_optimizer(recipe: Recipe, model: torch.nn.Module, device: torch.device) -> torch.optim.Optimizer:
     """AdamW as in Sections 3-4 (``training.configure_optimizers``), or Muon + AdamW; every group gets ``max_lr``."""
     if recipe.optimizer == "adamw":
-        opt = configure_optimizers(model, weight_decay=recipe.weight_decay, learning_rate=recipe.lr,
-                                   device_type=device.type)
+        opt = configure_optimizers(
+            model, weight_decay=recipe.weight_decay, learning_rate=recipe.lr, device_type=device.type
+        )
         for g in opt.param_groups:
             g["max_lr"] = recipe.lr
         return opt
-    groups = muon_param_groups(model, muon_lr=recipe.muon_lr, adam_lr=recipe.lr, head_lr=recipe.head_lr,
-                               embed_lr=recipe.embed_lr)
+    groups = muon_param_groups(
+        model, muon_lr=recipe.muon_lr, adam_lr=recipe.lr, head_lr=recipe.head_lr, embed_lr=recipe.embed_lr
+    )
     return Muon(groups)
 
 
@@ -209,8 +224,7 @@ def choose_precision(precision: str, model, x, y, device) -> tuple[torch.dtype |
         return torch.bfloat16, "precision auto on CUDA: bf16 autocast + TF32 matmuls"
     t = measure_precisions(model, x, y, device)
     pick = "bf16" if t["bf16"] < t["fp32"] else "fp32"
-    line = (f"precision auto: forward+backward fp32 {t['fp32'] * 1e3:.0f} ms, bf16 {t['bf16'] * 1e3:.0f} ms "
-            f"-> {pick}")
+    line = f"precision auto: forward+backward fp32 {t['fp32'] * 1e3:.0f} ms, bf16 {t['bf16'] * 1e3:.0f} ms -> {pick}"
     return (torch.bfloat16 if pick == "bf16" else None), line
 
 
@@ -275,9 +289,20 @@ def val_loss(model, val: torch.Tensor, n_tokens: int, device, dtype, rows_per_ba
     return total / rows
 
 
-def run(recipe: Recipe, *, budget: float, seed: int = 0, tokens: torch.Tensor | None = None, device="auto",
-        eval_points: int = 8, val_tokens: int = 4096, num_samples: int = 0, sample_length: int = 48,
-        progress: bool = True, log=print) -> RunResult:
+def run(
+    recipe: Recipe,
+    *,
+    budget: float,
+    seed: int = 0,
+    tokens: torch.Tensor | None = None,
+    device="auto",
+    eval_points: int = 8,
+    val_tokens: int = 4096,
+    num_samples: int = 0,
+    sample_length: int = 48,
+    progress: bool = True,
+    log=print,
+) -> RunResult:
     """Train ``recipe`` for ``budget`` seconds of training steps; val loss at ``eval_points`` times and the end.
 
     ``seed`` sets the initial weights and where in the training split the data stream starts.
@@ -367,8 +392,11 @@ BASELINE = Recipe()
 # (key, what changes, the recipe fields it sets). Cumulative: each rung is the previous one plus its change.
 RUNGS: list[tuple[str, str, dict]] = [
     ("baseline", "GPT-2 recipe of Sections 1-4 (train_gpt2.py's cpu preset): fp32, AdamW, warmup + cosine", {}),
-    ("fast-step", "the fastest step on this device: precision auto (fp32 vs bf16 measured), glibc keeps memory",
-     dict(precision="auto", keep_freed_memory=True)),
+    (
+        "fast-step",
+        "the fastest step on this device: precision auto (fp32 vs bf16 measured), glibc keeps memory",
+        dict(precision="auto", keep_freed_memory=True),
+    ),
     ("rope", "rotary position embeddings instead of the learned wpe", dict(arch="modern", modern=dict(rope=True))),
     ("rmsnorm", "RMSNorm instead of LayerNorm, no biases", dict(modern=dict(norm="rmsnorm", bias=False))),
     ("qk-norm", "RMS-normalised queries and keys", dict(modern=dict(qk_norm=True))),
@@ -376,11 +404,27 @@ RUNGS: list[tuple[str, str, dict]] = [
     ("untied", "separate lm_head and wte", dict(modern=dict(tie_weights=False))),
     ("zero-init", "output projections and lm_head start at zero", dict(modern=dict(zero_init=True))),
     ("softcap", "logit soft-cap 15 * tanh(logits / 15)", dict(modern=dict(softcap=15.0))),
-    ("muon", "Muon for the block matrices, AdamW for embeddings/head/gains; lrs retuned; wsd schedule, no clip",
-     dict(optimizer="muon", muon_lr=0.05, lr=4e-3, embed_lr=0.01, head_lr=4e-3, weight_decay=0.0, grad_clip=0.0,
-          schedule="wsd", warmup_frac=0.0, cooldown_frac=0.6)),
-    ("value-embed", "value embeddings: a second token table added to every layer's values",
-     dict(modern=dict(value_embed=True))),
+    (
+        "muon",
+        "Muon for the block matrices, AdamW for embeddings/head/gains; lrs retuned; wsd schedule, no clip",
+        dict(
+            optimizer="muon",
+            muon_lr=0.05,
+            lr=4e-3,
+            embed_lr=0.01,
+            head_lr=4e-3,
+            weight_decay=0.0,
+            grad_clip=0.0,
+            schedule="wsd",
+            warmup_frac=0.0,
+            cooldown_frac=0.6,
+        ),
+    ),
+    (
+        "value-embed",
+        "value embeddings: a second token table added to every layer's values",
+        dict(modern=dict(value_embed=True)),
+    ),
     ("x0-skip", "every block reads a * x + b * x_0 (skip from the embedding)", dict(modern=dict(x0_skip=True))),
     ("batch", "batch and sequence for the budget: B 8 x T 128, no accumulation", dict(batch_size=8, grad_accum=1)),
 ]
@@ -425,8 +469,10 @@ def run_ladder(recipes: list[Recipe], seeds: list[int], *, budget: float, log=pr
     for seed in seeds:
         for r in recipes:
             res = run(r, budget=budget, seed=seed, tokens=tokens, log=log, **kw)
-            log(f"[{r.name} seed {seed}] val {res.final_val:.4f} after {res.clock:.1f} s, {res.steps} steps, "
-                f"{res.tokens:,} tokens ({res.tokens_per_s:,.0f} tok/s, {res.precision})")
+            log(
+                f"[{r.name} seed {seed}] val {res.final_val:.4f} after {res.clock:.1f} s, {res.steps} steps, "
+                f"{res.tokens:,} tokens ({res.tokens_per_s:,.0f} tok/s, {res.precision})"
+            )
             results.append(res)
     return results
 
@@ -515,8 +561,12 @@ def plot_curves(results: list[RunResult], path: Path, title: str) -> Path:
 
 # --------------------------------------------------------------------------------------------- CLIs
 def add_common_arguments(p: argparse.ArgumentParser) -> None:
-    p.add_argument("--time-budget", type=float, default=DEFAULT_BUDGET,
-                   help="seconds of training steps per run (default: %(default)s)")
+    p.add_argument(
+        "--time-budget",
+        type=float,
+        default=DEFAULT_BUDGET,
+        help="seconds of training steps per run (default: %(default)s)",
+    )
     p.add_argument("--seeds", type=int, nargs="+", default=[0, 1], help="seeds per rung (default: 0 1)")
     p.add_argument("--eval-points", type=int, default=8, help="val-loss evaluations during a run (plus the end)")
     p.add_argument("--val-tokens", type=int, default=4096, help="validation tokens per evaluation")
@@ -531,8 +581,9 @@ def _check_args(args: argparse.Namespace) -> None:
     if not args.time_budget > 0:
         raise ValueError(f"--time-budget must be > 0 seconds, got {args.time_budget}")
     if args.eval_points < 0 or args.val_tokens < EVAL_T:
-        raise ValueError(f"need --eval-points >= 0 and --val-tokens >= {EVAL_T}, got {args.eval_points}, "
-                         f"{args.val_tokens}")
+        raise ValueError(
+            f"need --eval-points >= 0 and --val-tokens >= {EVAL_T}, got {args.eval_points}, {args.val_tokens}"
+        )
 
 
 def compare(recipes: list[Recipe], args: argparse.Namespace, stem: str, title: str, samples: int = 0) -> dict:
@@ -543,18 +594,28 @@ def compare(recipes: list[Recipe], args: argparse.Namespace, stem: str, title: s
         recipes = [shrink(r) for r in recipes]
     out = Path(args.out) if args.out else out_dir("speedrun")
     out.mkdir(parents=True, exist_ok=True)
-    results = run_ladder(recipes, args.seeds, budget=args.time_budget, device=args.device,
-                         eval_points=args.eval_points, val_tokens=args.val_tokens, num_samples=samples,
-                         progress=args.progress)
+    results = run_ladder(
+        recipes,
+        args.seeds,
+        budget=args.time_budget,
+        device=args.device,
+        eval_points=args.eval_points,
+        val_tokens=args.val_tokens,
+        num_samples=samples,
+        progress=args.progress,
+    )
     rows = summarise(results)
     table = format_table(rows, args.time_budget)
-    cond = (f"{torch.get_num_threads()} threads, torch {torch.__version__}, budget {args.time_budget:g} s, "
-            f"seeds {' '.join(map(str, args.seeds))}, {time.strftime('%Y-%m-%d')}")
+    cond = (
+        f"{torch.get_num_threads()} threads, torch {torch.__version__}, budget {args.time_budget:g} s, "
+        f"seeds {' '.join(map(str, args.seeds))}, {time.strftime('%Y-%m-%d')}"
+    )
     print(table)
     print(cond)
     (out / f"{stem}.md").write_text(table + "\n\n" + cond + "\n")
-    payload = dict(condition=cond, rows=[asdict(r) for r in rows],
-                   runs=[dict(asdict(r), final_val=r.final_val) for r in results])
+    payload = dict(
+        condition=cond, rows=[asdict(r) for r in rows], runs=[dict(asdict(r), final_val=r.final_val) for r in results]
+    )
     (out / f"{stem}.json").write_text(json.dumps(payload, indent=1))
     plot = plot_curves(results, out / f"{stem}.png", title)
     print(f"wrote {out / (stem + '.md')}, {out / (stem + '.json')}, {plot}")
@@ -568,7 +629,7 @@ def lesson_main(key: str, argv=None, description: str = "") -> dict:
     args = p.parse_args(argv)
     _check_args(args)
     i = RUNG_KEYS.index(key)
-    recipes = ladder(key)[max(0, i - 1):]
+    recipes = ladder(key)[max(0, i - 1) :]
     num = 20 + i
     return compare(recipes, args, f"{num}_{key}", f"rung {num - 20}: {key} vs {recipes[0].name}")
 
@@ -576,8 +637,13 @@ def lesson_main(key: str, argv=None, description: str = "") -> dict:
 def parse_args(argv=None) -> argparse.Namespace:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     add_common_arguments(p)
-    p.add_argument("--rungs", nargs="+", default=list(RUNG_KEYS), choices=list(RUNG_KEYS),
-                   help="which rungs of the ladder to run (each includes the changes before it)")
+    p.add_argument(
+        "--rungs",
+        nargs="+",
+        default=list(RUNG_KEYS),
+        choices=list(RUNG_KEYS),
+        help="which rungs of the ladder to run (each includes the changes before it)",
+    )
     p.add_argument("--samples", type=int, default=2, help="samples per run at the end (0: none)")
     return p.parse_args(argv)
 

@@ -316,17 +316,31 @@ def history_figure(history: list[dict], title: str, fineweb_reference: bool = Fa
 def scheduled_lr(cfg: TrainConfig, recipe, step: int, clock: float) -> float:
     """The step's learning rate: of the step (warmup + cosine) or, with ``--time-budget``, of the elapsed time."""
     if cfg.time_budget is None:
-        return get_lr(step, max_lr=cfg.max_lr, warmup_steps=cfg.warmup_steps, max_steps=cfg.max_steps,
-                      min_lr_ratio=cfg.min_lr_ratio)
+        return get_lr(
+            step,
+            max_lr=cfg.max_lr,
+            warmup_steps=cfg.warmup_steps,
+            max_steps=cfg.max_steps,
+            min_lr_ratio=cfg.min_lr_ratio,
+        )
     from pytorch_gpt2_from_scratch.speedrun import time_lr
 
     if recipe is not None:  # the recipe's time schedule (speedrun.py)
-        return time_lr(clock / cfg.time_budget, max_lr=cfg.max_lr, schedule=recipe.schedule,
-                       warmup_frac=recipe.warmup_frac, cooldown_frac=recipe.cooldown_frac,
-                       min_lr_ratio=recipe.min_lr_ratio)
-    return time_lr(clock / cfg.time_budget, max_lr=cfg.max_lr, schedule="cosine",
-                   warmup_frac=cfg.warmup_steps / cfg.max_steps if cfg.max_steps else 0.0,
-                   min_lr_ratio=cfg.min_lr_ratio)
+        return time_lr(
+            clock / cfg.time_budget,
+            max_lr=cfg.max_lr,
+            schedule=recipe.schedule,
+            warmup_frac=recipe.warmup_frac,
+            cooldown_frac=recipe.cooldown_frac,
+            min_lr_ratio=recipe.min_lr_ratio,
+        )
+    return time_lr(
+        clock / cfg.time_budget,
+        max_lr=cfg.max_lr,
+        schedule="cosine",
+        warmup_frac=cfg.warmup_steps / cfg.max_steps if cfg.max_steps else 0.0,
+        min_lr_ratio=cfg.min_lr_ratio,
+    )
 
 
 class StopFlag:
@@ -424,8 +438,14 @@ def _train(cfg: TrainConfig, env) -> TrainResult:  # noqa: C901 - the training l
 
         recipe = speedrun_recipe(cfg.recipe)
         mc = model_config
-        model_config = ModernConfig(block_size=mc.block_size, vocab_size=mc.vocab_size, n_layer=mc.n_layer,
-                                    n_head=mc.n_head, n_embd=mc.n_embd, **recipe.modern)
+        model_config = ModernConfig(
+            block_size=mc.block_size,
+            vocab_size=mc.vocab_size,
+            n_layer=mc.n_layer,
+            n_head=mc.n_head,
+            n_embd=mc.n_embd,
+            **recipe.modern,
+        )
         raw_model = ModernGPT(model_config).to(device)
         optimizer = build_optimizer(recipe, raw_model, device)
         for g in optimizer.param_groups:  # train_step sets one lr for all groups: keep the recipe's ratios

@@ -95,7 +95,16 @@ def test_10_init(load_lesson):
 def test_11_make_it_fast_writes_the_table(load_lesson, tmp_path):
     path = tmp_path / "ladder.md"
     out = load_lesson(CH, 11).main(
-        preset="tiny", B=2, T=16, steps=1, warmup=0, hf_steps=1, device="cpu", skip=("compile", "malloc"), out=str(path)
+        preset="tiny",
+        B=2,
+        T=16,
+        steps=1,
+        warmup=0,
+        hf_steps=1,
+        device="cpu",
+        skip=("compile", "malloc"),
+        peak_n=128,
+        out=str(path),
     )
     names = [r.name for r in out["results"]]
     assert names[0].startswith("fp32 baseline") and "+ torch.compile" not in names

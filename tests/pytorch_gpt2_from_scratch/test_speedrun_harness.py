@@ -32,8 +32,16 @@ def test_time_lr_closed_form():
 
 def test_time_budget_stops_within_one_step(shakespeare_tokens):
     r = shrink(speedrun.recipe("baseline"))
-    res = speedrun.run(r, budget=0.6, seed=0, tokens=shakespeare_tokens, eval_points=1, val_tokens=256,
-                       progress=False, log=lambda *_: None)
+    res = speedrun.run(
+        r,
+        budget=0.6,
+        seed=0,
+        tokens=shakespeare_tokens,
+        eval_points=1,
+        val_tokens=256,
+        progress=False,
+        log=lambda *_: None,
+    )
     assert res.steps >= 1
     assert res.clock >= 0.6  # never stops early
     assert res.clock - res.last_step_s < 0.6  # the last step started before the budget was spent
@@ -43,15 +51,18 @@ def test_time_budget_stops_within_one_step(shakespeare_tokens):
 
 
 def _result(name, seed, curve):
-    return RunResult(name, seed, 10.0, curve, steps=10, tokens=curve[-1][1], clock=curve[-1][0], last_step_s=1.0,
-                     precision="fp32")
+    return RunResult(
+        name, seed, 10.0, curve, steps=10, tokens=curve[-1][1], clock=curve[-1][0], last_step_s=1.0, precision="fp32"
+    )
 
 
 def test_summary_time_to_target_and_verdicts():
     base = [_result("a", 0, [(0, 0, 10.0), (10, 100, 6.0)]), _result("a", 1, [(0, 0, 10.0), (10, 100, 6.2)])]
     # b reaches 6.1 (a's mean) between 2 s (8.0) and 4 s (5.0): 2 + 2 * (8 - 6.1) / 3
-    better = [_result("b", 0, [(0, 0, 10.0), (2, 20, 8.0), (4, 40, 5.0), (10, 100, 4.0)]),
-              _result("b", 1, [(0, 0, 10.0), (2, 20, 8.0), (4, 40, 5.0), (10, 100, 4.2)])]
+    better = [
+        _result("b", 0, [(0, 0, 10.0), (2, 20, 8.0), (4, 40, 5.0), (10, 100, 4.0)]),
+        _result("b", 1, [(0, 0, 10.0), (2, 20, 8.0), (4, 40, 5.0), (10, 100, 4.2)]),
+    ]
     same = [_result("c", 0, [(0, 0, 10.0), (10, 100, 4.05)]), _result("c", 1, [(0, 0, 10.0), (10, 100, 4.3)])]
     rows = summarise(base + better + same)
     assert [r.verdict for r in rows] == ["reference", "kept", "within noise"]
@@ -86,8 +97,22 @@ def test_cli_bad_budget_is_one_line(capsys):
 @pytest.mark.parametrize("number", range(20, 20 + len(RUNG_KEYS)))
 def test_rung_lessons_run_at_a_tiny_budget(load_lesson, number, tmp_path, shakespeare_tokens):
     lesson = load_lesson("pytorch_gpt2_from_scratch", number)
-    out = lesson.main(["--tiny", "--time-budget", "0.2", "--seeds", "0", "--eval-points", "1", "--val-tokens",
-                       "256", "--no-progress", "--out", str(tmp_path)])
+    out = lesson.main(
+        [
+            "--tiny",
+            "--time-budget",
+            "0.2",
+            "--seeds",
+            "0",
+            "--eval-points",
+            "1",
+            "--val-tokens",
+            "256",
+            "--no-progress",
+            "--out",
+            str(tmp_path),
+        ]
+    )
     names = [r.name for r in out["rows"]]
     assert names[-1] == RUNG_KEYS[number - 20]
     assert len(names) == (1 if number == 20 else 2)

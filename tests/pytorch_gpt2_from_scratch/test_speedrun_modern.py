@@ -23,8 +23,18 @@ from tests.numerics import assert_close_scaled, assert_close_to_fp64, to_double
 pytestmark = pytest.mark.usefixtures("single_thread")
 
 SIZES = dict(block_size=32, vocab_size=50257, n_layer=2, n_head=2, n_embd=32)
-ALL_ON = dict(rope=True, norm="rmsnorm", bias=False, qk_norm=True, mlp="relu2", tie_weights=False, zero_init=True,
-              softcap=15.0, value_embed=True, x0_skip=True)
+ALL_ON = dict(
+    rope=True,
+    norm="rmsnorm",
+    bias=False,
+    qk_norm=True,
+    mlp="relu2",
+    tie_weights=False,
+    zero_init=True,
+    softcap=15.0,
+    value_embed=True,
+    x0_skip=True,
+)
 
 
 @pytest.mark.parity
@@ -115,8 +125,13 @@ def test_zero_init_makes_blocks_identity_and_init_loss_exactly_ln_v():
     assert abs(loss.item() - math.log(50257)) < 1e-5
 
 
-@pytest.mark.parametrize("switches", [dict(rope=True, norm="rmsnorm", bias=False, qk_norm=True, mlp="relu2"),
-                                      dict(tie_weights=False, softcap=15.0, value_embed=True, x0_skip=True)])
+@pytest.mark.parametrize(
+    "switches",
+    [
+        dict(rope=True, norm="rmsnorm", bias=False, qk_norm=True, mlp="relu2"),
+        dict(tie_weights=False, softcap=15.0, value_embed=True, x0_skip=True),
+    ],
+)
 def test_modern_init_loss_is_about_ln_v(switches):
     torch.manual_seed(0)
     model = ModernGPT(ModernConfig(**SIZES, **switches))

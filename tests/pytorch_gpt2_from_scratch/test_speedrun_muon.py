@@ -18,8 +18,22 @@ from tests.numerics import assert_close_scaled
 
 pytestmark = pytest.mark.usefixtures("single_thread")
 
-TINY = dict(block_size=16, vocab_size=97, n_layer=2, n_head=2, n_embd=16, rope=True, norm="rmsnorm", bias=False,
-            qk_norm=True, mlp="relu2", tie_weights=False, softcap=15.0, value_embed=True, x0_skip=True)
+TINY = dict(
+    block_size=16,
+    vocab_size=97,
+    n_layer=2,
+    n_head=2,
+    n_embd=16,
+    rope=True,
+    norm="rmsnorm",
+    bias=False,
+    qk_norm=True,
+    mlp="relu2",
+    tie_weights=False,
+    softcap=15.0,
+    value_embed=True,
+    x0_skip=True,
+)
 
 
 def quintic_iterated(s: torch.Tensor, steps: int) -> torch.Tensor:

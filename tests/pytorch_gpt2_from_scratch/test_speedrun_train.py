@@ -27,9 +27,27 @@ def shard_dir(tmp_path_factory):
 
 
 def config(preset, out, data, **kw):
-    opts = dict(model="tiny", n_layer=1, n_head=2, n_embd=32, block_size=64, data=str(data), batch_size=2,
-                seq_len=16, total_batch_size=32, max_steps=6, warmup_steps=2, eval_every=3, val_steps=1,
-                checkpoint_every=100, num_samples=0, hellaswag=False, progress=False, device="cpu", out=str(out))
+    opts = dict(
+        model="tiny",
+        n_layer=1,
+        n_head=2,
+        n_embd=32,
+        block_size=64,
+        data=str(data),
+        batch_size=2,
+        seq_len=16,
+        total_batch_size=32,
+        max_steps=6,
+        warmup_steps=2,
+        eval_every=3,
+        val_steps=1,
+        checkpoint_every=100,
+        num_samples=0,
+        hellaswag=False,
+        progress=False,
+        device="cpu",
+        out=str(out),
+    )
     return make_config(preset, **{**opts, **kw})
 
 

@@ -1,0 +1,107 @@
+"""What a learner reads and imports is clean: chapters depend only on earlier chapters, and the Markdown pages
+speak about the material -- not about how it was produced -- and name no machine's absolute paths."""
+
+from __future__ import annotations
+
+import ast
+import re
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parents[1]
+CHAPTERS = [
+    "pytorch_basis",
+    "pytorch_gpt2_from_scratch",
+    "pytorch_llama2_from_scratch",
+    "triton_flash_attention_scratch",
+]
+MARKDOWN = sorted(
+    p for p in ROOT.rglob("*.md") if not any(part in {"out", ".git", "node_modules", ".venv"} for part in p.parts)
+)
+
+
+def _imported_chapters(path: Path) -> set[str]:
+    tree = ast.parse(path.read_text(encoding="utf-8"), filename=str(path))
+    found = set()
+    for node in ast.walk(tree):
+        names = []
+        if isinstance(node, ast.Import):
+            names = [a.name for a in node.names]
+        elif isinstance(node, ast.ImportFrom) and node.module and node.level == 0:
+            names = [node.module]
+        for name in names:
+            top = name.split(".")[0]
+            if top in CHAPTERS:
+                found.add(top)
+    return found
+
+
+@pytest.mark.parametrize("chapter", CHAPTERS)
+def test_chapters_import_only_earlier_chapters(chapter):
+    allowed = set(CHAPTERS[: CHAPTERS.index(chapter) + 1])
+    bad = []
+    for path in sorted((ROOT / chapter).rglob("*.py")):
+        later = _imported_chapters(path) - allowed
+        if later:
+            bad.append(f"{path.relative_to(ROOT)} imports {', '.join(sorted(later))}")
+    assert not bad, "a chapter may import only itself and earlier chapters:\n" + "\n".join(bad)
+
+
+def test_lessons_do_not_import_the_main_programs():
+    """Lessons share code through the chapter modules, not through a training program's entry script."""
+    programs = {"train_gpt2"}
+    bad = []
+    for chapter in CHAPTERS:
+        for path in sorted((ROOT / chapter).glob("[0-9][0-9]_*.py")):
+            tree = ast.parse(path.read_text(encoding="utf-8"))
+            for node in ast.walk(tree):
+                if isinstance(node, ast.ImportFrom) and node.module and node.module.split(".")[-1] in programs:
+                    bad.append(f"{path.relative_to(ROOT)} imports {node.module}")
+    assert not bad, "\n".join(bad)
+
+
+# Words about how the work was organised or where it ran, which mean nothing to a learner.
+PROCESS_WORDS = [
+    r"\bsession\b",
+    r"\bissue\b",
+    r"\btask\b",
+    r"\bhelper agent\b",
+    r"\bagent\b(?! itself)",
+    r"\b(the|this|quiet|busy|loaded|shared|CI) box\b",
+    r"\btargets? for this\b",
+    r"\bthe targets? (were|was)\b",
+    r"\bwas (not )?lent\b",
+    r"\bno GPU was (lent|available)\b",
+    r"\b(other|whose) jobs\b",
+]
+ABSOLUTE_PATH = re.compile(r"(?<![\w.~])/(work|root|home|tmp|Users|mnt|opt|srv|scratch)/\S*")
+
+
+@pytest.mark.parametrize("path", MARKDOWN, ids=lambda p: str(p.relative_to(ROOT)))
+def test_markdown_has_no_process_words_or_absolute_paths(path):
+    problems = []
+    for n, line in enumerate(path.read_text(encoding="utf-8").splitlines(), start=1):
+        for pattern in PROCESS_WORDS:
+            m = re.search(pattern, line, flags=re.IGNORECASE)
+            if m:
+                problems.append(f"line {n}: {m.group(0)!r}: {line.strip()[:100]}")
+        m = ABSOLUTE_PATH.search(line)
+        if m:
+            problems.append(f"line {n}: absolute path {m.group(0)!r}")
+    assert not problems, f"{path.relative_to(ROOT)}:\n" + "\n".join(problems)
+
+
+def test_the_checks_catch_what_they_are_for(tmp_path):
+    """The patterns above are not vacuous: they fire on the kinds of sentence they exist to keep out."""
+    samples = {
+        "No GPU was lent to this session, so": True,
+        "measured on the quiet box": True,
+        "with LLM_SCRATCH_DATA=/work/shared/data set": True,
+        "The targets for this box were": True,
+        "see `out/train_gpt2/cpu/log.txt`": False,
+        "the loss targets y are shifted by one": False,
+    }
+    for text, bad in samples.items():
+        hit = any(re.search(p, text, flags=re.IGNORECASE) for p in PROCESS_WORDS) or bool(ABSOLUTE_PATH.search(text))
+        assert hit == bad, text
