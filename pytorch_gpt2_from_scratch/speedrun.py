@@ -3,7 +3,10 @@
 A speedrun asks "how low does the validation loss get in S seconds?", not "in N steps?": a change that makes a
 step slower must pay for itself in better steps. So the run is defined by the budget:
 
-* the **clock** counts only training steps (``time.perf_counter`` around each step); evaluation pauses it;
+* the **clock** counts only training steps (``time.perf_counter`` around each step); evaluation pauses it.
+  ``clock="cpu"`` (``--clock cpu``, with ``--threads 1``) counts the CPU time of the one thread that does the work
+  (``time.thread_time``) instead: on a machine that other programs load, it is still the time the steps would take
+  on a free core (shared caches and memory bandwidth still interfere a little), so rungs stay comparable;
 * the **learning rate is a function of the elapsed fraction** ``f = clock / budget`` (:func:`time_lr`), so warmup
   and decay happen at fractions of the budget whatever the speed of the machine;
 * the run **stops before the first step that would start at or after the budget**, so it ends within one step of
@@ -187,7 +190,25 @@ def keep_freed_memory(enable: bool = True) -> bool:
     return module.keep_freed_memory(enable)
 
 
-def measure_precisions(model, x, y, device, rounds: int = 2) -> dict[str, float]:
+CLOCKS = ("wall", "cpu")
+
+
+def clock_fn(clock: str = "wall"):
+    """The timer of a run: ``wall`` = ``time.perf_counter``; ``cpu`` = this thread's CPU time (needs 1 torch thread).
+
+    With ``torch.set_num_threads(1)`` every kernel runs in the calling thread, so ``time.thread_time`` counts all the
+    work of a step and none of the time other processes took from the core.
+    """
+    if clock not in CLOCKS:
+        raise ValueError(f"clock must be one of {CLOCKS}, got {clock!r}")
+    if clock == "wall":
+        return time.perf_counter
+    if torch.get_num_threads() != 1:
+        raise ValueError(f"--clock cpu needs --threads 1 (torch uses {torch.get_num_threads()} threads)")
+    return time.thread_time
+
+
+def measure_precisions(model, x, y, device, rounds: int = 2, clock: str = "wall") -> dict[str, float]:
     """Median seconds of a forward + backward of a slice of ``(x, y)`` in fp32 and in bf16 autocast, interleaved.
 
     One row of at most 64 tokens is enough to see which precision is faster (the ratio is what counts) and keeps
@@ -196,16 +217,17 @@ def measure_precisions(model, x, y, device, rounds: int = 2) -> dict[str, float]
     The gradients are cleared afterwards and no random number is drawn, so training is not disturbed.
     """
     x, y = x[:1, :64], y[:1, :64]  # (B, T) -> (1, min(T, 64))
+    now = clock_fn(clock)
     times: dict[str, list[float]] = {"fp32": [], "bf16": []}
     for i in range(rounds + 1):  # round 0 is a warm-up
         for name, dtype in (("fp32", None), ("bf16", torch.bfloat16)):
             synchronize(device)
-            t0 = time.perf_counter()
+            t0 = now()
             with autocast_context(device, dtype):
                 _, loss = model(x, y)
             loss.backward()
             synchronize(device)
-            times[name].append(time.perf_counter() - t0)
+            times[name].append(now() - t0)
         a, b = times["fp32"][-1], times["bf16"][-1]
         if i == 1 and max(a, b) > 2 * min(a, b):
             break
@@ -213,7 +235,7 @@ def measure_precisions(model, x, y, device, rounds: int = 2) -> dict[str, float]
     return {k: statistics.median(v[1:]) for k, v in times.items()}
 
 
-def choose_precision(precision: str, model, x, y, device) -> tuple[torch.dtype | None, str]:
+def choose_precision(precision: str, model, x, y, device, clock: str = "wall") -> tuple[torch.dtype | None, str]:
     """``(autocast dtype or None, log line)``. ``auto``: CUDA -> bf16 + TF32; CPU/MPS -> the faster, measured."""
     if precision == "fp32":
         return None, "precision fp32 (as asked)"
@@ -222,7 +244,7 @@ def choose_precision(precision: str, model, x, y, device) -> tuple[torch.dtype |
     if device.type == "cuda":
         torch.set_float32_matmul_precision("high")
         return torch.bfloat16, "precision auto on CUDA: bf16 autocast + TF32 matmuls"
-    t = measure_precisions(model, x, y, device)
+    t = measure_precisions(model, x, y, device, clock=clock)
     pick = "bf16" if t["bf16"] < t["fp32"] else "fp32"
     line = f"precision auto: forward+backward fp32 {t['fp32'] * 1e3:.0f} ms, bf16 {t['bf16'] * 1e3:.0f} ms -> {pick}"
     return (torch.bfloat16 if pick == "bf16" else None), line
@@ -301,11 +323,13 @@ def run(
     num_samples: int = 0,
     sample_length: int = 48,
     progress: bool = True,
+    clock: str = "wall",
     log=print,
 ) -> RunResult:
     """Train ``recipe`` for ``budget`` seconds of training steps; val loss at ``eval_points`` times and the end.
 
-    ``seed`` sets the initial weights and where in the training split the data stream starts.
+    ``seed`` sets the initial weights and where in the training split the data stream starts; ``clock`` is
+    ``"wall"`` or ``"cpu"`` (:func:`clock_fn`).
     """
     from tqdm.auto import tqdm
 
@@ -314,6 +338,9 @@ def run(
     if eval_points < 0:
         raise ValueError(f"--eval-points must be >= 0, got {eval_points}")
     device = resolve_device(device) if isinstance(device, str) else device
+    now = clock_fn(clock)
+    if clock == "cpu" and device.type != "cpu":
+        raise ValueError(f"--clock cpu measures CPU work; use --clock wall on {device.type}")
     if tokens is None:
         tokens = load_tinyshakespeare_tokens()
     train_tokens, val_tokens_t = split_tokens(tokens)
@@ -325,7 +352,7 @@ def run(
     loader = DataLoaderLite(recipe.batch_size, recipe.seq_len, train_tokens)
     loader.position = (seed * 104_729) % loader.num_tokens  # each seed starts at another place of the stream
     x0, y0 = (t.to(device) for t in DataLoaderLite(recipe.batch_size, recipe.seq_len, train_tokens).next_batch())
-    dtype, line = choose_precision(recipe.precision, model, x0, y0, device)
+    dtype, line = choose_precision(recipe.precision, model, x0, y0, device, clock=clock)
     log(f"[{recipe.name} seed {seed}] {line}")
 
     def evaluate() -> float:
@@ -336,7 +363,7 @@ def run(
     clock, step, seen, dt = 0.0, 0, 0, 0.0
     bar = tqdm(total=round(budget, 1), desc=f"{recipe.name} s{seed}", unit="s", disable=not progress, leave=False)
     while clock < budget:
-        t0 = time.perf_counter()
+        t0 = now()
         mult = recipe.lr_multiplier(clock / budget)
         for g in optimizer.param_groups:
             g["lr"] = g["max_lr"] * mult
@@ -353,7 +380,7 @@ def run(
             torch.nn.utils.clip_grad_norm_(model.parameters(), recipe.grad_clip)
         optimizer.step()
         synchronize(device)
-        dt = time.perf_counter() - t0
+        dt = now() - t0
         clock += dt
         step += 1
         seen += recipe.tokens_per_step
@@ -532,8 +559,8 @@ def format_table(rows: list[RungSummary], budget: float) -> str:
     return "\n".join(lines)
 
 
-def plot_curves(results: list[RunResult], path: Path, title: str) -> Path:
-    """Val loss against training wall-clock seconds, one colour per rung, one line per seed."""
+def plot_curves(results: list[RunResult], path: Path, title: str, clock: str = "wall") -> Path:
+    """Val loss against training seconds (``clock``: wall or one thread's CPU time), one colour per rung and seed."""
     import matplotlib
 
     matplotlib.use("Agg")
@@ -547,7 +574,7 @@ def plot_curves(results: list[RunResult], path: Path, title: str) -> Path:
         for j, r in enumerate(x for x in results if x.name == n):
             t, _, v = zip(*r.curve[1:]) if len(r.curve) > 1 else zip(*r.curve)
             ax.plot(t, v, "o-", ms=2.5, lw=1.2, color=color, alpha=0.85, label=n if j == 0 else None)
-    ax.set_xlabel("training wall-clock time (s)")
+    ax.set_xlabel("training wall-clock time (s)" if clock == "wall" else "training time (s, CPU time of one thread)")
     ax.set_ylabel("validation loss (nats/token)")
     ax.set_title(title)
     ax.grid(alpha=0.3)
@@ -571,6 +598,12 @@ def add_common_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--eval-points", type=int, default=8, help="val-loss evaluations during a run (plus the end)")
     p.add_argument("--val-tokens", type=int, default=4096, help="validation tokens per evaluation")
     p.add_argument("--threads", type=int, default=None, help="torch.set_num_threads (default: torch's)")
+    p.add_argument(
+        "--clock",
+        choices=CLOCKS,
+        default="wall",
+        help="wall: elapsed time; cpu: CPU time of the one working thread (needs --threads 1; fair under load)",
+    )
     p.add_argument("--tiny", action="store_true", help="a 1-layer, 32-wide model at B 2 x T 32 (for tests)")
     p.add_argument("--out", default=None, help="output folder (default: out/speedrun)")
     p.add_argument("--no-progress", dest="progress", action="store_false")
@@ -580,6 +613,8 @@ def add_common_arguments(p: argparse.ArgumentParser) -> None:
 def _check_args(args: argparse.Namespace) -> None:
     if not args.time_budget > 0:
         raise ValueError(f"--time-budget must be > 0 seconds, got {args.time_budget}")
+    if args.clock == "cpu" and args.threads != 1:
+        raise ValueError(f"--clock cpu needs --threads 1 (got --threads {args.threads})")
     if args.eval_points < 0 or args.val_tokens < EVAL_T:
         raise ValueError(
             f"need --eval-points >= 0 and --val-tokens >= {EVAL_T}, got {args.eval_points}, {args.val_tokens}"
@@ -603,12 +638,13 @@ def compare(recipes: list[Recipe], args: argparse.Namespace, stem: str, title: s
         val_tokens=args.val_tokens,
         num_samples=samples,
         progress=args.progress,
+        clock=args.clock,
     )
     rows = summarise(results)
     table = format_table(rows, args.time_budget)
     cond = (
-        f"{torch.get_num_threads()} threads, torch {torch.__version__}, budget {args.time_budget:g} s, "
-        f"seeds {' '.join(map(str, args.seeds))}, {time.strftime('%Y-%m-%d')}"
+        f"{args.clock} clock, {torch.get_num_threads()} threads, torch {torch.__version__}, "
+        f"budget {args.time_budget:g} s, seeds {' '.join(map(str, args.seeds))}, {time.strftime('%Y-%m-%d')}"
     )
     print(table)
     print(cond)
@@ -617,7 +653,7 @@ def compare(recipes: list[Recipe], args: argparse.Namespace, stem: str, title: s
         condition=cond, rows=[asdict(r) for r in rows], runs=[dict(asdict(r), final_val=r.final_val) for r in results]
     )
     (out / f"{stem}.json").write_text(json.dumps(payload, indent=1))
-    plot = plot_curves(results, out / f"{stem}.png", title)
+    plot = plot_curves(results, out / f"{stem}.png", title, clock=args.clock)
     print(f"wrote {out / (stem + '.md')}, {out / (stem + '.json')}, {plot}")
     return dict(results=results, rows=rows, table=table, plot=plot)
 

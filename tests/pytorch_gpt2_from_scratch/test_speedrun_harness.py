@@ -120,3 +120,40 @@ def test_rung_lessons_run_at_a_tiny_budget(load_lesson, number, tmp_path, shakes
     assert out["plot"].is_file() and out["plot"].stat().st_size > 0
     assert isinstance(out["results"][0].curve[-1][2], float)
     assert torch.get_num_threads() == 1
+
+
+def test_cpu_clock_ignores_time_the_thread_did_not_run(shakespeare_tokens, monkeypatch):
+    """--clock cpu: a step's time is this thread's CPU time, so time spent off the CPU (here: sleeping) is not counted."""
+    import time
+
+    assert speedrun.clock_fn("wall") is time.perf_counter and speedrun.clock_fn("cpu") is time.thread_time
+    r = shrink(speedrun.recipe("baseline"))
+    real_step = torch.optim.AdamW.step
+
+    def sleepy_step(self, *a, **kw):  # every optimizer step also waits 0.25 s off the CPU
+        time.sleep(0.25)
+        return real_step(self, *a, **kw)
+
+    monkeypatch.setattr(torch.optim.AdamW, "step", sleepy_step)
+    kw = dict(seed=0, tokens=shakespeare_tokens, eval_points=0, val_tokens=256, progress=False, log=lambda *_: None)
+    wall = speedrun.run(r, budget=1.0, clock="wall", **kw)
+    cpu = speedrun.run(r, budget=1.0, clock="cpu", **kw)
+    assert wall.steps <= 4  # >= 0.25 s per step on the wall clock
+    assert cpu.steps > 2 * wall.steps  # the sleeps are not charged to the cpu clock
+    assert cpu.clock >= 1.0 and cpu.clock - cpu.last_step_s < 1.0  # the budget stop holds on the cpu clock too
+
+
+def test_cpu_clock_needs_one_thread(capsys):
+    with pytest.raises(SystemExit) as e:
+        speedrun.cli(["--time-budget", "1", "--clock", "cpu", "--threads", "2", "--tiny", "--no-progress"])
+    assert e.value.code == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert err == ["error: --clock cpu needs --threads 1 (got --threads 2)"]
+    torch.set_num_threads(2)
+    try:
+        with pytest.raises(ValueError, match="needs --threads 1"):
+            speedrun.clock_fn("cpu")
+    finally:
+        torch.set_num_threads(1)
+    with pytest.raises(ValueError, match="clock must be one of"):
+        speedrun.clock_fn("gpu")
