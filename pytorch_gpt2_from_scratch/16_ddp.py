@@ -130,14 +130,22 @@ def parse_args(argv=None) -> argparse.Namespace:
     return p.parse_args(argv)
 
 
-def main(worker=False, out=None, nproc=2, B=2, T=16, steps=3, grad_accum=2) -> dict:
-    out = Path(out) if out else out_dir("16_ddp") / "ddp_result.pt"
-    if worker:  # one rank of a torchrun launch
-        res = run_training(B, T, steps, grad_accum)
-        if int(os.environ.get("RANK", 0)) == 0:
-            atomic_torch_save(res, out)
-        return res
-    ddp = launch(out, nproc=nproc, B=B, T=T, steps=steps, grad_accum=grad_accum)
+def run_worker(out, B: int, T: int, steps: int, grad_accum: int) -> dict:
+    """One rank of the ``torchrun`` launch that :func:`main` starts (``--worker``): train; rank 0 saves to ``out``."""
+    res = run_training(B, T, steps, grad_accum)
+    if int(os.environ.get("RANK", 0)) == 0:
+        atomic_torch_save(res, result_path(out))
+    return res
+
+
+def result_path(out) -> Path:
+    """Where rank 0 saves its losses and weights (``--out``; default ``out/16_ddp/ddp_result.pt``)."""
+    return Path(out) if out else out_dir("16_ddp") / "ddp_result.pt"
+
+
+def main(out=None, nproc=2, B=2, T=16, steps=3, grad_accum=2) -> dict:
+    ddp = launch(result_path(out), nproc=nproc, B=B, T=T, steps=steps, grad_accum=grad_accum)
+
     # one process, micro-batch nproc*B: each micro-step reads exactly the union of the ranks' micro-batches
     single = run_training(nproc * B, T, steps, grad_accum)
     loss_diff = max(abs(a - b) for a, b in zip(ddp["losses"], single["losses"]))
@@ -150,4 +158,9 @@ def main(worker=False, out=None, nproc=2, B=2, T=16, steps=3, grad_accum=2) -> d
 
 
 if __name__ == "__main__":
-    main(**vars(parse_args()))
+    options = vars(parse_args())
+    if options.pop("worker"):  # this process is one rank of the torchrun launch that main() starts
+        options.pop("nproc")  # torchrun decided how many processes there are
+        run_worker(**options)
+    else:
+        main(**options)

@@ -92,16 +92,15 @@ def main(model=None, limit=200, device="auto") -> dict:
     pred, pred_norm = int(sum_loss.argmin()), int(avg_loss.argmin())
     print(f"acc picks {pred}, acc_norm picks {pred_norm}, the answer is {label}")
 
-    result = {"pred": pred, "pred_norm": pred_norm, "eval": None}
+    res = None  # the full evaluation, when the validation set is on disk or can be downloaded
     try:
         path = hellaswag_path("val")
     except DownloadError as e:
         print(f"HellaSwag validation set not available, skipping the full evaluation: {str(e).splitlines()[0]}")
-        return result
-    res = evaluate(net, iter_examples(path), device=dev, limit=limit, progress=True)
-    print(f"{res.num_total} examples: acc {res.acc:.4f}, acc_norm {res.acc_norm:.4f}")
-    result["eval"] = res
-    return result
+    else:
+        res = evaluate(net, iter_examples(path), device=dev, limit=limit, progress=True)
+        print(f"{res.num_total} examples: acc {res.acc:.4f}, acc_norm {res.acc_norm:.4f}")
+    return {"pred": pred, "pred_norm": pred_norm, "eval": res}
 
 
 if __name__ == "__main__":

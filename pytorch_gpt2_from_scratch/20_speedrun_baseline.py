@@ -36,14 +36,28 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # repo root: import the chapter modules
 
 from pytorch_basis.common import run_cli
-from pytorch_gpt2_from_scratch.speedrun import cli, lesson_main
+from pytorch_gpt2_from_scratch.speedrun import (
+    DEFAULT_BUDGET,
+    compare_rungs,
+    ladder,
+    lesson_cli,
+    show_change,
+    show_schedule,
+)
 
 KEY = "baseline"
 
 
-def main(argv=None) -> dict:
-    return lesson_main(KEY, argv, description=__doc__.split("\n\n")[0])
+def main(time_budget=DEFAULT_BUDGET, seeds=(0, 1), eval_points=8, val_tokens=4096, threads=None, tiny=False,
+         out=None, progress=True, device="auto") -> dict:  # fmt: skip
+    rungs = ladder(KEY)  # rung 0 alone: the reference every later rung is measured against
+    show_change(*rungs)  # the whole recipe (train_gpt2.py's cpu preset)
+
+    # the clock drives the learning rate: warmup over the first 10% of the *time*, then cosine to lr / 10
+    show_schedule(rungs[0], time_budget)
+
+    return compare_rungs(rungs, time_budget, seeds, eval_points, val_tokens, threads, tiny, out, progress, device)
 
 
 if __name__ == "__main__":
-    run_cli(lambda: cli(entry=main))
+    run_cli(lambda: lesson_cli(main, __doc__))

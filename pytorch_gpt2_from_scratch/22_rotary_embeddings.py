@@ -32,14 +32,18 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # repo root: import the chapter modules
 
 from pytorch_basis.common import run_cli
-from pytorch_gpt2_from_scratch.speedrun import cli, lesson_main
+from pytorch_gpt2_from_scratch.speedrun import DEFAULT_BUDGET, compare_rungs, ladder, lesson_cli, show_change
 
 KEY = "rope"
 
 
-def main(argv=None) -> dict:
-    return lesson_main(KEY, argv, description=__doc__.split("\n\n")[0])
+def main(time_budget=DEFAULT_BUDGET, seeds=(0, 1), eval_points=8, val_tokens=4096, threads=None, tiny=False,
+         out=None, progress=True, device="auto") -> dict:  # fmt: skip
+    rungs = ladder(KEY)[-2:]  # the rung before and this one, each with every change up to it
+    show_change(*rungs)  # the recipe fields this rung changes
+
+    return compare_rungs(rungs, time_budget, seeds, eval_points, val_tokens, threads, tiny, out, progress, device)
 
 
 if __name__ == "__main__":
-    run_cli(lambda: cli(entry=main))
+    run_cli(lambda: lesson_cli(main, __doc__))

@@ -611,6 +611,9 @@ def add_common_arguments(p: argparse.ArgumentParser) -> None:
 
 
 def _check_args(args: argparse.Namespace) -> None:
+    seeds = args.seeds
+    if not isinstance(seeds, (list, tuple)) or not seeds or not all(type(s) is int for s in seeds):
+        raise ValueError(f"--seeds needs one or more whole numbers, got {seeds!r}")
     if not args.time_budget > 0:
         raise ValueError(f"--time-budget must be > 0 seconds, got {args.time_budget}")
     if args.clock == "cpu" and args.threads != 1:
@@ -658,16 +661,100 @@ def compare(recipes: list[Recipe], args: argparse.Namespace, stem: str, title: s
     return dict(results=results, rows=rows, table=table, plot=plot)
 
 
-def lesson_main(key: str, argv=None, description: str = "") -> dict:
-    """What lessons 20+ run: rung ``key`` next to the rung before it, each for the same budget and seeds."""
-    p = argparse.ArgumentParser(description=description)
-    add_common_arguments(p)
-    args = p.parse_args(argv)
+# --------------------------------------------------------------------------------------------- lessons 20+
+def rung_number(key: str) -> int:
+    """Rung ``key``'s place on the ladder (``baseline`` is 0); its lesson is ``20 + number``."""
+    if key not in RUNG_KEYS:
+        raise ValueError(f"unknown rung {key!r}; choose from {', '.join(RUNG_KEYS)}")
+    return RUNG_KEYS.index(key)
+
+
+def recipe_diff(before: Recipe, after: Recipe) -> dict[str, tuple[object, object]]:
+    """``{field: (before, after)}`` for every field of the two recipes that differs, the name aside.
+
+    The ModernConfig switches in ``modern`` are compared one by one as ``modern.<switch>``; a switch a recipe does
+    not set has ModernConfig's default (all off: GPT-2).
+    """
+    a, b = asdict(before), asdict(after)
+    out = {k: (a[k], b[k]) for k in a if k not in ("name", "modern") and a[k] != b[k]}
+    switches = asdict(ModernConfig())
+    for k in dict.fromkeys([*before.modern, *after.modern]):
+        old, new = before.modern.get(k, switches.get(k)), after.modern.get(k, switches.get(k))
+        if old != new:
+            out[f"modern.{k}"] = (old, new)
+    return out
+
+
+def show_change(*rungs: Recipe) -> None:
+    """Print what the last of ``rungs`` changes: the ladder's one-line description of the change and the fields
+    that differ from the rung before it (:func:`recipe_diff`), or, for a recipe alone, every field."""
+    if len(rungs) not in (1, 2):
+        raise ValueError(f"show_change takes one recipe or two (the rung before and this one), got {len(rungs)}")
+    after = rungs[-1]
+    what = {k: text for k, text, _ in RUNGS}.get(after.name)
+    if after.name in RUNG_KEYS:
+        print(f"rung {rung_number(after.name)} of {len(RUNG_KEYS) - 1}, {after.name!r}: {what}")
+    if len(rungs) == 1:
+        fields_ = {k: (None, v) for k, v in asdict(after).items() if k != "name"}
+        print("the recipe:")
+    else:
+        fields_ = recipe_diff(*rungs)
+        print(f"the recipe fields it changes, from rung {rungs[0].name!r}:" if fields_ else "no recipe field differs")
+    width = max((len(k) for k in fields_), default=0)
+    for k, (old, new) in fields_.items():
+        print(f"  {k:<{width}}  {new!r}" if len(rungs) == 1 else f"  {k:<{width}}  {old!r} -> {new!r}")
+
+
+def show_schedule(recipe: Recipe, budget: float, fractions=(0.0, 0.05, 0.1, 0.25, 0.5, 0.75, 0.9, 1.0)) -> None:
+    """Print the recipe's learning rate (``lr``, :func:`time_lr`) at ``fractions`` of the budget, in seconds."""
+    if not budget > 0:
+        raise ValueError(f"--time-budget must be > 0 seconds, got {budget}")
+    rows = [(f * budget, recipe.lr * recipe.lr_multiplier(f)) for f in fractions]
+    print(f"learning rate against training time, {recipe.schedule} schedule, budget {budget:g} s:")
+    for (t, lr), f in zip(rows, fractions):
+        print(f"  {t:7.1f} s  ({f:4.0%} of the budget)  lr {lr:.2e}")
+
+
+def compare_rungs(
+    rungs,
+    time_budget: float = DEFAULT_BUDGET,
+    seeds=(0, 1),
+    eval_points: int = 8,
+    val_tokens: int = 4096,
+    threads: int | None = None,
+    tiny: bool = False,
+    out=None,
+    progress: bool = True,
+    device="auto",
+) -> dict:
+    """What lessons 20+ run: ``rungs`` (the rung before and this one, or the baseline alone) x ``seeds``, each for
+    ``time_budget`` seconds, interleaved; prints and writes the table and the plot (:func:`compare`) as
+    ``out/speedrun/<lesson>_<rung>.*``. The options are the lessons' command line's (:func:`lesson_cli`)."""
+    args = argparse.Namespace(**{k: v for k, v in locals().items() if k != "rungs"})  # as the command line's
     _check_args(args)
-    i = RUNG_KEYS.index(key)
-    recipes = ladder(key)[max(0, i - 1) :]
-    num = 20 + i
-    return compare(recipes, args, f"{num}_{key}", f"rung {num - 20}: {key} vs {recipes[0].name}")
+    rungs = list(rungs)
+    if not rungs or not all(isinstance(r, Recipe) for r in rungs):
+        raise ValueError("compare_rungs needs a list of Recipe (e.g. speedrun.ladder(key)[-2:])")
+    last = rungs[-1].name
+    stem = f"{20 + rung_number(last)}_{last}" if last in RUNG_KEYS else last
+    number = f"rung {rung_number(last)}: " if last in RUNG_KEYS else ""
+    title = number + " vs ".join(dict.fromkeys(r.name for r in reversed(rungs)))
+    return compare(rungs, args, stem, title)
+
+
+def lesson_cli(main, doc: str, argv=None) -> None:
+    """The command line of lessons 20+: the options of :func:`add_common_arguments`, checked before anything runs,
+    passed to the lesson's ``main(**options)``. A bad option (a zero budget, no seed) is one line and exit status 2.
+    """
+
+    def entry(argv) -> dict:
+        p = argparse.ArgumentParser(description=doc.split("\n\n")[0])
+        add_common_arguments(p)
+        args = p.parse_args(argv)
+        _check_args(args)
+        return main(**vars(args))
+
+    cli(argv, entry=entry)
 
 
 def parse_args(argv=None) -> argparse.Namespace:

@@ -41,12 +41,19 @@ TINY: dict[tuple[str, int], dict] = {
     ("pytorch_gpt2_from_scratch", 13): dict(max_lr=1.0, warmup_steps=10, max_steps=100),
     ("pytorch_gpt2_from_scratch", 14): dict(model="tiny", bench_model="tiny", repeats=1, device="cpu"),
     ("pytorch_gpt2_from_scratch", 15): dict(total_batch_size=512, batch_size=2, seq_len=64, steps=1, device="cpu"),
-    ("pytorch_gpt2_from_scratch", 16): dict(nproc=2, B=1, T=8, steps=1, grad_accum=1),
+    ("pytorch_gpt2_from_scratch", 16): dict(out="ddp_result.pt", nproc=2, B=1, T=8, steps=1, grad_accum=1),
     ("pytorch_gpt2_from_scratch", 17): dict(shard_size=20_000, workers=1),
     ("pytorch_gpt2_from_scratch", 18): dict(
         steps=2, eval_every=1, sample_every=2, batch_size=2, seq_len=32, device="cpu"
     ),
     ("pytorch_gpt2_from_scratch", 19): dict(model="random", device="cpu", limit=0),
+    # Section 5's rungs: a 1-layer model for a fraction of a second, one seed (as test_speedrun_harness.py)
+    **{
+        ("pytorch_gpt2_from_scratch", n): dict(
+            time_budget=0.2, seeds=(0,), eval_points=1, val_tokens=256, tiny=True, out="speedrun", progress=False
+        )
+        for n in range(20, 33)
+    },
     ("pytorch_llama2_from_scratch", 3): dict(head_dim=32, n_heads=2, plot=False),
     ("pytorch_llama2_from_scratch", 4): dict(dim=64, repeats=1),
     ("pytorch_llama2_from_scratch", 6): dict(prompt_len=8, new_tokens=6),
@@ -93,15 +100,7 @@ TINY: dict[tuple[str, int], dict] = {
     ("triton_flash_attention_scratch", 22): dict(steps=2, batch=1, seq_len=32),
 }
 
-# Lessons whose main() still returns early (an `if ...: return` in its body), which cells cannot express yet.
-NOT_YET_CELLS = {
-    ("pytorch_gpt2_from_scratch", 16),
-    ("pytorch_gpt2_from_scratch", 19),
-    # Section 5's rung lessons are main(argv) wrappers around speedrun.lesson_main (no keyword options yet);
-    # tests/pytorch_gpt2_from_scratch/test_speedrun_harness.py runs each of them at a tiny budget instead
-    *((("pytorch_gpt2_from_scratch", n)) for n in range(20, 33)),
-}
-LESSONS = [p for p in lesson_paths() if (p.parent.name, int(p.name[:2])) not in NOT_YET_CELLS]
+LESSONS = lesson_paths()
 
 
 def _key(path: Path) -> tuple[str, int]:

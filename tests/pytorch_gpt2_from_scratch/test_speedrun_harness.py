@@ -3,6 +3,10 @@
 from __future__ import annotations
 
 import math
+import subprocess
+import sys
+from dataclasses import replace
+from pathlib import Path
 
 import pytest
 import torch
@@ -94,30 +98,72 @@ def test_cli_bad_budget_is_one_line(capsys):
     assert err == ["error: --time-budget must be > 0 seconds, got 0.0"]
 
 
+def test_recipe_diff_names_what_differs():
+    base = Recipe()
+    changed = replace(base, name="other", lr=1e-3, modern={"rope": True, "norm": "layernorm"})
+    # the name is not a change; a ModernConfig switch set to its default (norm="layernorm") is not one either
+    assert speedrun.recipe_diff(base, changed) == {"lr": (2e-3, 1e-3), "modern.rope": (False, True)}
+    assert speedrun.recipe_diff(changed, base) == {"lr": (1e-3, 2e-3), "modern.rope": (True, False)}
+    assert speedrun.recipe_diff(base, replace(base, name="same")) == {}
+
+
+@pytest.mark.parametrize("key", RUNG_KEYS[1:])
+def test_every_rung_changes_the_recipe(key, capsys):
+    before, after = speedrun.ladder(key)[-2:]
+    diff = speedrun.recipe_diff(before, after)
+    assert diff, f"rung {key!r} changes nothing"
+    speedrun.show_change(before, after)
+    printed = capsys.readouterr().out
+    assert f"{key!r}" in printed and all(name in printed for name in diff)
+
+
+def test_show_schedule_prints_the_warmup_and_the_floor(capsys):
+    speedrun.show_schedule(Recipe(lr=2e-3, warmup_frac=0.1, min_lr_ratio=0.1), 100.0)
+    lines = capsys.readouterr().out.splitlines()
+    assert any("5.0 s" in line and "lr 1.00e-03" in line for line in lines)  # half-way through a 10 s warmup
+    assert any("100.0 s" in line and "lr 2.00e-04" in line for line in lines)  # min_lr = lr / 10 at the budget
+    with pytest.raises(ValueError, match="--time-budget must be > 0"):
+        speedrun.show_schedule(Recipe(), 0)
+
+
+def test_rung_lesson_bad_options_are_one_line(load_lesson, capsys):
+    lesson = load_lesson("pytorch_gpt2_from_scratch", 22)
+    for argv, expected in (
+        (["--time-budget", "0"], "error: --time-budget must be > 0 seconds, got 0.0"),
+        (["--time-budget", "-5", "--seeds", "0"], "error: --time-budget must be > 0 seconds, got -5.0"),
+        (["--val-tokens", "100"], "error: need --eval-points >= 0 and --val-tokens >= 128, got 8, 100"),
+    ):
+        with pytest.raises(SystemExit) as e:
+            speedrun.lesson_cli(lesson.main, lesson.__doc__, argv)
+        assert e.value.code == 2
+        assert capsys.readouterr().err.strip().splitlines() == [expected]
+    for seeds in ((), [0.5], "0 1"):
+        with pytest.raises(ValueError, match="--seeds needs one or more whole numbers"):
+            lesson.main(seeds=seeds, tiny=True, progress=False)
+
+
+def test_rung_lesson_command_line_runs_the_guard():
+    """The README's command lines reach lesson_cli: a zero budget from the shell is one line and exit status 2."""
+    path = Path(__file__).resolve().parents[2] / "pytorch_gpt2_from_scratch" / "22_rotary_embeddings.py"
+    done = subprocess.run(
+        [sys.executable, str(path), "--time-budget", "0"], capture_output=True, text=True, timeout=120
+    )
+    assert done.returncode == 2
+    assert done.stderr.strip().splitlines() == ["error: --time-budget must be > 0 seconds, got 0.0"]
+
+
 @pytest.mark.parametrize("number", range(20, 20 + len(RUNG_KEYS)))
 def test_rung_lessons_run_at_a_tiny_budget(load_lesson, number, tmp_path, shakespeare_tokens):
     lesson = load_lesson("pytorch_gpt2_from_scratch", number)
     out = lesson.main(
-        [
-            "--tiny",
-            "--time-budget",
-            "0.2",
-            "--seeds",
-            "0",
-            "--eval-points",
-            "1",
-            "--val-tokens",
-            "256",
-            "--no-progress",
-            "--out",
-            str(tmp_path),
-        ]
+        tiny=True, time_budget=0.2, seeds=(0,), eval_points=1, val_tokens=256, progress=False, out=str(tmp_path)
     )
     names = [r.name for r in out["rows"]]
     assert names[-1] == RUNG_KEYS[number - 20]
     assert len(names) == (1 if number == 20 else 2)
     assert all(math.isfinite(r.mean) for r in out["rows"])
     assert out["plot"].is_file() and out["plot"].stat().st_size > 0
+    assert out["plot"].name == f"{number}_{RUNG_KEYS[number - 20]}.png"
     assert isinstance(out["results"][0].curve[-1][2], float)
     assert torch.get_num_threads() == 1
 
