@@ -49,14 +49,15 @@ KEY = "baseline"
 
 
 def main(time_budget=DEFAULT_BUDGET, seeds=(0, 1), eval_points=8, val_tokens=4096, threads=None, tiny=False,
-         out=None, progress=True, device="auto") -> dict:  # fmt: skip
+         out=None, progress=True, device="auto", clock="wall") -> dict:  # fmt: skip
     rungs = ladder(KEY)  # rung 0 alone: the reference every later rung is measured against
     show_change(*rungs)  # the whole recipe (train_gpt2.py's cpu preset)
 
     # the clock drives the learning rate: warmup over the first 10% of the *time*, then cosine to lr / 10
     show_schedule(rungs[0], time_budget)
 
-    return compare_rungs(rungs, time_budget, seeds, eval_points, val_tokens, threads, tiny, out, progress, device)
+    return compare_rungs(rungs, time_budget, seeds, eval_points, val_tokens, threads, tiny, out, progress, device,
+                         clock)  # fmt: skip
 
 
 if __name__ == "__main__":

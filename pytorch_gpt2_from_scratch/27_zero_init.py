@@ -32,11 +32,12 @@ KEY = "zero-init"
 
 
 def main(time_budget=DEFAULT_BUDGET, seeds=(0, 1), eval_points=8, val_tokens=4096, threads=None, tiny=False,
-         out=None, progress=True, device="auto") -> dict:  # fmt: skip
+         out=None, progress=True, device="auto", clock="wall") -> dict:  # fmt: skip
     rungs = ladder(KEY)[-2:]  # the rung before and this one, each with every change up to it
     show_change(*rungs)  # the recipe fields this rung changes
 
-    return compare_rungs(rungs, time_budget, seeds, eval_points, val_tokens, threads, tiny, out, progress, device)
+    return compare_rungs(rungs, time_budget, seeds, eval_points, val_tokens, threads, tiny, out, progress, device,
+                         clock)  # fmt: skip
 
 
 if __name__ == "__main__":

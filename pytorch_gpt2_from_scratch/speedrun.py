@@ -726,6 +726,7 @@ def compare_rungs(
     out=None,
     progress: bool = True,
     device="auto",
+    clock: str = "wall",
 ) -> dict:
     """What lessons 20+ run: ``rungs`` (the rung before and this one, or the baseline alone) x ``seeds``, each for
     ``time_budget`` seconds, interleaved; prints and writes the table and the plot (:func:`compare`) as

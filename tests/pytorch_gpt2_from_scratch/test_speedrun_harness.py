@@ -169,7 +169,7 @@ def test_rung_lessons_run_at_a_tiny_budget(load_lesson, number, tmp_path, shakes
 
 
 def test_cpu_clock_ignores_time_the_thread_did_not_run(shakespeare_tokens, monkeypatch):
-    """--clock cpu: a step's time is this thread's CPU time, so time spent off the CPU (here: sleeping) is not counted."""
+    """--clock cpu: a step costs this thread's CPU time, so time spent off the CPU (here: sleeping) is not counted."""
     import time
 
     assert speedrun.clock_fn("wall") is time.perf_counter and speedrun.clock_fn("cpu") is time.thread_time
@@ -203,3 +203,15 @@ def test_cpu_clock_needs_one_thread(capsys):
         torch.set_num_threads(1)
     with pytest.raises(ValueError, match="clock must be one of"):
         speedrun.clock_fn("gpu")
+
+
+def test_rung_lesson_cli_passes_the_cpu_clock(tmp_path):
+    import subprocess
+    import sys
+
+    cmd = [sys.executable, "pytorch_gpt2_from_scratch/22_rotary_embeddings.py", "--tiny", "--time-budget", "0.2"]
+    cmd += ["--seeds", "0", "--eval-points", "0", "--val-tokens", "256", "--threads", "1", "--clock", "cpu"]
+    cmd += ["--no-progress", "--out", str(tmp_path)]
+    proc = subprocess.run(cmd, capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    assert "cpu clock, 1 threads" in (tmp_path / "22_rope.md").read_text()
