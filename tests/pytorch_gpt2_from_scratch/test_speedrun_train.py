@@ -38,8 +38,9 @@ def config(shard_dir, tiny_train_options):
 
 
 def test_speedrun_preset_resumes_bit_exactly_with_muon(tmp_path, config):
-    def run(out, **kw):  # a step schedule (no time budget) so that both runs see the same learning rates
-        return train(dataclasses.replace(config("speedrun", out, **kw), time_budget=None))
+    def run(out, **kw):  # a step schedule (no time budget) so that both runs see the same learning rates, and
+        # fp32 (--precision auto times fp32 against bf16: on a loaded machine two runs could choose differently)
+        return train(dataclasses.replace(config("speedrun", out, dtype="fp32", **kw), time_budget=None))
 
     straight = run(tmp_path / "a")
     assert isinstance(straight.model, ModernGPT)
