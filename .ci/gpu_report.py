@@ -145,7 +145,7 @@ def ch2_model():
 
 def ch2_speed_ladder():
     """Lesson 11's machinery (``speed_ladder.py``): the ladder, StepSetup, build_model, make_train_step, time_steps,
-    train_flops, matmul_precision, cpu_model_name, GPU_BF16_PEAK."""
+    train_flops, matmul_precision, GPU_BF16_PEAK."""
     from pytorch_gpt2_from_scratch import speed_ladder as sl
 
     require(sl, "LADDER")
@@ -162,7 +162,6 @@ def ch2_speed_ladder():
     require(sl, "time_steps", ("steps_fns", "x", "y", "device", "warmup", "steps", "budget_s"))
     require(sl, "train_flops", ("config", "B", "T"))
     require(sl, "matmul_precision", ("tf32",))
-    require(sl, "cpu_model_name")
     require(sl, "GPU_BF16_PEAK")
     return sl
 
@@ -401,6 +400,8 @@ def compile_cache_sizes() -> dict:
 def run_environment(rec: Recorder, ctx: dict) -> None:
     import torch
 
+    from pytorch_basis.common import cpu_model_name
+
     if not torch.cuda.is_available():
         raise RuntimeError("torch.cuda.is_available() is False: no CUDA GPU visible to this torch build")
     dev = report_device()
@@ -415,7 +416,7 @@ def run_environment(rec: Recorder, ctx: dict) -> None:
         "cudnn": torch.backends.cudnn.version(),
         "torch": torch.__version__,
         "python": platform.python_version(),
-        "cpu": ch2_speed_ladder().cpu_model_name() or platform.machine(),
+        "cpu": cpu_model_name() or platform.machine(),
         "cpu_count": os.cpu_count(),
         "date_utc": datetime.datetime.now(datetime.timezone.utc).strftime("%Y-%m-%d %H:%M"),
     }
@@ -449,6 +450,9 @@ def run_environment(rec: Recorder, ctx: dict) -> None:
 def check_environment() -> list[str]:
     import torch
 
+    from pytorch_basis import common
+
+    require(common, "cpu_model_name")
     ch2_speed_ladder()
     return [f"torch {torch.__version__}; measure_peaks uses torch.matmul(out=) and Tensor.copy_ with CUDA events"]
 

@@ -31,16 +31,14 @@ import ctypes.util
 import datetime
 import math
 import os
-import platform
 import statistics
 import sys
 import time
 from dataclasses import dataclass, field, replace
-from pathlib import Path
 
 import torch
 
-from pytorch_basis.common import synchronize
+from pytorch_basis.common import cpu_model_name, synchronize
 from pytorch_gpt2_from_scratch.bench_stats import rung_verdict
 from pytorch_gpt2_from_scratch.model import GPT, GPTConfig
 
@@ -81,6 +79,8 @@ SKIPPABLE = {
 
 @dataclass
 class Result:
+    """One rung's measurement: median ms/iter over its timed steps (all of them in ``all_ms``) and the verdict."""
+
     name: str
     setup: StepSetup
     ms: float  # median ms/iter
@@ -197,17 +197,6 @@ def matmul_peak(device: torch.device, dtype: torch.dtype, n: int | None = None, 
         synchronize(device)
         best = min(best, time.perf_counter() - t0)
     return 2 * n**3 / best
-
-
-def cpu_model_name() -> str:
-    """The CPU's model name from ``/proc/cpuinfo`` (Linux), else what ``platform`` knows."""
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return platform.processor() or platform.machine()
 
 
 def gpu_bf16_peak(device: torch.device) -> tuple[float, str]:
