@@ -9,8 +9,8 @@ hangs or runs out of time is reported as such and the next one still starts on a
 2. ``pytest -m gpu`` on the test files that hold ``gpu`` tests (the kernels' correctness on real hardware);
 3. the flash-attention benchmark of chapter 4 (lesson 21's ``bench_one``) on a trimmed grid, ours vs SDPA's
    flash backend, with the targets forward >= 0.9x and backward >= 0.7x SDPA at N = 4096;
-4. the GPT-2 124M training-step ladder of chapter 2 (lesson 11's building blocks) at B=16, T=1024, plus
-   ``attn_impl="triton"``, ms/step and MFU against the measured bf16 peak (target >= 45% on the last rung);
+4. the GPT-2 124M training-step ladder of chapter 2 (lesson 11's building blocks, ``speed_ladder.py``) at B=16,
+   T=1024, plus ``attn_impl="triton"``, ms/step and MFU against the measured bf16 peak (target >= 45% on the last rung);
 5. LLaMA decode on a random ~1B-parameter model in bf16: tokens/s of our KV-cache ``generate`` (and of
    Hugging Face ``generate`` on the same weights when transformers is installed), and the fraction of the
    measured copy bandwidth that the weight reads per token reach;
@@ -143,24 +143,27 @@ def ch2_model():
     return model
 
 
-def ch2_lesson11():
-    """Lesson 11's machinery: the ladder, StepSetup, build_model, make_train_step, time_steps, train_flops."""
-    les = load_lesson(GPT2_CH, 11)
-    require(les, "LADDER")
-    setup_fields = {f.name for f in dataclasses.fields(les.StepSetup)}
+def ch2_speed_ladder():
+    """Lesson 11's machinery (``speed_ladder.py``): the ladder, StepSetup, build_model, make_train_step, time_steps,
+    train_flops, matmul_precision, GPU_BF16_PEAK."""
+    from pytorch_gpt2_from_scratch import speed_ladder as sl
+
+    require(sl, "LADDER")
+    setup_fields = {f.name for f in dataclasses.fields(sl.StepSetup)}
     for f in ("attn_impl", "pad_vocab_to", "tf32", "amp", "compile"):
         if f not in setup_fields:
-            raise CheckFailed(f"lesson 11 StepSetup has no field {f!r}")
-    for _, change, *_ in les.LADDER:
+            raise CheckFailed(f"speed_ladder.StepSetup has no field {f!r}")
+    for _, change, *_ in sl.LADDER:
         unknown = set(change) - setup_fields
         if unknown:
-            raise CheckFailed(f"lesson 11 LADDER changes unknown StepSetup field(s) {sorted(unknown)}")
-    require(les, "build_model", ("config", "setup", "device", "seed"))
-    require(les, "make_train_step", ("model", "setup", "device"))
-    require(les, "time_steps", ("steps_fns", "x", "y", "device", "warmup", "steps", "budget_s"))
-    require(les, "train_flops", ("config", "B", "T"))
-    require(les, "matmul_precision", ("tf32",))
-    return les
+            raise CheckFailed(f"speed_ladder.LADDER changes unknown StepSetup field(s) {sorted(unknown)}")
+    require(sl, "build_model", ("config", "setup", "device", "seed"))
+    require(sl, "make_train_step", ("model", "setup", "device"))
+    require(sl, "time_steps", ("steps_fns", "x", "y", "device", "warmup", "steps", "budget_s"))
+    require(sl, "train_flops", ("config", "B", "T"))
+    require(sl, "matmul_precision", ("tf32",))
+    require(sl, "GPU_BF16_PEAK")
+    return sl
 
 
 def ch4_kernels():
@@ -397,6 +400,8 @@ def compile_cache_sizes() -> dict:
 def run_environment(rec: Recorder, ctx: dict) -> None:
     import torch
 
+    from pytorch_basis.common import cpu_model_name
+
     if not torch.cuda.is_available():
         raise RuntimeError("torch.cuda.is_available() is False: no CUDA GPU visible to this torch build")
     dev = report_device()
@@ -411,7 +416,7 @@ def run_environment(rec: Recorder, ctx: dict) -> None:
         "cudnn": torch.backends.cudnn.version(),
         "torch": torch.__version__,
         "python": platform.python_version(),
-        "cpu": getattr(ch2_lesson11(), "cpu_model_name", platform.processor)() or platform.machine(),
+        "cpu": cpu_model_name() or platform.machine(),
         "cpu_count": os.cpu_count(),
         "date_utc": datetime.datetime.now(datetime.timezone.utc).strftime("%Y-%m-%d %H:%M"),
     }
@@ -430,7 +435,7 @@ def run_environment(rec: Recorder, ctx: dict) -> None:
     print(json.dumps(env, indent=1), flush=True)
     peaks = measure_peaks()
     rec.summary(peaks=peaks)
-    published = getattr(ch2_lesson11(), "GPU_BF16_PEAK", {})  # data-sheet peaks, only to compare with
+    published = ch2_speed_ladder().GPU_BF16_PEAK  # data-sheet peaks, only to compare with
     pub = next((v for k, v in published.items() if k in env["gpu"]), None)
     rec.summary(published_bf16_tflops=pub / 1e12 if pub else None)
     sheet = f", {peaks['bf16_tflops'] / (pub / 1e12):.0%} of the data sheet" if pub else ""
@@ -445,7 +450,10 @@ def run_environment(rec: Recorder, ctx: dict) -> None:
 def check_environment() -> list[str]:
     import torch
 
-    ch2_lesson11()
+    from pytorch_basis import common
+
+    require(common, "cpu_model_name")
+    ch2_speed_ladder()
     return [f"torch {torch.__version__}; measure_peaks uses torch.matmul(out=) and Tensor.copy_ with CUDA events"]
 
 
@@ -687,16 +695,17 @@ GPT2_MFU_TARGET = 0.45
 TRITON_RUNG = ("+ Triton flash attention (chapter 4 kernels)", {"attn_impl": "triton"}, None)
 
 
-def gpt2_rungs(les) -> list[tuple[str, dict, float | None]]:
-    """Lesson 11's ladder without its CPU-only rung, strictly cumulative, then the Triton attention rung."""
-    rungs = [tuple(r) for r in les.LADDER if "keep_freed_memory" not in r[1]]
+def gpt2_rungs(sl) -> list[tuple[str, dict, float | None]]:
+    """Lesson 11's ladder (``speed_ladder.LADDER``) without its CPU-only rung, strictly cumulative, then the Triton
+    attention rung."""
+    rungs = [tuple(r) for r in sl.LADDER if "keep_freed_memory" not in r[1]]
     return rungs + [TRITON_RUNG]
 
 
 def run_gpt2_ladder(rec: Recorder, ctx: dict) -> None:
     import torch
 
-    les = ch2_lesson11()
+    sl = ch2_speed_ladder()
     model_mod = ch2_model()
     peak = peaks_from(ctx)["bf16_tflops"] * 1e12
     dev = report_device()
@@ -704,10 +713,10 @@ def run_gpt2_ladder(rec: Recorder, ctx: dict) -> None:
     g = torch.Generator().manual_seed(1337)
     x = torch.randint(0, config.vocab_size, (GPT2_B, GPT2_T), generator=g).to(dev)
     y = torch.randint(0, config.vocab_size, (GPT2_B, GPT2_T), generator=g).to(dev)
-    flops = les.train_flops(config=config, B=GPT2_B, T=GPT2_T)
+    flops = sl.train_flops(config=config, B=GPT2_B, T=GPT2_T)
     rec.summary(B=GPT2_B, T=GPT2_T, flops_per_step=flops, peak_tflops=peak / 1e12, model="gpt2 (124M)")
-    setup = les.StepSetup()
-    for name, change, ref_ms in gpt2_rungs(les):
+    setup = sl.StepSetup()
+    for name, change, ref_ms in gpt2_rungs(sl):
         setup = dataclasses.replace(setup, **change)
         tries = [setup] if not setup.compile or change.get("attn_impl") != "triton" else [setup, None]
         for attempt in tries:
@@ -717,11 +726,11 @@ def run_gpt2_ladder(rec: Recorder, ctx: dict) -> None:
             row = {"rung": name.strip(), "setup": dataclasses.asdict(attempt), "video_ms": ref_ms}
             t0 = time.perf_counter()
             try:
-                model = les.build_model(config=config, setup=attempt, device=dev, seed=1337)
-                with les.matmul_precision(tf32=attempt.tf32):
-                    step = les.make_train_step(model=model, setup=attempt, device=dev)
+                model = sl.build_model(config=config, setup=attempt, device=dev, seed=1337)
+                with sl.matmul_precision(tf32=attempt.tf32):
+                    step = sl.make_train_step(model=model, setup=attempt, device=dev)
                     warmup = 2 if attempt.compile else 1
-                    firsts, times = les.time_steps(
+                    firsts, times = sl.time_steps(
                         steps_fns=[step], x=x, y=y, device=dev, warmup=warmup, steps=5, budget_s=20.0
                     )
                 ms = statistics.median(times[0])
@@ -760,16 +769,16 @@ def run_gpt2_ladder(rec: Recorder, ctx: dict) -> None:
 def check_gpt2_ladder() -> list[str]:
     import torch
 
-    les = ch2_lesson11()
+    sl = ch2_speed_ladder()
     model_mod = ch2_model()
-    rungs = gpt2_rungs(les)
+    rungs = gpt2_rungs(sl)
     cfg = model_mod.GPTConfig.preset("gpt2")
-    flops = les.train_flops(config=cfg, B=GPT2_B, T=GPT2_T)
-    setup = les.StepSetup()
+    flops = sl.train_flops(config=cfg, B=GPT2_B, T=GPT2_T)
+    setup = sl.StepSetup()
     for _, change, _ in rungs:
         setup = dataclasses.replace(setup, **change)
         with torch.device("meta"):
-            les.build_model(config=cfg, setup=setup, device=torch.device("meta"), seed=0)
+            sl.build_model(config=cfg, setup=setup, device=torch.device("meta"), seed=0)
     return [
         f"{len(rungs)} rungs: " + " -> ".join(r[0].lstrip("+ ") for r in rungs),
         f"{flops / 1e12:.1f} TFLOP per step (B={GPT2_B}, T={GPT2_T}); every rung's model builds on the meta device",

@@ -30,7 +30,6 @@ from __future__ import annotations
 
 import argparse
 import copy
-import importlib.util
 import json
 import math
 import statistics
@@ -49,6 +48,7 @@ from pytorch_gpt2_from_scratch.data import DataLoaderLite, load_tinyshakespeare_
 from pytorch_gpt2_from_scratch.model import GPT, GPTConfig
 from pytorch_gpt2_from_scratch.modern import ModernConfig, ModernGPT
 from pytorch_gpt2_from_scratch.muon import Muon, muon_param_groups
+from pytorch_gpt2_from_scratch.speed_ladder import keep_freed_memory  # lesson 11's allocator setting
 from pytorch_gpt2_from_scratch.training import autocast_context, configure_optimizers
 
 DEFAULT_BUDGET = 120.0  # seconds of training per run: ~2 min per rung and seed on 2 quiet cores
@@ -177,19 +177,6 @@ def build_optimizer(recipe: Recipe, model: torch.nn.Module, device: torch.device
 
 
 # --------------------------------------------------------------------------------------------- precision
-def keep_freed_memory(enable: bool = True) -> bool:
-    """Lesson 11's allocator setting (glibc keeps freed memory); the function lives in that lesson."""
-    path = Path(__file__).with_name("11_make_it_fast.py")
-    name = "pytorch_gpt2_from_scratch.lesson_11_make_it_fast"
-    module = sys.modules.get(name)
-    if module is None:
-        spec = importlib.util.spec_from_file_location(name, path)
-        module = importlib.util.module_from_spec(spec)
-        sys.modules[name] = module
-        spec.loader.exec_module(module)
-    return module.keep_freed_memory(enable)
-
-
 CLOCKS = ("wall", "cpu")
 
 

@@ -482,7 +482,8 @@ def _train(cfg: TrainConfig, env) -> TrainResult:  # noqa: C901 - the training l
         autocast_dtype = torch.bfloat16 if precision_saved == "bf16" else None
         precision_line = f"precision {precision_saved} (from the checkpoint)"
     elif cfg.dtype == "auto":
-        from pytorch_gpt2_from_scratch.speedrun import choose_precision, keep_freed_memory
+        from pytorch_gpt2_from_scratch.speed_ladder import keep_freed_memory
+        from pytorch_gpt2_from_scratch.speedrun import choose_precision
 
         if device.type == "cpu":
             keep_freed_memory(True)  # lesson 11's allocator setting

@@ -15,7 +15,6 @@ from __future__ import annotations
 
 import argparse
 import copy
-import platform
 import statistics
 import sys
 from pathlib import Path
@@ -24,7 +23,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # repo root: impor
 
 import torch
 
-from pytorch_basis.common import atomic_write_text, out_dir, seed_everything
+from pytorch_basis.common import atomic_write_text, cpu_model_name, out_dir, seed_everything
 from pytorch_llama2_from_scratch.decode_eval import accuracy_cost, heldout_windows, trained_tiny_llama
 from pytorch_llama2_from_scratch.fast_decode import (
     FastDecoder,
@@ -38,16 +37,6 @@ from pytorch_llama2_from_scratch.fast_decode import (
 from pytorch_llama2_from_scratch.generate import generate
 from pytorch_llama2_from_scratch.quantize import quantize_int8_
 from pytorch_llama2_from_scratch.speculative import speculative_generate
-
-
-def cpu_name() -> str:
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return platform.processor() or platform.machine()
 
 
 @torch.inference_mode()
@@ -115,7 +104,7 @@ def markdown(res: dict, hidden, layers, heads, kv_heads, intermediate, vocab, pr
     bw = res["bandwidth_GBs"]
     acc = res["accuracy"]
     lines = [
-        f"{cpu_name()}, {res['threads']} thread, torch {torch.__version__}, 2026-12-01; random LLaMA with "
+        f"{cpu_model_name()}, {res['threads']} thread, torch {torch.__version__}, 2026-12-01; random LLaMA with "
         f"{res['params'] / 1e6:.1f} M parameters (dim {hidden}, {layers} layers, {heads} query / {kv_heads} kv "
         f"heads, FFN {intermediate}, vocab {vocab}); batch 1, greedy, prompt {prompt_len}, {res['new_tokens']} new "
         f"tokens; {res['repeats']} interleaved rounds, {res['clock']} clock; median [min-max]. Limit = bandwidth "

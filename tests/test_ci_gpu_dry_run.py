@@ -51,8 +51,8 @@ def test_dry_run_catches_a_removed_function(gpu_report, monkeypatch, capsys):
 
 
 def test_dry_run_catches_a_changed_signature(gpu_report, monkeypatch, capsys):
-    lesson11 = gpu_report.ch2_lesson11()
-    monkeypatch.setattr(lesson11, "time_steps", lambda steps_fns, x, y, device, warmup, steps: None)
+    speed_ladder = gpu_report.ch2_speed_ladder()
+    monkeypatch.setattr(speed_ladder, "time_steps", lambda steps_fns, x, y, device, warmup, steps: None)
     limits = {p.number: p.limit_s for p in gpu_report.PARTS}
     assert gpu_report.dry_run([gpu_report.PART_BY_KEY["gpt2"]], limits, 470) == 1
     out = capsys.readouterr().out

@@ -105,3 +105,35 @@ def test_the_checks_catch_what_they_are_for(tmp_path):
     for text, bad in samples.items():
         hit = any(re.search(p, text, flags=re.IGNORECASE) for p in PROCESS_WORDS) or bool(ABSOLUTE_PATH.search(text))
         assert hit == bad, text
+
+
+# A link such as [`GPT`](model.py#L224) leads the learner to a definition: the line must still hold it.
+LINE_ANCHOR = re.compile(r"\[`([^`\]]+)`\]\(([^)#\s]+\.py)#L(\d+)\)")
+
+
+def anchor_problems(md_path: Path, text: str) -> list[str]:
+    problems = []
+    for m in LINE_ANCHOR.finditer(text):
+        symbol, target, line_no = m.group(1), md_path.parent / m.group(2), int(m.group(3))
+        if not target.is_file():
+            problems.append(f"{m.group(0)}: no file {m.group(2)}")
+            continue
+        lines = target.read_text(encoding="utf-8").splitlines()
+        name = symbol.split("(")[0].split(".")[-1]
+        line = lines[line_no - 1] if line_no <= len(lines) else ""
+        if not re.search(rf"\b{re.escape(name)}\b", line):
+            problems.append(f"{m.group(0)}: line {line_no} is {line.strip()[:80]!r}, not {name}")
+    return problems
+
+
+@pytest.mark.parametrize("path", MARKDOWN, ids=lambda p: str(p.relative_to(ROOT)))
+def test_line_anchors_point_at_what_they_name(path):
+    problems = anchor_problems(path, path.read_text(encoding="utf-8"))
+    assert not problems, f"{path.relative_to(ROOT)}:\n" + "\n".join(problems)
+
+
+def test_the_anchor_check_catches_a_stale_link(tmp_path):
+    (tmp_path / "m.py").write_text("import os\n\n\ndef f():\n    pass\n")
+    assert anchor_problems(tmp_path / "README.md", "[`f`](m.py#L4)") == []
+    assert anchor_problems(tmp_path / "README.md", "[`f`](m.py#L1)")  # moved: line 1 is the import
+    assert anchor_problems(tmp_path / "README.md", "[`f`](gone.py#L4)")

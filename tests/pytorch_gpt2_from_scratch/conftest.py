@@ -12,6 +12,9 @@
   tests are tiny; on a busy 2-core machine two OpenMP threads spin-wait on each other and the same tests take
   ~5x longer (measured: 82 s vs 17 s for ``test_gpt2_*.py``). Opt in with
   ``pytestmark = pytest.mark.usefixtures("single_thread")``.
+* ``tiny_train_options``: ``tiny_train_options(out, data, **overrides)`` -> the options of a ``train_gpt2.py`` run
+  of a few steps on the CPU (:data:`TINY_TRAIN_OPTIONS`: 2 layers, 64 wide, B=2, T=16, 6 steps, no samples, no
+  HellaSwag), reading token shards from ``data`` and writing to ``out``; ``overrides`` replace any of them.
 """
 
 from __future__ import annotations
@@ -22,6 +25,25 @@ import torch
 from pytorch_basis.common import DownloadError
 
 SMALL_HF_CONFIG = dict(n_layer=2, n_head=2, n_embd=64, n_positions=64, vocab_size=50257)
+TINY_TRAIN_OPTIONS = dict(
+    model="tiny",
+    n_layer=2,
+    n_head=2,
+    n_embd=64,
+    block_size=64,
+    batch_size=2,
+    seq_len=16,
+    total_batch_size=64,
+    max_steps=6,
+    warmup_steps=2,
+    eval_every=3,
+    val_steps=1,
+    checkpoint_every=100,
+    num_samples=0,
+    hellaswag=False,
+    progress=False,
+    device="cpu",
+)
 
 
 @pytest.fixture(scope="session")
@@ -67,3 +89,11 @@ def single_thread():
         yield
     finally:
         torch.set_num_threads(threads)
+
+
+@pytest.fixture(scope="session")
+def tiny_train_options():
+    def options(out, data, **overrides) -> dict:
+        return {**TINY_TRAIN_OPTIONS, "data": str(data), "out": str(out), **overrides}
+
+    return options

@@ -81,8 +81,35 @@ def test_08_dataloader_lite(load_lesson, shakespeare_tokens):
 
 def test_09_weight_tying(load_lesson):
     out = load_lesson(CH, 9).main(preset="tiny")
-    assert out["n_untied"] - out["n_tied"] == 50257 * 64
-    assert out["same_storage"] and out["grad_diff"] < 1e-6
+    assert out["n_untied"] - out["n_tied"] == 50257 * 64  # V * C, by hand
+    assert out["same_storage"]
+
+
+@pytest.mark.parity
+def test_09_tied_gradient_is_the_sum_of_both_uses():
+    """The reference is built here: an untied copy with the same values, run in float64 and in fp32; the tied
+    matrix's gradient must equal its ``wte`` gradient + its ``lm_head`` gradient (rule 1 of tests/numerics.py)."""
+    from pytorch_gpt2_from_scratch.model import GPT, GPTConfig
+
+    tied = GPT(GPTConfig.preset("tiny"))
+    assert tied.transformer.wte.weight is tied.lm_head.weight
+    idx = torch.randint(0, 50257, (2, 16))
+    targets = torch.randint(0, 50257, (2, 16))
+    tied(idx, targets)[1].backward()
+
+    def untied_grads(dtype):
+        untied = GPT(GPTConfig.preset("tiny", tie_weights=False))
+        untied.load_state_dict(tied.state_dict())  # both wte and lm_head get the shared matrix's values
+        untied.to(dtype)
+        assert untied.transformer.wte.weight is not untied.lm_head.weight
+        untied(idx, targets)[1].backward()
+        return untied.transformer.wte.weight.grad, untied.lm_head.weight.grad
+
+    (wte64, head64), (wte32, head32) = untied_grads(torch.float64), untied_grads(torch.float32)
+    assert_close_to_fp64(tied.lm_head.weight.grad, wte64 + head64, wte32 + head32, what="tied gradient")
+    for one_use64, one_use32 in ((wte64, wte32), (head64, head32)):  # the check tells the sum from either use alone
+        with pytest.raises(AssertionError, match="bound"):
+            assert_close_to_fp64(tied.lm_head.weight.grad, one_use64, one_use32)
 
 
 def test_10_init(load_lesson):

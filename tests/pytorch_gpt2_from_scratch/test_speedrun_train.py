@@ -26,34 +26,21 @@ def shard_dir(tmp_path_factory):
     return d
 
 
-def config(preset, out, data, **kw):
-    opts = dict(
-        model="tiny",
-        n_layer=1,
-        n_head=2,
-        n_embd=32,
-        block_size=64,
-        data=str(data),
-        batch_size=2,
-        seq_len=16,
-        total_batch_size=32,
-        max_steps=6,
-        warmup_steps=2,
-        eval_every=3,
-        val_steps=1,
-        checkpoint_every=100,
-        num_samples=0,
-        hellaswag=False,
-        progress=False,
-        device="cpu",
-        out=str(out),
-    )
-    return make_config(preset, **{**opts, **kw})
+@pytest.fixture
+def config(shard_dir, tiny_train_options):
+    """``config(preset, out, **overrides)``: train_gpt2's ``make_config`` on the synthetic shards, 1 layer, 32 wide."""
+
+    def config(preset, out, **kw):
+        smaller = dict(n_layer=1, n_embd=32, total_batch_size=32)
+        return make_config(preset, **tiny_train_options(out, shard_dir, **{**smaller, **kw}))
+
+    return config
 
 
-def test_speedrun_preset_resumes_bit_exactly_with_muon(tmp_path, shard_dir):
-    def run(out, **kw):  # a step schedule (no time budget) so that both runs see the same learning rates
-        return train(dataclasses.replace(config("speedrun", out, shard_dir, **kw), time_budget=None))
+def test_speedrun_preset_resumes_bit_exactly_with_muon(tmp_path, config):
+    def run(out, **kw):  # a step schedule (no time budget) so that both runs see the same learning rates, and
+        # fp32 (--precision auto times fp32 against bf16: on a loaded machine two runs could choose differently)
+        return train(dataclasses.replace(config("speedrun", out, dtype="fp32", **kw), time_budget=None))
 
     straight = run(tmp_path / "a")
     assert isinstance(straight.model, ModernGPT)
@@ -69,8 +56,8 @@ def test_speedrun_preset_resumes_bit_exactly_with_muon(tmp_path, shard_dir):
 
 
 @pytest.mark.parametrize("preset", ["cpu", "speedrun"])
-def test_time_budget_stops_within_one_step(tmp_path, shard_dir, preset):
-    res = train(config(preset, tmp_path, shard_dir, time_budget=0.5, eval_every=1000))
+def test_time_budget_stops_within_one_step(tmp_path, config, preset):
+    res = train(config(preset, tmp_path, time_budget=0.5, eval_every=1000))
     steps = [h for h in res.history if "train_loss" in h]
     assert steps, "no step ran"
     end, last = steps[-1]["clock_s"], steps[-1]["dt_ms"] / 1000

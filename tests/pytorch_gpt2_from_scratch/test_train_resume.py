@@ -21,36 +21,23 @@ def shard_dir(tmp_path_factory):
     return d
 
 
-def run(out, data, **kw):
-    opts = dict(
-        model="tiny",
-        n_layer=2,
-        n_head=2,
-        n_embd=64,
-        block_size=64,
-        data=str(data),
-        batch_size=2,
-        seq_len=16,
-        total_batch_size=64,
-        max_steps=6,
-        warmup_steps=2,
-        eval_every=3,
-        val_steps=1,
-        checkpoint_every=100,
-        num_samples=0,
-        hellaswag=False,
-        progress=False,
-        device="cpu",
-        out=str(out),
-    )
-    return main("cpu", **{**opts, **kw})
+@pytest.fixture
+def run(shard_dir, tiny_train_options):
+    """``run(out, **overrides)``: train_gpt2's ``main`` on the synthetic shards (conftest's tiny options)."""
+
+    def run(out, **kw):
+        return main("cpu", **tiny_train_options(out, shard_dir, **kw))
+
+    return run
 
 
-def test_resume_is_bit_identical(tmp_path, shard_dir):
-    straight = run(tmp_path / "a", shard_dir)
-    first = run(tmp_path / "b", shard_dir, stop_after=3)
+def test_resume_is_bit_identical(tmp_path, run):
+    # fp32 in both runs by construction: --precision auto times fp32 against bf16, and on a loaded machine the
+    # straight run and the interrupted one could choose differently
+    straight = run(tmp_path / "a", dtype="fp32")
+    first = run(tmp_path / "b", stop_after=3, dtype="fp32")
     assert first.interrupted and first.steps_done == 3 and (tmp_path / "b" / "ckpt.pt").exists()
-    resumed = run(tmp_path / "b", shard_dir, resume="auto")
+    resumed = run(tmp_path / "b", resume="auto", dtype="fp32")
     assert resumed.steps_done == 6 and not resumed.interrupted
 
     def losses(h, key):
@@ -68,10 +55,10 @@ def test_resume_is_bit_identical(tmp_path, shard_dir):
     assert ck["step"] == 6 and ck["loader"]["shard_index"] in (0, 1, 2)
 
 
-def test_wrong_config_checkpoint_is_a_clear_error(tmp_path, shard_dir):
-    run(tmp_path / "c", shard_dir, max_steps=1, warmup_steps=1, eval_every=100)
+def test_wrong_config_checkpoint_is_a_clear_error(tmp_path, run):
+    run(tmp_path / "c", max_steps=1, warmup_steps=1, eval_every=100)
     with pytest.raises(ValueError, match="pad_vocab_to=None in the checkpoint vs 64"):
-        run(tmp_path / "c", shard_dir, resume="auto", pad_vocab_to=64, max_steps=1, warmup_steps=1)
+        run(tmp_path / "c", resume="auto", pad_vocab_to=64, max_steps=1, warmup_steps=1)
     ckpt = load_checkpoint(tmp_path / "c" / "ckpt.pt")
     ckpt["model"]["transformer.wpe.weight"] = torch.zeros(8, 64)
     with pytest.raises(ValueError, match=r"'transformer.wpe.weight' has shape \(8, 64\)"):
@@ -86,10 +73,9 @@ def _tiny():
     return GPT(GPTConfig.preset("tiny"))
 
 
-def test_batch_ramp_grows_the_batch_in_micro_batches(tmp_path, shard_dir):
+def test_batch_ramp_grows_the_batch_in_micro_batches(tmp_path, run):
     res = run(
         tmp_path / "r",
-        shard_dir,
         max_steps=3,
         warmup_steps=1,
         total_batch_size=128,
