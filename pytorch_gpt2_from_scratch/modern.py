@@ -118,9 +118,28 @@ def relu2(x: torch.Tensor) -> torch.Tensor:
     return F.relu(x).square()
 
 
+class _SoftCap(torch.autograd.Function):
+    """``y = cap tanh(x / cap)`` with ``dy/dx = 1 - tanh^2 = 1 - (y / cap)^2``: only ``y`` is saved, and both
+    passes work in place on one new tensor. The logits are ``(B, T, V)``, the largest tensor of the step (25 M
+    numbers at B 4 x T 128 x V 50257): written as three separate ops, forward and backward allocate and sweep it
+    about six times, which made the soft-cap cost ~0.6 s of a ~1.4 s step on a 2-core CPU."""
+
+    @staticmethod
+    def forward(ctx, x: torch.Tensor, cap: float) -> torch.Tensor:
+        y = x.mul(1.0 / cap).tanh_().mul_(cap)
+        ctx.save_for_backward(y)
+        ctx.cap = cap
+        return y
+
+    @staticmethod
+    def backward(ctx, grad: torch.Tensor):
+        (y,) = ctx.saved_tensors
+        return y.mul(1.0 / ctx.cap).square_().neg_().add_(1.0).mul_(grad), None
+
+
 def soft_cap(logits: torch.Tensor, cap: float) -> torch.Tensor:
     """``cap * tanh(logits / cap)``: about the identity for ``|logits| << cap``, never beyond ``+-cap``."""
-    return cap * torch.tanh(logits / cap)
+    return _SoftCap.apply(logits, cap)
 
 
 def _norm(config: ModernConfig) -> nn.Module:

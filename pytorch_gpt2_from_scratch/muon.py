@@ -48,6 +48,7 @@ from __future__ import annotations
 import math
 
 import torch
+from torch.optim.adamw import adamw  # the functional form of torch.optim.AdamW (fused on CPU and CUDA)
 
 NS_COEFFS = (3.4445, -4.7750, 2.0315)  # Keller Jordan's quintic (modded-nanogpt)
 
@@ -138,27 +139,36 @@ class Muon(torch.optim.Optimizer):
             p.add_(o, alpha=-lr * scale)
 
     def _adamw_group(self, group: dict) -> None:
+        """AdamW on the group's tensors in one call of PyTorch's fused kernel (one pass over each tensor):
+
+        ``m = b1 m + (1 - b1) g``, ``v = b2 v + (1 - b2) g^2``, ``p *= 1 - lr wd``,
+        ``p -= lr (m / (1 - b1^t)) / (sqrt(v / (1 - b2^t)) + eps)``.
+        Written out tensor by tensor this takes ~6 passes over memory; on a 2-core CPU that was ~4x slower for the
+        13 M embedding and head parameters of Section 5's recipe.
+        """
         lr = group["lr"] * group.get("lr_scale", 1.0)
         (b1, b2), eps, wd = group["betas"], group["eps"], group["weight_decay"]
+        params, grads, exp_avgs, exp_avg_sqs, steps = [], [], [], [], []
         for p in group["params"]:
             if p.grad is None:
                 continue
-            g = p.grad
             state = self.state[p]
             if "step" not in state:
-                state["step"] = torch.zeros((), dtype=torch.float32)
+                state["step"] = torch.zeros((), dtype=torch.float32, device=p.device)
                 state["exp_avg"] = torch.zeros_like(p)
                 state["exp_avg_sq"] = torch.zeros_like(p)
-            state["step"] += 1
-            t = state["step"].item()
-            m, v = state["exp_avg"], state["exp_avg_sq"]
-            m.lerp_(g, 1.0 - b1)  # m = b1 m + (1 - b1) g
-            v.mul_(b2).addcmul_(g, g, value=1.0 - b2)  # v = b2 v + (1 - b2) g^2
-            bc1, bc2 = 1.0 - b1**t, 1.0 - b2**t
-            if wd:
-                p.mul_(1.0 - lr * wd)
-            denom = (v.sqrt() / math.sqrt(bc2)).add_(eps)
-            p.addcdiv_(m, denom, value=-lr / bc1)  # p -= lr * m_hat / (sqrt(v_hat) + eps)
+            params.append(p)
+            grads.append(p.grad)
+            exp_avgs.append(state["exp_avg"])
+            exp_avg_sqs.append(state["exp_avg_sq"])
+            steps.append(state["step"])
+        if not params:
+            return
+        fused = all(p.device.type in ("cpu", "cuda") for p in params) or None
+        adamw(
+            params, grads, exp_avgs, exp_avg_sqs, [], steps, fused=fused,
+            amsgrad=False, beta1=b1, beta2=b2, lr=lr, weight_decay=wd, eps=eps, maximize=False,
+        )  # fmt: skip
 
 
 def muon_param_groups(

@@ -89,6 +89,13 @@ def test_qk_norm_relu2_softcap_against_definitions():
     assert capped.abs().max() < 15.0
     small = torch.tensor([1e-3], dtype=torch.float64)
     assert abs(float(soft_cap(small, 15.0) - small)) < 1e-9  # ~identity near 0
+    # the hand-written backward: against finite differences, and against autograd through torch.tanh
+    z = (torch.randn(3, 5, dtype=torch.float64) * 20).requires_grad_()
+    assert torch.autograd.gradcheck(lambda t: soft_cap(t, 15.0), (z,))
+    g = torch.randn(3, 5, dtype=torch.float64)
+    (ours,) = torch.autograd.grad(soft_cap(z, 15.0), z, g)
+    (ref,) = torch.autograd.grad(15.0 * torch.tanh(z / 15.0), z, g)
+    assert_close_scaled(ours, ref, ulps=8)
 
 
 def test_qk_norm_in_attention_bounds_the_scores(monkeypatch):
