@@ -630,22 +630,71 @@ def compare(recipes: list[Recipe], args: argparse.Namespace, stem: str, title: s
         progress=args.progress,
         clock=args.clock,
     )
-    rows = summarise(results)
-    table = format_table(rows, args.time_budget)
     cond = (
         f"{args.clock} clock, {torch.get_num_threads()} threads, torch {torch.__version__}, "
         f"budget {args.time_budget:g} s, seeds {' '.join(map(str, args.seeds))}, {time.strftime('%Y-%m-%d')}"
     )
+    return report(results, out, stem, title, cond, args.clock)
+
+
+def report(results: list[RunResult], out: Path, stem: str, title: str, cond: str, clock: str = "wall") -> dict:
+    """Summarise ``results``; print the table and write it (``stem.md``), the runs (``stem.json``) and the plot."""
+    budgets = {r.budget for r in results}
+    if len(budgets) != 1:
+        raise ValueError(f"the runs have different budgets ({', '.join(f'{b:g} s' for b in sorted(budgets))})")
+    rows = summarise(results)
+    table = format_table(rows, budgets.pop())
     print(table)
     print(cond)
+    out.mkdir(parents=True, exist_ok=True)
     (out / f"{stem}.md").write_text(table + "\n\n" + cond + "\n")
     payload = dict(
-        condition=cond, rows=[asdict(r) for r in rows], runs=[dict(asdict(r), final_val=r.final_val) for r in results]
+        condition=cond,
+        clock=clock,
+        rows=[asdict(r) for r in rows],
+        runs=[dict(asdict(r), final_val=r.final_val) for r in results],
     )
     (out / f"{stem}.json").write_text(json.dumps(payload, indent=1))
-    plot = plot_curves(results, out / f"{stem}.png", title, clock=args.clock)
+    plot = plot_curves(results, out / f"{stem}.png", title, clock=clock)
     print(f"wrote {out / (stem + '.md')}, {out / (stem + '.json')}, {plot}")
     return dict(results=results, rows=rows, table=table, plot=plot)
+
+
+def load_runs(path) -> tuple[list[RunResult], str, str]:
+    """``(runs, condition, clock)`` from a ``.json`` written by :func:`report`."""
+    try:
+        payload = json.loads(Path(path).read_text())
+        runs = payload["runs"]
+    except (OSError, ValueError, KeyError, TypeError) as e:
+        raise ValueError(f"{path}: not a speedrun.py result file ({type(e).__name__}: {e})") from None
+    keys = {f for f in RunResult.__dataclass_fields__}
+    out = []
+    for r in runs:
+        d = {k: v for k, v in r.items() if k in keys}
+        d["curve"] = [tuple(c) for c in d["curve"]]
+        out.append(RunResult(**d))
+    clock = payload.get("clock", "cpu" if str(payload.get("condition", "")).startswith("cpu clock") else "wall")
+    return out, payload.get("condition", ""), clock
+
+
+def merge(paths, out=None, stem: str = "ladder") -> dict:
+    """One table and plot from several result files, e.g. one process per seed run side by side (``--merge``).
+
+    Rungs keep the order of the first file; runs of one rung are ordered by seed.
+    """
+    results, conds, clocks = [], [], set()
+    for p in paths:
+        runs, cond, clock = load_runs(p)
+        results += runs
+        conds.append(cond)
+        clocks.add(clock)
+    if len(clocks) != 1:
+        raise ValueError(f"the files were measured with different clocks ({', '.join(sorted(clocks))})")
+    order = list(dict.fromkeys(r.name for r in results))
+    results.sort(key=lambda r: (r.seed, order.index(r.name)))  # interleaved, as run_ladder runs them
+    out = Path(out) if out else out_dir("speedrun")
+    cond = "; ".join(dict.fromkeys(conds)) + f" (merged from {len(paths)} files)"
+    return report(results, out, stem, "Section 5: val loss against training time, every rung", cond, clocks.pop())
 
 
 # --------------------------------------------------------------------------------------------- lessons 20+
@@ -756,11 +805,19 @@ def parse_args(argv=None) -> argparse.Namespace:
         help="which rungs of the ladder to run (each includes the changes before it)",
     )
     p.add_argument("--samples", type=int, default=2, help="samples per run at the end (0: none)")
+    p.add_argument(
+        "--merge",
+        nargs="+",
+        metavar="JSON",
+        help="no training: one table and plot from result files (e.g. seeds run as separate processes)",
+    )
     return p.parse_args(argv)
 
 
 def main(argv=None) -> dict:
     args = parse_args(argv)
+    if args.merge:
+        return merge(args.merge, args.out)
     _check_args(args)
     all_rungs = {r.name: r for r in ladder()}
     recipes = [copy.deepcopy(all_rungs[k]) for k in args.rungs]

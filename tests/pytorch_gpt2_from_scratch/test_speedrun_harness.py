@@ -215,3 +215,33 @@ def test_rung_lesson_cli_passes_the_cpu_clock(tmp_path):
     proc = subprocess.run(cmd, capture_output=True, text=True, timeout=300)
     assert proc.returncode == 0, proc.stderr[-2000:]
     assert "cpu clock, 1 threads" in (tmp_path / "22_rope.md").read_text()
+
+
+def test_merge_seeds_run_as_separate_processes(tmp_path, capsys):
+    """--merge: seeds run by two processes give one table whose mean and spread are those of the runs."""
+    import json
+
+    files = []
+    for seed in (0, 1):
+        speedrun.main(["--tiny", "--rungs", "baseline", "muon", "--time-budget", "0.3", "--seeds", str(seed)]
+                      + ["--eval-points", "0", "--val-tokens", "256", "--samples", "0", "--no-progress"]
+                      + ["--out", str(tmp_path / f"s{seed}")])  # fmt: skip
+        files.append(tmp_path / f"s{seed}" / "ladder.json")
+    merged = speedrun.main(["--merge", *map(str, files), "--out", str(tmp_path / "all")])
+    finals = {}
+    for f in files:
+        for r in json.loads(f.read_text())["runs"]:
+            finals.setdefault(r["name"], []).append(r["curve"][-1][2])
+    assert [r.name for r in merged["rows"]] == ["baseline", "muon"]
+    for row in merged["rows"]:
+        v = finals[row.name]
+        assert row.seeds == 2
+        assert row.mean == pytest.approx(sum(v) / 2) and row.spread == pytest.approx(abs(v[0] - v[1]) / 2)
+    assert (tmp_path / "all" / "ladder.png").is_file()
+    assert "merged from 2 files" in (tmp_path / "all" / "ladder.md").read_text()
+    (tmp_path / "junk.json").write_text("{}")
+    with pytest.raises(SystemExit) as e:
+        speedrun.cli(["--merge", str(tmp_path / "junk.json")])
+    assert e.value.code == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and "not a speedrun.py result file" in err[0]
