@@ -212,21 +212,29 @@ EXPECTED_CLI_ERRORS: tuple[type[BaseException], ...] = (
 )
 
 
-def cli_error_message(e: BaseException) -> str:
-    """The line a CLI prints for an expected error: ``error: <message>`` (a ``KeyError`` says which key)."""
+def cli_error_message(e: BaseException, join_lines: bool = False) -> str:
+    """The line a CLI prints for an expected error: ``error: <message>`` (a ``KeyError`` says which key).
+
+    A message of several lines keeps its first line, or with ``join_lines`` all of its lines joined into one.
+    """
     if isinstance(e, KeyError):
         return f"error: missing key {e.args[0]!r}" if e.args else "error: missing key"
     text = str(e).strip() or type(e).__name__
     if not isinstance(e, DownloadError):  # a download error explains where to put the file: keep all of it
-        text = text.splitlines()[0]
+        text = " ".join(text.split()) if join_lines else text.splitlines()[0]
     return f"error: {text}"
 
 
-def run_cli(main: Callable[[], object], expected: tuple[type[BaseException], ...] = EXPECTED_CLI_ERRORS) -> None:
+def run_cli(
+    main: Callable[[], object],
+    expected: tuple[type[BaseException], ...] = EXPECTED_CLI_ERRORS,
+    join_lines: bool = False,
+) -> None:
     """Run a script's ``main``; an expected failure prints one line (``error: ...``) and exits with status 1.
 
     Ctrl-C prints ``interrupted`` and exits 130. With ``LLM_SCRATCH_DEBUG=1`` the error is re-raised instead, with
-    its full traceback. Errors outside ``expected`` (bugs) always keep their traceback.
+    its full traceback. Errors outside ``expected`` (bugs) always keep their traceback. ``join_lines``: a message
+    of several lines is printed with all of its lines joined into one instead of only its first line.
     """
     debug = os.environ.get(DEBUG_ENV, "") not in ("", "0")
     try:
@@ -234,7 +242,7 @@ def run_cli(main: Callable[[], object], expected: tuple[type[BaseException], ...
     except expected as e:
         if debug:
             raise
-        print(cli_error_message(e), file=sys.stderr)
+        print(cli_error_message(e, join_lines), file=sys.stderr)
         raise SystemExit(1) from None
     except KeyboardInterrupt:
         if debug:

@@ -178,13 +178,17 @@ def parse_args(argv=None):
     return p.parse_args(argv)
 
 
+def cli(argv=None) -> None:
+    """``--checkpoint DIR`` inspects that checkpoint; without it, the lesson writes and compares tiny ones."""
+    options = vars(parse_args(argv))
+    if options["checkpoint"] is not None:
+        inspect_checkpoint(**{k: options[k] for k in ("checkpoint", "prompt", "dtype", "max_seq_len", "device")})
+    else:
+        main(seed=options["seed"], out=options["out"])
+
+
 if __name__ == "__main__":
-    try:
-        options = vars(parse_args())
-        if options["checkpoint"] is not None:
-            inspect_checkpoint(**{k: options[k] for k in ("checkpoint", "prompt", "dtype", "max_seq_len", "device")})
-        else:
-            main(seed=options["seed"], out=options["out"])
-    except (FileNotFoundError, ValueError, ImportError) as e:  # bad directory or checkpoint: one clear line
-        print(f"error: {e}", file=sys.stderr)
-        raise SystemExit(1) from None
+    from pytorch_basis.common import run_cli
+    from pytorch_llama2_from_scratch.generate import CLI_ERRORS
+
+    run_cli(cli, CLI_ERRORS, join_lines=True)  # a bad directory or checkpoint: one clear line

@@ -31,12 +31,12 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # repo root: impor
 
 import torch
 
-from pytorch_basis.common import add_device_argument, resolve_device, seed_everything
+from pytorch_basis.common import add_device_argument, resolve_device, run_cli, seed_everything
 from pytorch_llama2_from_scratch.generate import (
+    CLI_ERRORS,
     decode_continuation,
     generate,
     left_pad,
-    run_with_clear_errors,
     stream_generate,
 )
 from pytorch_llama2_from_scratch.loading import load_checkpoint, load_tokenizer
@@ -134,4 +134,4 @@ def parse_args(argv=None) -> argparse.Namespace:
 
 
 if __name__ == "__main__":
-    run_with_clear_errors(lambda: main(**vars(parse_args())))
+    run_cli(lambda: main(**vars(parse_args())), CLI_ERRORS, join_lines=True)

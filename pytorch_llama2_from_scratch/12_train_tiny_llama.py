@@ -45,10 +45,11 @@ from pytorch_basis.common import (
     atomic_write_text,
     out_dir,
     resolve_device,
+    run_cli,
     seed_everything,
     tiny_shakespeare_path,
 )
-from pytorch_llama2_from_scratch.generate import beam_search, decode_continuation, generate, run_with_clear_errors
+from pytorch_llama2_from_scratch.generate import CLI_ERRORS, beam_search, decode_continuation, generate
 from pytorch_llama2_from_scratch.loading import load_tokenizer, save_meta_checkpoint
 from pytorch_llama2_from_scratch.model import ModelArgs, Transformer
 from pytorch_llama2_from_scratch.sampling import SamplingConfig
@@ -298,4 +299,4 @@ def parse_args(argv=None) -> argparse.Namespace:
 
 
 if __name__ == "__main__":
-    run_with_clear_errors(lambda: main(**vars(parse_args())))
+    run_cli(lambda: main(**vars(parse_args())), CLI_ERRORS, join_lines=True)

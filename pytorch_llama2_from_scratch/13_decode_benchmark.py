@@ -25,8 +25,6 @@ from __future__ import annotations
 import argparse
 import datetime
 import sys
-import tempfile
-import time
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # repo root: import the chapter modules
@@ -34,43 +32,10 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # repo root: impor
 import torch
 
 from pytorch_basis.common import atomic_write_text, out_dir, seed_everything
+from pytorch_llama2_from_scratch.fast_decode import CLOCKS, random_llama_pair
 from pytorch_llama2_from_scratch.generate import generate
-from pytorch_llama2_from_scratch.loading import load_hf_checkpoint
 
 METHODS = ("ours + KV cache", "ours, no cache", "HF generate")
-
-
-def build_models(
-    hidden: int, layers: int, heads: int, kv_heads: int, intermediate: int, vocab: int, max_len: int, seed: int
-):
-    """A random ``LlamaForCausalLM`` and our ``Transformer`` holding the same weights (via save/load)."""
-    from transformers import LlamaConfig, LlamaForCausalLM
-
-    config = LlamaConfig(
-        vocab_size=vocab,
-        hidden_size=hidden,
-        intermediate_size=intermediate,
-        num_hidden_layers=layers,
-        num_attention_heads=heads,
-        num_key_value_heads=kv_heads,
-        max_position_embeddings=max_len,
-        rms_norm_eps=1e-5,
-        initializer_range=0.1,
-        tie_word_embeddings=False,
-        attn_implementation="eager",
-    )
-    torch.manual_seed(seed)
-    hf = LlamaForCausalLM(config).float().eval()
-    # generate exactly the requested number of tokens: no EOS
-    hf.generation_config.eos_token_id = None
-    hf.generation_config.pad_token_id = 0
-    with tempfile.TemporaryDirectory() as d:
-        hf.save_pretrained(d)
-        ours, _ = load_hf_checkpoint(d, max_batch_size=1, max_seq_len=max_len)
-    return ours, hf
-
-
-CLOCKS = {"wall": time.perf_counter, "cpu": time.process_time}
 
 
 def timed(fn, clock: str = "wall") -> tuple[float, list[int]]:
@@ -136,7 +101,9 @@ def main(
     seed_everything(seed)
     lengths = tuple(int(n) for n in lengths)
     max_len = prompt_len + max(lengths)
-    ours, hf = build_models(hidden, layers, heads, kv_heads, intermediate, vocab, max_len, seed)
+    ours, hf = random_llama_pair(  # a random LlamaForCausalLM and ours with the same weights (via save/load)
+        hidden, layers, heads, kv_heads, intermediate, vocab, max_len, seed, attn_implementation="eager"
+    )
     prompt = torch.randint(3, vocab, (prompt_len,), generator=torch.Generator().manual_seed(seed)).tolist()
     n_params = sum(p.numel() for p in ours.parameters())
     print(

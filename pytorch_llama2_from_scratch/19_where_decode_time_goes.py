@@ -33,16 +33,15 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # repo root: impor
 
 import torch
 
-from pytorch_basis.common import resolve_device, seed_everything
 from pytorch_llama2_from_scratch.fast_decode import (
     bytes_per_token,
     decode_parser,
-    measure,
-    model_gemv_probe,
+    describe,
+    lesson_model,
     parse_decode_args,
-    random_llama_pair,
     random_prompt,
     spread,
+    warm_and_measure,
     weight_bytes,
 )
 from pytorch_llama2_from_scratch.generate import generate
@@ -91,8 +90,7 @@ def percent_of_limit(model: Transformer, prompt_len: int, new_tokens: int, repea
     prompt = random_prompt(model.args.vocab_size, prompt_len)
     bpt = bytes_per_token(model, prompt_len + new_tokens // 2)
     methods = {"KV-cache generate": (lambda: generate(model, [prompt], new_tokens)[0], bpt)}
-    methods["KV-cache generate"][0]()  # warm-up
-    return measure(methods, new_tokens, repeats, device, model_gemv_probe(model), clock)
+    return warm_and_measure(methods, new_tokens, repeats, device, model, clock)
 
 
 def main(
@@ -110,17 +108,12 @@ def main(
     device: str = "cpu",
     seed: int = 0,
 ) -> dict:
-    seed_everything(seed)
-    if threads:
-        torch.set_num_threads(threads)
-    dev = resolve_device(device)
-    model, _ = random_llama_pair(hidden, layers, heads, kv_heads, intermediate, vocab, 256, seed, with_hf=False)
-    model.to(dev)
+    model, _, dev = lesson_model(hidden, layers, heads, kv_heads, intermediate, vocab, 256, threads, device, seed)
     context = prompt_len + new_tokens // 2
     parts = bytes_by_part(model, context)
     total = sum(parts.values())
     assert total == bytes_per_token(model, context)
-    print(f"model: {model.num_params() / 1e6:.1f} M parameters, fp32, on {dev}, {torch.get_num_threads()} thread(s)")
+    print(f"model: {describe(model, dev)}")
     print("\n1) bytes read per decode step (batch 1)")
     for name, b in parts.items():
         print(f"   {name:28s} {b / 1e6:9.2f} MB  {100 * b / total:5.1f} %")
@@ -162,12 +155,12 @@ def main(
 
 
 def parse_args(argv=None) -> argparse.Namespace:
-    p = decode_parser(__doc__, new_tokens=64)
-    p.add_argument("--repeats", type=int, default=5, help="interleaved rounds (median and range are printed)")
+    p = decode_parser(__doc__, new_tokens=64, repeats=5)
     return parse_decode_args(p, argv)
 
 
 if __name__ == "__main__":
-    from pytorch_llama2_from_scratch.generate import run_with_clear_errors
+    from pytorch_basis.common import run_cli
+    from pytorch_llama2_from_scratch.generate import CLI_ERRORS
 
-    run_with_clear_errors(lambda: main(**vars(parse_args())))
+    run_cli(lambda: main(**vars(parse_args())), CLI_ERRORS, join_lines=True)

@@ -33,15 +33,13 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # repo root: import the chapter modules
 
-import torch
-
-from pytorch_basis.common import resolve_device, seed_everything
 from pytorch_llama2_from_scratch.fast_decode import (
     FastDecoder,
     benchmark,
     decode_parser,
+    describe,
+    lesson_model,
     parse_decode_args,
-    random_llama_pair,
     spread,
 )
 
@@ -73,18 +71,12 @@ def main(
     device: str = "cpu",
     seed: int = 0,
 ) -> dict:
-    seed_everything(seed)
-    if threads:
-        torch.set_num_threads(threads)
-    dev = resolve_device(device)
-    model, hf = random_llama_pair(hidden, layers, heads, kv_heads, intermediate, vocab, prompt_len + new_tokens, seed)
-    model.to(dev)
-    hf.to(dev)
+    model, hf, dev = lesson_model(hidden, layers, heads, kv_heads, intermediate, vocab, prompt_len + new_tokens,
+                                  threads, device, seed, with_hf=True)  # fmt: skip
     dec = FastDecoder(model, max_seq_len=prompt_len + new_tokens)
     print(
-        f"model: {model.num_params() / 1e6:.1f} M parameters, fp32, {dev}, {torch.get_num_threads()} thread(s); "
-        f"static cache: {dec.cache.n_layers} layers x 2 x {tuple(dec.cache.k0.shape)} = "
-        f"{dec.cache.nbytes() / 1e6:.1f} MB"
+        f"model: {describe(model, dev)}; static cache: {dec.cache.n_layers} layers x 2 x "
+        f"{tuple(dec.cache.k0.shape)} = {dec.cache.nbytes() / 1e6:.1f} MB"
     )
     if compile:
         print("compiling the decode step (first call: tracing + code generation) ...")
@@ -106,13 +98,13 @@ def main(
 
 
 def parse_args(argv=None) -> argparse.Namespace:
-    p = decode_parser(__doc__, new_tokens=128)
-    p.add_argument("--repeats", type=int, default=5, help="interleaved rounds (median and range are printed)")
+    p = decode_parser(__doc__, new_tokens=128, repeats=5)
     p.add_argument("--no-compile", dest="compile", action="store_false", help="skip torch.compile")
     return parse_decode_args(p, argv)
 
 
 if __name__ == "__main__":
-    from pytorch_llama2_from_scratch.generate import run_with_clear_errors
+    from pytorch_basis.common import run_cli
+    from pytorch_llama2_from_scratch.generate import CLI_ERRORS
 
-    run_with_clear_errors(lambda: main(**vars(parse_args())))
+    run_cli(lambda: main(**vars(parse_args())), CLI_ERRORS, join_lines=True)

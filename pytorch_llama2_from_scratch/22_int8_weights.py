@@ -23,7 +23,6 @@ Run::
 from __future__ import annotations
 
 import argparse
-import copy
 import statistics
 import sys
 import tempfile
@@ -35,21 +34,19 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # repo root: impor
 import torch
 import torch.nn.functional as F
 
-from pytorch_basis.common import resolve_device, seed_everything
-from pytorch_llama2_from_scratch.decode_eval import accuracy_cost, heldout_windows, trained_tiny_llama
+from pytorch_llama2_from_scratch.decode_eval import add_accuracy_arguments, format_accuracy, print_accuracy
 from pytorch_llama2_from_scratch.fast_decode import (
-    FastDecoder,
-    bytes_per_token,
     decode_parser,
-    measure,
-    model_gemv_probe,
+    describe,
+    lesson_model,
     parse_decode_args,
-    random_llama_pair,
+    print_speed_rows,
     random_prompt,
-    spread,
+    static_methods,
+    warm_and_measure,
     weight_bytes,
 )
-from pytorch_llama2_from_scratch.quantize import load_quantized, quantize_int8_, save_quantized
+from pytorch_llama2_from_scratch.quantize import load_quantized, save_quantized, with_weights
 
 
 def kernel_times(rows: int = 4096, cols: int = 4096, repeats: int = 20) -> dict[str, float]:
@@ -107,21 +104,15 @@ def main(
     device: str = "cpu",
     seed: int = 0,
 ) -> dict:
-    seed_everything(seed)
-    if threads:
-        torch.set_num_threads(threads)
-    dev = resolve_device(device)
-    model, _ = random_llama_pair(hidden, layers, heads, kv_heads, intermediate, vocab, prompt_len + new_tokens, seed,
-                                 with_hf=False)  # fmt: skip
-    model.to(dev)
+    model, _, dev = lesson_model(hidden, layers, heads, kv_heads, intermediate, vocab, prompt_len + new_tokens,
+                                 threads, device, seed)  # fmt: skip
     total = prompt_len + new_tokens
-    bf16 = copy.deepcopy(model).to(torch.bfloat16)
+    bf16 = with_weights(model, "bf16")
     t0 = time.perf_counter()
-    int8 = quantize_int8_(copy.deepcopy(model))
+    int8 = with_weights(model, "int8")
     print(
-        f"model: {model.num_params() / 1e6:.1f} M parameters, {dev}, {torch.get_num_threads()} thread(s); quantised "
-        f"in {time.perf_counter() - t0:.1f} s: {weight_bytes(model) / 1e6:.0f} MB fp32 -> "
-        f"{weight_bytes(int8) / 1e6:.0f} MB int8 (+ fp32 embedding table)"
+        f"model: {describe(model, dev)}; quantised in {time.perf_counter() - t0:.1f} s: "
+        f"{weight_bytes(model) / 1e6:.0f} MB fp32 -> {weight_bytes(int8) / 1e6:.0f} MB int8 (+ fp32 embedding table)"
     )
 
     print("\n1) save and load the quantised checkpoint")
@@ -138,33 +129,14 @@ def main(
 
     print(f"\n2) static-cache greedy decoding, {repeats} interleaved rounds ({clock} clock), limit = fp32 GEMV")
     prompt = random_prompt(vocab, prompt_len)
-    methods = {}
-    for name, m in (("fp32 weights", model), ("bf16 weights", bf16), ("int8 weights", int8)):
-        dec = FastDecoder(m, max_seq_len=total)
-        methods[name] = (lambda d=dec: d.generate(prompt, new_tokens), bytes_per_token(m, total))
-    for fn, _ in methods.values():
-        fn()
-    res = measure(methods, new_tokens, repeats, dev, model_gemv_probe(model), clock, "fp32 weights")
-    base = res["methods"]["fp32 weights"]["median_tok_s"]
-    for name, row in res["methods"].items():
-        print(
-            f"   {name:14s} {row['bytes_per_token'] / 1e6:7.1f} MB/token  {spread(row['tok_s']):>20s} tok/s  "
-            f"{spread(row['pct_of_limit']):>20s} % of limit  {row['median_tok_s'] / base:.2f}x fp32  "
-            f"same tokens as fp32 {row['same_tokens']:.0%}"
-        )
+    models = {"fp32 weights": model, "bf16 weights": bf16, "int8 weights": int8}
+    methods = static_methods(models, prompt, new_tokens, total)
+    res = warm_and_measure(methods, new_tokens, repeats, dev, model, clock, "fp32 weights")
+    print_speed_rows(res, "fp32 weights")
 
     print("\n3) accuracy cost on the trained tiny LLaMA (held-out tiny Shakespeare)")
-    ref, tok = trained_tiny_llama(checkpoint, train_steps=train_steps)
-    win = heldout_windows(tok, seq_len=ref.args.max_seq_len - 1, n=windows)
-    acc = {
-        "bf16": accuracy_cost(ref, copy.deepcopy(ref).to(torch.bfloat16), win),
-        "int8": accuracy_cost(ref, quantize_int8_(copy.deepcopy(ref)), win),
-    }
-    for name, a in acc.items():
-        print(
-            f"   {name}: top-1 agreement {100 * a['top1_agreement']:.2f} %, perplexity {a['ppl_reference']:.3f} -> "
-            f"{a['ppl']:.3f} ({a['ppl_delta_pct']:+.3f} %)"
-        )
+    acc, info = format_accuracy(("bf16", "int8"), checkpoint, train_steps, windows)
+    print_accuracy(acc, info)
 
     kernels = {}
     if dev.type == "cpu":
@@ -177,15 +149,13 @@ def main(
 
 
 def parse_args(argv=None) -> argparse.Namespace:
-    p = decode_parser(__doc__, new_tokens=64)
-    p.add_argument("--repeats", type=int, default=5, help="interleaved rounds (median and range are printed)")
-    p.add_argument("--windows", type=int, default=16, help="held-out windows for the accuracy measurement")
-    p.add_argument("--train-steps", type=int, default=150, help="steps if lesson 12's checkpoint is missing")
-    p.add_argument("--checkpoint", default=None, help="tiny LLaMA folder (default: lesson 12's out/llama2/...)")
+    p = decode_parser(__doc__, new_tokens=64, repeats=5)
+    add_accuracy_arguments(p)
     return parse_decode_args(p, argv)
 
 
 if __name__ == "__main__":
-    from pytorch_llama2_from_scratch.generate import run_with_clear_errors
+    from pytorch_basis.common import run_cli
+    from pytorch_llama2_from_scratch.generate import CLI_ERRORS
 
-    run_with_clear_errors(lambda: main(**vars(parse_args())))
+    run_cli(lambda: main(**vars(parse_args())), CLI_ERRORS, join_lines=True)

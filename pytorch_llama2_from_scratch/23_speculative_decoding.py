@@ -44,17 +44,15 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # repo root: impor
 
 import torch
 
-from pytorch_basis.common import resolve_device, seed_everything
 from pytorch_llama2_from_scratch.fast_decode import (
     FastDecoder,
     bytes_per_token,
     decode_parser,
-    measure,
-    model_gemv_probe,
+    lesson_model,
     parse_decode_args,
-    random_llama_pair,
     random_prompt,
     spread,
+    warm_and_measure,
 )
 from pytorch_llama2_from_scratch.quantize import quantize_int8_
 from pytorch_llama2_from_scratch.speculative import speculative_generate, truncated_draft
@@ -104,14 +102,9 @@ def main(
     device: str = "cpu",
     seed: int = 0,
 ) -> dict:
-    seed_everything(seed)
-    if threads:
-        torch.set_num_threads(threads)
-    dev = resolve_device(device)
     ks = tuple(int(k) for k in ks)
     total = prompt_len + new_tokens + max(ks)
-    model, _ = random_llama_pair(hidden, layers, heads, kv_heads, intermediate, vocab, total, seed, with_hf=False)
-    model.to(dev)
+    model, _, dev = lesson_model(hidden, layers, heads, kv_heads, intermediate, vocab, total, threads, device, seed)
     if damp_after is not None:
         damp_deep_layers(model, damp_after, damp)
         print(f"layers {damp_after}..{layers - 1}: wo and w2 scaled by {damp} (blocks close to the identity)")
@@ -136,10 +129,8 @@ def main(
 
         methods[f"speculative k={k}"] = (run, bpt)
     methods[f"draft alone ({draft})"] = (lambda: ddec.generate(prompt, new_tokens), bytes_per_token(small, total))
-    for fn, _ in methods.values():
-        fn()  # warm-up (and the statistics, which are deterministic for greedy)
-    res = measure(methods, new_tokens, repeats, dev, model_gemv_probe(model), clock, "plain greedy",
-                  progress=True)  # fmt: skip
+    # the warm-up run also fills in the statistics, which are deterministic for greedy decoding
+    res = warm_and_measure(methods, new_tokens, repeats, dev, model, clock, "plain greedy", progress=True)
     base = res["methods"]["plain greedy"]["median_tok_s"]
     print(f"\n{repeats} interleaved rounds, {new_tokens} new tokens, greedy, {clock} clock")
     print(f"   {'method':24s} {'tok/s':>20s} {'vs plain':>9s} {'accept':>7s} {'tok/fwd':>8s}  same tokens")
@@ -157,16 +148,16 @@ def main(
 
 
 def parse_args(argv=None) -> argparse.Namespace:
-    p = decode_parser(__doc__, new_tokens=64)
+    p = decode_parser(__doc__, new_tokens=64, repeats=3)
     p.add_argument("--ks", type=int, nargs="+", default=[1, 2, 3, 4, 6], help="draft lengths to compare")
     p.add_argument("--draft", default="int8", help="'int8' (quantised target) or 'layers:N' (first N layers)")
     p.add_argument("--damp-after", type=int, default=None, help="scale wo/w2 of layers >= N (agreeing early exit)")
     p.add_argument("--damp", type=float, default=0.05, help="the factor of --damp-after (default 0.05)")
-    p.add_argument("--repeats", type=int, default=3, help="interleaved rounds (median and range are printed)")
     return parse_decode_args(p, argv)
 
 
 if __name__ == "__main__":
-    from pytorch_llama2_from_scratch.generate import run_with_clear_errors
+    from pytorch_basis.common import run_cli
+    from pytorch_llama2_from_scratch.generate import CLI_ERRORS
 
-    run_with_clear_errors(lambda: main(**vars(parse_args())))
+    run_cli(lambda: main(**vars(parse_args())), CLI_ERRORS, join_lines=True)

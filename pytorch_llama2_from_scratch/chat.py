@@ -32,8 +32,8 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # repo root, when run as a script
 
-from pytorch_basis.common import add_device_argument, resolve_device, seed_everything
-from pytorch_llama2_from_scratch.generate import decode_continuation, generate, run_with_clear_errors
+from pytorch_basis.common import add_device_argument, resolve_device, run_cli, seed_everything
+from pytorch_llama2_from_scratch.generate import CLI_ERRORS, decode_continuation, generate
 from pytorch_llama2_from_scratch.sampling import SamplingConfig
 
 ROLES = ("system", "user", "assistant", "tool")
@@ -357,7 +357,7 @@ def main(
 
 
 def cli(argv: Sequence[str] | None = None) -> None:
-    run_with_clear_errors(lambda: main(**vars(parse_args(argv))))
+    run_cli(lambda: main(**vars(parse_args(argv))), CLI_ERRORS, join_lines=True)
 
 
 if __name__ == "__main__":

@@ -27,7 +27,14 @@ from pytorch_basis.common import out_dir, tiny_shakespeare_path
 from pytorch_llama2_from_scratch.loading import load_checkpoint, load_tokenizer
 from pytorch_llama2_from_scratch.model import Transformer
 
-__all__ = ["accuracy_cost", "heldout_windows", "trained_tiny_llama"]
+__all__ = [
+    "accuracy_cost",
+    "add_accuracy_arguments",
+    "format_accuracy",
+    "heldout_windows",
+    "print_accuracy",
+    "trained_tiny_llama",
+]
 
 
 def trained_tiny_llama(
@@ -104,3 +111,38 @@ def accuracy_cost(reference: Transformer, model: Transformer, windows: torch.Ten
         "max_abs_logit_diff": (ref - out).abs().max().item(),
         "tokens": targets.numel(),
     }
+
+
+def format_accuracy(
+    formats, checkpoint: str | Path | None = None, train_steps: int = 150, windows: int = 16
+) -> tuple[dict, dict]:
+    """The accuracy cost of each weight format in ``formats`` (names of :func:`quantize.with_weights`) on the
+    trained tiny LLaMA (:func:`trained_tiny_llama`), against its fp32 weights, on ``windows`` held-out windows.
+
+    Returns ``({format: accuracy_cost(...)}, {"params", "steps", "trained_now", "tokens"})``."""
+    from pytorch_llama2_from_scratch.quantize import with_weights
+
+    ref, tok = trained_tiny_llama(checkpoint, train_steps=train_steps)
+    win = heldout_windows(tok, seq_len=ref.args.max_seq_len - 1, n=windows)
+    costs = {fmt: accuracy_cost(ref, with_weights(ref, fmt), win) for fmt in formats}
+    info = {"params": ref.num_params(), "steps": ref.trained_steps, "trained_now": ref.trained_now,
+            "tokens": win[:, 1:].numel()}  # fmt: skip
+    return costs, info
+
+
+def print_accuracy(costs: dict, info: dict) -> None:
+    """Print :func:`format_accuracy`'s result: which tiny LLaMA, then one line per weight format."""
+    how = f"trained here for {info['steps']} steps" if info["trained_now"] else f"lesson 12, {info['steps']} steps"
+    print(f"   {info['params'] / 1e6:.2f} M parameters ({how}), {info['tokens']} held-out tokens")
+    for name, a in costs.items():
+        print(
+            f"   {name}: top-1 agreement {100 * a['top1_agreement']:.2f} %, perplexity {a['ppl_reference']:.3f} -> "
+            f"{a['ppl']:.3f} ({a['ppl_delta_pct']:+.3f} %), max |logit diff| {a['max_abs_logit_diff']:.3f}"
+        )
+
+
+def add_accuracy_arguments(p) -> None:
+    """The command-line options of :func:`format_accuracy` (lessons 21 and 22)."""
+    p.add_argument("--windows", type=int, default=16, help="held-out windows for the accuracy measurement")
+    p.add_argument("--train-steps", type=int, default=150, help="steps if lesson 12's checkpoint is missing")
+    p.add_argument("--checkpoint", default=None, help="tiny LLaMA folder (default: lesson 12's out/llama2/...)")

@@ -24,7 +24,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # repo root: impor
 import torch
 
 from pytorch_basis.common import atomic_write_text, cpu_model_name, out_dir, seed_everything
-from pytorch_llama2_from_scratch.decode_eval import accuracy_cost, heldout_windows, trained_tiny_llama
+from pytorch_llama2_from_scratch.decode_eval import format_accuracy
 from pytorch_llama2_from_scratch.fast_decode import (
     FastDecoder,
     _hf_generate,
@@ -83,16 +83,10 @@ def ladder(
         fn()
     res = measure(methods, new_tokens, repeats, "cpu", model_gemv_probe(model), clock,
                   "HF generate (fp32)", progress=True)  # fmt: skip
-    ref, tok = trained_tiny_llama(checkpoint)
-    win = heldout_windows(tok, seq_len=ref.args.max_seq_len - 1, n=windows)
-    acc = {
-        "bf16": accuracy_cost(ref, copy.deepcopy(ref).to(torch.bfloat16), win),
-        "fp16": accuracy_cost(ref, copy.deepcopy(ref).to(torch.float16), win),
-        "int8": accuracy_cost(ref, quantize_int8_(copy.deepcopy(ref)), win),
-    }
+    acc, tiny = format_accuracy(("bf16", "fp16", "int8"), checkpoint, windows=windows)
     res.update(
         params=model.num_params(), stats=stats, accuracy=acc, compile_seconds=compiled.compile_seconds if compiled else
-        None, tiny={"params": ref.num_params(), "steps": ref.trained_steps, "tokens": win[:, 1:].numel()},
+        None, tiny=tiny,
     )  # fmt: skip
     return res
 
@@ -183,6 +177,7 @@ def main(argv=None) -> dict:
 
 
 if __name__ == "__main__":
-    from pytorch_llama2_from_scratch.generate import run_with_clear_errors
+    from pytorch_basis.common import run_cli
+    from pytorch_llama2_from_scratch.generate import CLI_ERRORS
 
-    run_with_clear_errors(main)
+    run_cli(main, CLI_ERRORS, join_lines=True)

@@ -49,9 +49,15 @@ __all__ = [
     "StaticKVCache",
     "benchmark",
     "bytes_per_token",
+    "describe",
     "gemv_bandwidth",
+    "lesson_model",
     "measure",
     "model_gemv_probe",
+    "print_speed_rows",
+    "random_llama_pair",
+    "static_methods",
+    "warm_and_measure",
     "weight_bytes",
 ]
 
@@ -465,12 +471,14 @@ def random_llama_pair(
     max_len: int = 256,
     seed: int = 0,
     with_hf: bool = True,
+    attn_implementation: str = "sdpa",
 ):
     """A random ``transformers.LlamaForCausalLM`` and our ``Transformer`` holding the same fp32 weights.
 
     Defaults: 124.7 M parameters (dim 768, 12 layers, 12 query / 4 kv heads, FFN 2048, vocab 32000), ~499 MB of
     fp32 weights -- large enough that decode is memory-bound. Ours comes from HF's ``save_pretrained`` through
-    the chapter's loader. ``with_hf=False`` returns ``(ours, None)``.
+    the chapter's loader. ``with_hf=False`` returns ``(ours, None)``. ``attn_implementation`` is HF's attention
+    (lesson 13 compares against ``"eager"``, lessons 19-23 against ``"sdpa"``).
     """
     import tempfile
 
@@ -489,7 +497,7 @@ def random_llama_pair(
         rms_norm_eps=1e-5,
         initializer_range=0.1,
         tie_word_embeddings=False,
-        attn_implementation="sdpa",
+        attn_implementation=attn_implementation,
     )
     torch.manual_seed(seed)
     hf = LlamaForCausalLM(config).float().eval()
@@ -579,10 +587,89 @@ def benchmark(
     return result
 
 
+# ------------------------------------------------------------------------------------------------ lessons' steps
+def lesson_model(
+    hidden: int,
+    layers: int,
+    heads: int,
+    kv_heads: int,
+    intermediate: int,
+    vocab: int,
+    max_len: int,
+    threads: int | None,
+    device: str,
+    seed: int,
+    with_hf: bool = False,
+):
+    """What every decode lesson (19-23) does first: seed, set the CPU threads (``None``: PyTorch's choice), build
+    the random benchmark LLaMA of :func:`random_llama_pair` and move it (and HF's twin if ``with_hf``) to
+    ``device``. Returns ``(model, hf_model or None, torch.device)``."""
+    from pytorch_basis.common import resolve_device, seed_everything
+
+    seed_everything(seed)
+    if threads:
+        torch.set_num_threads(threads)
+    dev = resolve_device(device)
+    model, hf = random_llama_pair(hidden, layers, heads, kv_heads, intermediate, vocab, max_len, seed, with_hf=with_hf)
+    model.to(dev)
+    if hf is not None:
+        hf.to(dev)
+    return model, hf, dev
+
+
+def describe(model: Transformer, device: torch.device | str) -> str:
+    """``"124.7 M parameters, fp32, cpu, 1 thread(s)"``: what the decode lessons print about their model first."""
+    dtype = {torch.float32: "fp32", torch.bfloat16: "bf16", torch.float16: "fp16"}.get(_compute_dtype(model), "?")
+    return f"{model.num_params() / 1e6:.1f} M parameters, {dtype}, {device}, {torch.get_num_threads()} thread(s)"
+
+
+def static_methods(
+    models: dict[str, Transformer], prompt: list[int], new_tokens: int, max_seq_len: int
+) -> dict[str, tuple[Callable[[], list[int]], int]]:
+    """``{name: model}`` -> :func:`measure`'s methods: greedy decoding of ``prompt`` with an eager
+    :class:`FastDecoder` of each model (static cache of ``max_seq_len`` slots), and its bytes per token."""
+    methods = {}
+    for name, m in models.items():
+        dec = FastDecoder(m, max_seq_len=max_seq_len)
+        methods[name] = (lambda d=dec: d.generate(prompt, new_tokens), bytes_per_token(m, max_seq_len))
+    return methods
+
+
+def warm_and_measure(
+    methods: dict[str, tuple[Callable[[], list[int]], int]],
+    new_tokens: int,
+    repeats: int,
+    device: torch.device | str,
+    model: nn.Module,
+    clock: str = "wall",
+    reference: str | None = None,
+    progress: bool = False,
+) -> dict:
+    """Run every method once (warm-up: lazy initialisation, allocator, first-call dispatch), then :func:`measure`
+    them interleaved against the GEMV bandwidth of ``model``'s own matrices (:func:`model_gemv_probe`)."""
+    for fn, _ in methods.values():
+        fn()
+    return measure(methods, new_tokens, repeats, device, model_gemv_probe(model), clock, reference, progress)
+
+
+def print_speed_rows(result: dict, base: str) -> None:
+    """One line per method of :func:`measure`'s result: bytes per token, tok/s and % of the limit (median
+    [min-max]), speed relative to ``base`` and the share of tokens equal to ``base``'s."""
+    ref = result["methods"][base]["median_tok_s"]
+    short = base.split()[0]
+    for name, row in result["methods"].items():
+        print(
+            f"   {name:14s} {row['bytes_per_token'] / 1e6:7.1f} MB/token  {spread(row['tok_s']):>20s} tok/s  "
+            f"{spread(row['pct_of_limit']):>20s} % of limit  {row['median_tok_s'] / ref:.2f}x {short}  "
+            f"same tokens as {short} {row['same_tokens']:.0%}"
+        )
+
+
 # ------------------------------------------------------------------------------------------------ lessons' CLI
-def decode_parser(doc: str, new_tokens: int = 64):
-    """The decode lessons' (19-23) argparse parser: the benchmark model's shape, prompt and token counts. A lesson
-    adds its own options, then calls :func:`parse_decode_args` (which adds threads, clock, seed and device)."""
+def decode_parser(doc: str, new_tokens: int = 64, repeats: int = 5):
+    """The decode lessons' (19-23) argparse parser: the benchmark model's shape, prompt and token counts and the
+    interleaved rounds. A lesson adds its own options, then calls :func:`parse_decode_args` (which adds threads,
+    clock, seed and device)."""
     import argparse
 
     p = argparse.ArgumentParser(description=doc.split("\n\n")[0])
@@ -591,6 +678,7 @@ def decode_parser(doc: str, new_tokens: int = 64):
     p.add_argument("--vocab", type=int, default=32000, help="benchmark model: vocabulary size (default: 32000)")
     p.add_argument("--prompt-len", type=int, default=16, help="prompt tokens (default: 16)")
     p.add_argument("--new-tokens", type=int, default=new_tokens, help=f"tokens to decode (default: {new_tokens})")
+    p.add_argument("--repeats", type=int, default=repeats, help="interleaved rounds (median and range are printed)")
     return p
 
 

@@ -23,8 +23,6 @@ from __future__ import annotations
 
 import argparse
 import math
-import os
-import pickle
 import sys
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
@@ -35,7 +33,7 @@ import torch.nn.functional as F
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # repo root, when run as a script
 
-from pytorch_basis.common import add_device_argument, resolve_device, run_cli, seed_everything
+from pytorch_basis.common import EXPECTED_CLI_ERRORS, add_device_argument, resolve_device, run_cli, seed_everything
 from pytorch_llama2_from_scratch.sampling import (
     STRATEGIES,
     SamplingConfig,
@@ -517,37 +515,15 @@ def main(
     return {"prompts": prompts, "completions": completions, "tokens": outs}
 
 
-# Every error a bad file, a bad config or a bad option is expected to raise: configs give KeyError/TypeError,
-# torch.load RuntimeError/UnpicklingError/EOFError, the file system OSError.
-EXPECTED_ERRORS = (
-    ValueError,
-    OSError,
-    ImportError,
-    KeyError,
-    TypeError,
-    RuntimeError,
-    EOFError,
-    pickle.UnpicklingError,
-)
-
-
-def run_with_clear_errors(main_fn: Callable[[], object]) -> None:
-    """Run a script's ``main``: a missing file, a bad setting or an offline download prints one ``error:`` line
-    instead of a traceback and exits with status 1 (also used by lessons 11 and 12). ``LLM_SCRATCH_DEBUG=1`` in
-    the environment shows the full traceback instead."""
-    try:
-        run_cli(main_fn)
-    except EXPECTED_ERRORS as e:
-        if os.environ.get("LLM_SCRATCH_DEBUG", "") not in ("", "0"):
-            raise
-        message = " ".join(str(e).split()) if not isinstance(e, KeyError) else f"missing key {e}"
-        print(f"error: {message}", file=sys.stderr)
-        raise SystemExit(1) from None
+# Every error a bad file, a bad config or a bad option is expected to raise: run_cli's own list, plus TypeError
+# (configs) and RuntimeError/EOFError (torch.load). The chapter's command lines pass it to ``run_cli`` with
+# ``join_lines=True``, so a message of several lines (a checkpoint that does not fit) stays whole on one line.
+CLI_ERRORS = EXPECTED_CLI_ERRORS + (TypeError, RuntimeError, EOFError)
 
 
 def cli(argv: Sequence[str] | None = None) -> None:
     """The command-line tool: ``python pytorch_llama2_from_scratch/generate.py --checkpoint DIR ...``."""
-    run_with_clear_errors(lambda: main(**vars(parse_args(argv))))
+    run_cli(lambda: main(**vars(parse_args(argv))), CLI_ERRORS, join_lines=True)
 
 
 if __name__ == "__main__":

@@ -29,6 +29,7 @@ The token embedding stays in floating point: decoding reads only one row of it p
 
 from __future__ import annotations
 
+import copy
 import os
 
 import torch
@@ -39,12 +40,14 @@ from pytorch_basis.common import atomic_torch_save
 from pytorch_llama2_from_scratch.model import ModelArgs, Transformer
 
 __all__ = [
+    "WEIGHT_FORMATS",
     "Int8Linear",
     "QuantizationError",
     "load_quantized",
     "quantize_int8_",
     "quantize_per_channel",
     "save_quantized",
+    "with_weights",
 ]
 
 FORMAT = "llama2-weight-only-int8"
@@ -215,3 +218,22 @@ def load_quantized(path: str | os.PathLike, device: torch.device | str = "cpu", 
         )
     model.reset_cache()  # non-persistent cache buffers came out of to_empty uninitialised
     return model.eval()
+
+
+# ============================================================================================ weight formats
+
+WEIGHT_FORMATS = ("fp32", "bf16", "fp16", "int8")
+_FLOAT_FORMATS = {"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}
+
+
+def with_weights(model: Transformer, fmt: str) -> Transformer:
+    """``model`` with its weights stored as ``fmt`` (one of :data:`WEIGHT_FORMATS`), for the decode lessons'
+    side-by-side comparisons: ``model`` itself if it is already in that floating-point dtype, else a copy --
+    converted with ``.to(dtype)`` (fp32, bf16, fp16) or quantised with :func:`quantize_int8_` (int8)."""
+    if fmt == "int8":
+        return quantize_int8_(copy.deepcopy(model))
+    if fmt not in _FLOAT_FORMATS:
+        raise QuantizationError(f"weight format must be one of {WEIGHT_FORMATS}, got {fmt!r}")
+    if model.norm.weight.dtype == _FLOAT_FORMATS[fmt] and is_quantized(model) is None:
+        return model
+    return copy.deepcopy(model).to(_FLOAT_FORMATS[fmt])

@@ -129,7 +129,7 @@ def anchor_problems(md_path: Path, text: str) -> list[str]:
 @pytest.mark.parametrize("path", MARKDOWN, ids=lambda p: str(p.relative_to(ROOT)))
 def test_line_anchors_point_at_what_they_name(path):
     problems = anchor_problems(path, path.read_text(encoding="utf-8"))
-    assert not problems, f"{path.relative_to(ROOT)}:\n" + "\n".join(problems)
+    assert not problems, f"{path.relative_to(ROOT)} (python .ci/fix_anchors.py re-points them):\n" + "\n".join(problems)
 
 
 def test_the_anchor_check_catches_a_stale_link(tmp_path):

@@ -83,6 +83,18 @@ def test_run_cli_prints_one_line_instead_of_traceback(tmp_path, capsys):
     assert err.startswith("error: could not download 'f.bin'") and "Traceback" not in err
 
 
+def test_run_cli_message_of_several_lines(capsys):
+    def main():
+        raise ValueError("checkpoint x does not fit the model:\n  missing keys (1): w\n  unexpected keys (1): v")
+
+    first = "error: checkpoint x does not fit the model:"
+    for join_lines, want in ((False, first), (True, first + " missing keys (1): w unexpected keys (1): v")):
+        with pytest.raises(SystemExit) as info:
+            common.run_cli(main, join_lines=join_lines)
+        assert info.value.code == 1
+        assert capsys.readouterr().err == want + "\n"
+
+
 def test_resolve_device():
     assert common.resolve_device("cpu") == torch.device("cpu")
     assert common.resolve_device("auto").type in {"cpu", "cuda", "mps"}

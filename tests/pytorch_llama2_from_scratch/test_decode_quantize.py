@@ -15,6 +15,7 @@ from pytorch_llama2_from_scratch.quantize import (
     quantize_int8_,
     quantize_per_channel,
     save_quantized,
+    with_weights,
 )
 from tests.numerics import assert_close_scaled, assert_close_to_fp64
 
@@ -129,3 +130,19 @@ def test_int8_keeps_biases_and_tied_heads_and_round_trips(tmp_path):
     with torch.inference_mode():
         assert torch.equal(model(tokens, use_cache=False), loaded(tokens, use_cache=False))
     assert FastDecoder(loaded, max_seq_len=24).generate([5, 6], 12) == generate(loaded, [[5, 6]], 12)[0]
+
+
+def test_with_weights_converts_a_copy():
+    model = _tiny()
+    before = {k: v.clone() for k, v in model.state_dict().items()}
+    assert with_weights(model, "fp32") is model  # already fp32: nothing to copy
+    for fmt, dtype in (("bf16", torch.bfloat16), ("fp16", torch.float16)):
+        other = with_weights(model, fmt)
+        assert other is not model and other.layers[0].attention.wq.weight.dtype == dtype
+        assert torch.equal(other.layers[0].attention.wq.weight, model.layers[0].attention.wq.weight.to(dtype))
+    int8 = with_weights(model, "int8")
+    assert isinstance(int8.layers[0].attention.wq, Int8Linear)
+    assert not isinstance(model.layers[0].attention.wq, Int8Linear)
+    assert all(torch.equal(v, before[k]) for k, v in model.state_dict().items())  # the original is untouched
+    with pytest.raises(QuantizationError, match=r"weight format must be one of .*'fp32'.*, got 'int4'"):
+        with_weights(model, "int4")

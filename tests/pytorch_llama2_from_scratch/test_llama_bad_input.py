@@ -93,6 +93,8 @@ def _bad_dir(kind: str):
             return _copy_checkpoint(src, d, lambda c: c.update(model_type="gpt2"))
         if kind == "heads_zero":
             return _copy_checkpoint(src, d, lambda c: c.update(num_attention_heads=0))
+        if kind == "vocab_301":  # config and weights disagree: a message of several lines, printed as one
+            return _copy_checkpoint(src, d, lambda c: c.update(vocab_size=301))
         _copy_checkpoint(src, d)
         if kind == "truncated":
             data = (d / "model.safetensors").read_bytes()
@@ -140,6 +142,7 @@ CLI_DIR_CASES = [
     ("config lacks a key", "no_layers", 1, r"config.json lacks the required key\(s\) num_hidden_layers"),
     ("config of another model", "gpt2", 1, r"model_type 'gpt2'"),
     ("config with zero heads", "heads_zero", 1, r"num_attention_heads must be a positive integer, got 0"),
+    ("weights of another shape", "vocab_301", 1, r"does not fit the model: .*mismatches .*checkpoint \(300, 64\)"),
     ("truncated weights", "truncated", 1, r"model.safetensors is not a readable weight file"),
     ("config not json", "not_json", 1, r"config.json is not valid JSON"),
     ("tokenizer of another vocabulary", "small_vocab", 1, r"tokenizer .* has \d+ tokens but the model's vocab.* 100"),
