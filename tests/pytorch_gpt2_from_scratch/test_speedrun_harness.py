@@ -245,3 +245,40 @@ def test_merge_seeds_run_as_separate_processes(tmp_path, capsys):
     assert e.value.code == 2
     err = capsys.readouterr().err.strip().splitlines()
     assert len(err) == 1 and "not a speedrun.py result file" in err[0]
+
+
+class _TimedModel(torch.nn.Module):
+    """Sleeps for a time that depends on the precision and on the batch size: a stand-in for a real CPU's speeds."""
+
+    def __init__(self, seconds):
+        super().__init__()
+        self.w = torch.nn.Parameter(torch.ones(()))
+        self.seconds, self.calls = seconds, []
+
+    def forward(self, x, y):
+        import time
+
+        bf16 = torch.is_autocast_enabled("cpu")
+        key = ("bf16" if bf16 else "fp32", "slice" if x.numel() <= 64 else "full")
+        self.calls.append(key)
+        time.sleep(self.seconds[key])
+        return None, self.w * 1.0
+
+
+def test_precision_auto_decides_on_the_full_batch_unless_bf16_is_emulated():
+    x = y = torch.zeros(4, 128, dtype=torch.long)
+    dev = torch.device("cpu")
+    # bf16 no faster on a 1 x 64 slice, 2x faster on the micro-batch (AMX-like): the micro-batch decides
+    amx = _TimedModel(
+        {("fp32", "slice"): 0.01, ("bf16", "slice"): 0.011, ("fp32", "full"): 0.04, ("bf16", "full"): 0.02}
+    )
+    dtype, line = speedrun.choose_precision("auto", amx, x, y, dev)
+    assert dtype == torch.bfloat16 and "-> bf16" in line
+    assert ("bf16", "full") in amx.calls
+    # bf16 emulated (AVX2-like): 10x slower on the slice; the check stops there, the micro-batch never runs
+    avx2 = _TimedModel(
+        {("fp32", "slice"): 0.005, ("bf16", "slice"): 0.05, ("fp32", "full"): 1.0, ("bf16", "full"): 1.0}
+    )
+    dtype, line = speedrun.choose_precision("auto", avx2, x, y, dev)
+    assert dtype is None and "-> fp32" in line
+    assert all(size == "slice" for _, size in avx2.calls) and len(avx2.calls) == 4  # warm-up + one timed round
