@@ -139,7 +139,7 @@ PRESETS: dict[str, dict] = {
     # ~15 tokens/parameter is far from converged; the point is to watch every part of the loop work on a laptop.
     "cpu": dict(),
     "speedrun": dict(
-        recipe="x0-skip",  # speedrun.py's best measured rung ("batch" measured worse); sizes and lrs are its
+        recipe="x0-skip",  # speedrun.py's rung with every model/optimizer change ("batch": within noise of it)
         batch_size=4,
         seq_len=128,
         total_batch_size=4 * 128 * 2,
