@@ -53,15 +53,16 @@ def trained_tiny_llama(
         lesson = importlib.util.module_from_spec(spec)
         spec.loader.exec_module(lesson)
         print(f"no checkpoint in {directory}: training lesson 12's tiny LLaMA for {train_steps} steps first")
-        lesson.main(
-            out=str(directory),
-            steps=train_steps,
-            max_minutes=max_minutes,
-            max_chars=max_chars,
-            sample_tokens=8,
-            eval_every=max(train_steps, 1),
-            device="cpu",
-        )
+        with torch.inference_mode(False), torch.enable_grad():  # callers may be decorated with inference_mode
+            lesson.main(
+                out=str(directory),
+                steps=train_steps,
+                max_minutes=max_minutes,
+                max_chars=max_chars,
+                sample_tokens=8,
+                eval_every=max(train_steps, 1),
+                device="cpu",
+            )
         trained_now = True
     model, _ = load_checkpoint(directory)
     model.trained_steps = _steps(directory)

@@ -16,7 +16,8 @@ def tiny_checkpoint(tmp_path_factory):
     from pytorch_llama2_from_scratch.decode_eval import trained_tiny_llama
 
     directory = tmp_path_factory.mktemp("tiny_llama")
-    model, _ = trained_tiny_llama(directory, train_steps=2, max_chars=60_000)
+    with torch.inference_mode():  # as decode_ladder.main calls it: the fallback training must still get gradients
+        model, _ = trained_tiny_llama(directory, train_steps=2, max_chars=60_000)
     assert model.trained_now and model.trained_steps == 2
     return str(directory)
 
