@@ -17,6 +17,7 @@ import argparse
 import copy
 import statistics
 import sys
+import time
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # repo root: import the chapter modules
@@ -98,11 +99,11 @@ def markdown(res: dict, hidden, layers, heads, kv_heads, intermediate, vocab, pr
     bw = res["bandwidth_GBs"]
     acc = res["accuracy"]
     lines = [
-        f"{cpu_model_name()}, {res['threads']} thread, torch {torch.__version__}, 2026-12-01; random LLaMA with "
-        f"{res['params'] / 1e6:.1f} M parameters (dim {hidden}, {layers} layers, {heads} query / {kv_heads} kv "
-        f"heads, FFN {intermediate}, vocab {vocab}); batch 1, greedy, prompt {prompt_len}, {res['new_tokens']} new "
-        f"tokens; {res['repeats']} interleaved rounds, {res['clock']} clock; median [min-max]. Limit = bandwidth "
-        f"of the GEMVs of the model's own fp32 matrices, measured in each round "
+        f"{cpu_model_name()}, {res['threads']} thread, torch {torch.__version__}, {time.strftime('%Y-%m-%d')}; "
+        f"random LLaMA with {res['params'] / 1e6:.1f} M parameters (dim {hidden}, {layers} layers, {heads} query / "
+        f"{kv_heads} kv heads, FFN {intermediate}, vocab {vocab}); batch 1, greedy, prompt {prompt_len}, "
+        f"{res['new_tokens']} new tokens; {res['repeats']} interleaved rounds, {res['clock']} clock; median [min-max]. "
+        f"Limit = bandwidth of the GEMVs of the model's own fp32 matrices, measured in each round "
         f"({statistics.median(bw):.1f} [{min(bw):.1f}-{max(bw):.1f}] GB/s) / "
         f"bytes per token.",
         "",

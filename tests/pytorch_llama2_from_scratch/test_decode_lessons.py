@@ -71,3 +71,24 @@ def test_lesson23_speculative_is_identical_to_greedy(load_lesson):
         mod.main(**TINY, ks=(1,), draft="layers:1", damp_after=5)
     with pytest.raises(ValueError, match="--draft must be 'int8' or 'layers:N'"):
         mod.make_draft(torch.nn.Linear(1, 1), "half")
+
+
+def test_decode_ladder_writes_its_table_with_todays_date(tiny_checkpoint, tmp_path):
+    import time
+
+    from pytorch_llama2_from_scratch import decode_ladder
+
+    out, threads = tmp_path / "ladder.md", torch.get_num_threads()
+    try:
+        res = decode_ladder.main(["--hidden", "64", "--layers", "2", "--heads", "4", "--kv-heads", "2",
+                                  "--intermediate", "96", "--vocab", "512", "--prompt-len", "4", "--new-tokens", "6",
+                                  "--repeats", "1", "--ks", "2", "--no-compile", "--checkpoint", tiny_checkpoint,
+                                  "--out", str(out)])  # fmt: skip
+    finally:
+        torch.set_num_threads(threads)  # decode_ladder measures on one thread
+    text = out.read_text()
+    assert text == res["table"]
+    assert f", {time.strftime('%Y-%m-%d')}; random LLaMA" in text.splitlines()[0]  # the run's date, not a fixed one
+    rows = [line for line in text.splitlines() if line.startswith("| ") and "tok/s" not in line]
+    methods = {line.split(" | ")[0][2:] for line in rows}
+    assert {"HF generate (fp32)", "static cache (fp32)", "static cache (int8 weights)"} <= methods
