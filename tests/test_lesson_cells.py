@@ -52,7 +52,7 @@ TINY: dict[tuple[str, int], dict] = {
         ("pytorch_gpt2_from_scratch", n): dict(
             time_budget=0.2, seeds=(0,), eval_points=1, val_tokens=256, tiny=True, out="speedrun", progress=False
         )
-        for n in range(20, 33)
+        for n in range(20, 34)
     },
     ("pytorch_llama2_from_scratch", 3): dict(head_dim=32, n_heads=2, plot=False),
     ("pytorch_llama2_from_scratch", 4): dict(dim=64, repeats=1),

@@ -82,9 +82,15 @@ def test_summary_time_to_target_and_verdicts():
 def test_ladder_is_cumulative():
     rungs = speedrun.ladder()
     assert [r.name for r in rungs] == list(RUNG_KEYS)
-    last = rungs[-1]
-    assert last.arch == "modern" and last.optimizer == "muon" and last.precision == "auto"
-    assert last.modern["rope"] and last.modern["x0_skip"] and last.modern["softcap"] == 15.0
+    batch, lean = rungs[-2], rungs[-1]
+    assert batch.arch == "modern" and batch.optimizer == "muon" and batch.precision == "auto"
+    assert batch.modern["rope"] and batch.modern["x0_skip"] and batch.modern["softcap"] == 15.0
+    # the last rung takes three changes back and keeps every other one
+    assert lean.modern["softcap"] is None and not lean.modern["value_embed"] and not lean.modern["zero_init"]
+    assert {k: v for k, v in lean.modern.items() if k not in ("softcap", "value_embed", "zero_init")} == {
+        k: v for k, v in batch.modern.items() if k not in ("softcap", "value_embed", "zero_init")
+    }
+    assert (lean.optimizer, lean.batch_size, lean.grad_accum) == (batch.optimizer, batch.batch_size, batch.grad_accum)
     assert rungs[0] == Recipe(name="baseline")
     with pytest.raises(ValueError, match="unknown rung"):
         speedrun.ladder("nope")
