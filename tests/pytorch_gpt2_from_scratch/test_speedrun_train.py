@@ -76,4 +76,4 @@ def test_precision_flag_and_bad_options():
         make_config("cpu", time_budget=0.0)
     with pytest.raises(ValueError, match="unknown speedrun recipe 'nope'"):
         make_config("cpu", recipe="nope")
-    assert make_config("speedrun").recipe == "x0-skip" and Muon is not None
+    assert make_config("speedrun").recipe == "lean" and Muon is not None
