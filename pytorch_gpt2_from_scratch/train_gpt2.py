@@ -39,7 +39,7 @@ import signal
 import sys
 import threading
 import time
-from dataclasses import asdict, dataclass, field, fields
+from dataclasses import asdict, dataclass, field, fields, replace
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # repo root: import the chapter modules
@@ -125,6 +125,7 @@ class TrainConfig:
     dtype: str = "auto"  # --precision: auto (CUDA: bf16 + TF32; CPU: the faster of fp32/bf16, measured) | fp32 | bf16
     time_budget: float | None = None  # seconds of training steps; the lr follows the elapsed fraction of it
     recipe: str | None = None  # a speedrun.py rung: its model (modern.py) and optimizer (Muon) replace GPT/AdamW
+    split_batch: bool = False  # under torchrun each rank takes B / ranks rows when B*T*ranks exceeds the total batch
     compile: bool = False
     device: str = "auto"
     seed: int = 1337
@@ -141,6 +142,7 @@ PRESETS: dict[str, dict] = {
     "speedrun": dict(
         recipe="lean",  # speedrun.py's last rung, the best measured: B 8 x T 128 in one micro-batch
         batch_size=8,
+        split_batch=True,  # torchrun --nproc_per_node=2: B 4 per rank, the same 1,024 tokens per step
         seq_len=128,
         total_batch_size=8 * 128,
         max_lr=4e-3,  # AdamW lr of the gains; the other groups keep their ratios to it (speedrun.RUNGS)
@@ -425,6 +427,9 @@ def _train(cfg: TrainConfig, env) -> TrainResult:  # noqa: C901 - the training l
     if device.type == "cuda":
         torch.set_float32_matmul_precision("high")  # TF32 matmuls
 
+    if cfg.split_batch and env.world_size > 1 and cfg.batch_size * cfg.seq_len * env.world_size > cfg.total_batch_size:
+        if cfg.batch_size % env.world_size == 0:  # keep the tokens per step: the ranks share the micro-batch
+            cfg = replace(cfg, batch_size=cfg.batch_size // env.world_size)
     train_loader, val_loader, data_desc = make_loaders(cfg, env.rank, env.world_size)
     seed_everything(cfg.seed)  # the same initial weights on every rank (DDP also broadcasts rank 0's)
     sizes = {k: getattr(cfg, k) for k in ("n_layer", "n_head", "n_embd", "block_size") if getattr(cfg, k)}

@@ -306,3 +306,21 @@ def test_sigterm_to_one_rank_stops_both_ranks_at_the_same_step(shard_dir, tmp_pa
     trained = [json.loads(x)["step"] for x in (out / "log.jsonl").read_text().splitlines() if "train_loss" in x]
     assert load_checkpoint(out / "ckpt.pt")["step"] == len(trained) == trained[-1] + 1
     assert "stop requested" in stdout
+
+
+def test_torchrun_speedrun_preset_shares_its_micro_batch_between_ranks(shard_dir, tmp_path):
+    """--preset speedrun trains B 8 x T in one micro-batch; under 2 ranks that would be twice its total batch, so each
+    rank takes B / 2 rows and the step keeps its tokens (instead of stopping on 'not divisible')."""
+    out = tmp_path / "ddp_speedrun"
+    args = ["--preset", "speedrun", "--n-layer", "1", "--n-head", "2", "--n-embd", "32", "--block-size", "32",
+            "--batch-size", "4", "--seq-len", "16", "--total-batch-size", "64", "--time-budget", "1",
+            "--eval-every", "1000", "--val-steps", "1", "--checkpoint-every", "100000", "--log-every", "1",
+            "--sample-every", "100000", "--no-hellaswag", "--precision", "fp32", "--device", "cpu",
+            "--data", str(shard_dir), "--out", str(out)]  # fmt: skip
+    env = {**os.environ, "PYTHONPATH": str(ROOT), "OMP_NUM_THREADS": "1"}
+    cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2", str(SCRIPT), *args]
+    done = subprocess.run(cmd, capture_output=True, text=True, env=env, timeout=300)
+    assert done.returncode == 0, done.stderr[-3000:]
+    log = (out / "log.txt").read_text()
+    assert "total batch 64 tokens = B 2 x T 16 x 2 rank(s) x 1 micro-steps" in log
+    assert "ModernGPT (recipe lean)" in log and "step     0 | loss" in log
