@@ -20,26 +20,49 @@ def definition_line(lines: list[str], name: str) -> int | None:
     return next((i for i, line in enumerate(lines, start=1) if pattern.search(line)), None)
 
 
+def anchor_problems(md: Path, text: str) -> list[str]:
+    """One line per anchor of ``text`` (the Markdown file ``md``) whose file is missing or whose line no longer
+    holds the name it links (``tests/test_repo_hygiene.py`` fails on any)."""
+    problems = []
+    for m in ANCHOR.finditer(text):
+        target, line_no, name = _parts(md, m)
+        if not target.is_file():
+            problems.append(f"{m.group(0)}: no file {m.group(2)}")
+            continue
+        lines = target.read_text(encoding="utf-8").splitlines()
+        if not _holds(lines, line_no, name):
+            line = lines[line_no - 1] if line_no <= len(lines) else ""
+            problems.append(f"{m.group(0)}: line {line_no} is {line.strip()[:80]!r}, not {name}")
+    return problems
+
+
+def _parts(md: Path, m: re.Match) -> tuple[Path, int, str]:
+    return md.parent / m.group(2), int(m.group(3)), m.group(1).split("(")[0].split(".")[-1]
+
+
+def _holds(lines: list[str], line_no: int, name: str) -> bool:
+    return line_no <= len(lines) and re.search(rf"\b{re.escape(name)}\b", lines[line_no - 1]) is not None
+
+
 def fix(md: Path) -> tuple[int, list[str]]:
     text = md.read_text(encoding="utf-8")
     fixed, unplaced = 0, []
 
     def repl(m: re.Match) -> str:
         nonlocal fixed
-        symbol, target, line_no = m.group(1), md.parent / m.group(2), int(m.group(3))
+        target, line_no, name = _parts(md, m)
         if not target.is_file():
             unplaced.append(m.group(0))
             return m.group(0)
         lines = target.read_text(encoding="utf-8").splitlines()
-        name = symbol.split("(")[0].split(".")[-1]
-        if line_no <= len(lines) and re.search(rf"\b{re.escape(name)}\b", lines[line_no - 1]):
+        if _holds(lines, line_no, name):
             return m.group(0)
         new = definition_line(lines, name)
         if new is None:
             unplaced.append(m.group(0))
             return m.group(0)
         fixed += 1
-        return f"[`{symbol}`]({m.group(2)}#L{new})"
+        return f"[`{m.group(1)}`]({m.group(2)}#L{new})"
 
     new_text = ANCHOR.sub(repl, text)
     if new_text != text:
