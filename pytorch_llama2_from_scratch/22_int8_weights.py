@@ -4,9 +4,13 @@
 
     s_o = max_i |W[o, i]| / 127,   Q[o, i] = round(W[o, i] / s_o)  (int8),   y_o = s_o * sum_i x_i Q[o, i]
 
-so a decode step reads ~1 byte per weight (+ one scale per row) instead of 4 (fp32) or 2 (bf16). On the CPU the
-matmul is PyTorch's ``aten._weight_int8pack_mm``, which is vectorised for 16-bit activations, so each linear
-rounds its input to bf16 (the accuracy cost below includes that). The quantised model is saved and loaded as a
+so a decode step reads ~1 byte per weight (+ one scale per row) instead of 4 (fp32) or 2 (bf16) -- if the
+kernel streams those bytes as fast as the fp32 GEMV streams its own. PyTorch's CPU kernel
+``aten._weight_int8pack_mm`` does not (and it is vectorised for 16-bit activations only, so each linear would
+round its input to bf16). On the CPU the default kernel is therefore the chapter's own ``cpu_kernels.cpp``
+(``kernel="gemv"``): each int8 row is loaded once, widened to fp32 in registers and multiplied into the fp32
+activations; it is built with the machine's C++ compiler on first use, and without one ``int8pack`` is used.
+Part 2 times both kernels in the full model, part 4 on one matrix. The quantised model is saved and loaded as a
 checkpoint of int8 tensors + scales (``save_quantized`` writes atomically, ``load_quantized`` reads it with
 ``weights_only=True``); the embedding table stays floating point because a step reads only one of its rows.
 
@@ -23,6 +27,7 @@ Run::
 from __future__ import annotations
 
 import argparse
+import copy
 import statistics
 import sys
 import tempfile
@@ -34,6 +39,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # repo root: impor
 import torch
 import torch.nn.functional as F
 
+from pytorch_llama2_from_scratch import cpu_kernels
 from pytorch_llama2_from_scratch.decode_eval import add_accuracy_arguments, format_accuracy, print_accuracy
 from pytorch_llama2_from_scratch.fast_decode import (
     decode_parser,
@@ -46,7 +52,7 @@ from pytorch_llama2_from_scratch.fast_decode import (
     warm_and_measure,
     weight_bytes,
 )
-from pytorch_llama2_from_scratch.quantize import load_quantized, save_quantized, with_weights
+from pytorch_llama2_from_scratch.quantize import load_quantized, quantize_int8_, save_quantized, with_weights
 
 
 def kernel_times(rows: int = 4096, cols: int = 4096, repeats: int = 20) -> dict[str, float]:
@@ -74,6 +80,8 @@ def kernel_times(rows: int = 4096, cols: int = 4096, repeats: int = 20) -> dict[
         print(f"   (int4 kernel unavailable in this build: {type(e).__name__})")
     wb, xb = w.bfloat16(), x.bfloat16()
     calls["bf16 F.linear"] = lambda: F.linear(xb, wb)
+    if cpu_kernels.available():
+        calls["int8 cpu_kernels gemv (fp32 act)"] = lambda: cpu_kernels.linear(x, q, s)
     out = {}
     for name, fn in calls.items():
         fn()
@@ -130,6 +138,10 @@ def main(
     print(f"\n2) static-cache greedy decoding, {repeats} interleaved rounds ({clock} clock), limit = fp32 GEMV")
     prompt = random_prompt(vocab, prompt_len)
     models = {"fp32 weights": model, "bf16 weights": bf16, "int8 weights": int8}
+    if int8.output.kernel != "int8pack":  # the default kernel is the chapter's own: show PyTorch's next to it
+        models["int8, int8pack"] = quantize_int8_(copy.deepcopy(model), kernel="int8pack")
+    print(f"   int8 kernel: {int8.output.kernel}" + ("" if cpu_kernels.available() else
+          f" (the C++ kernel is not available: {cpu_kernels.unavailable_reason()})"))  # fmt: skip
     methods = static_methods(models, prompt, new_tokens, total)
     res = warm_and_measure(methods, new_tokens, repeats, dev, model, clock, "fp32 weights")
     print_speed_rows(res, "fp32 weights")

@@ -24,6 +24,15 @@ rounding, a missing layer) flips the argmax. ``--damp-after N`` makes a random t
 change the residual stream (their ``wo`` and ``w2`` scaled by ``--damp``), so its ``layers:N`` early exit
 agrees often -- a stand-in for a trained pair.
 
+* ``layers:N+int8`` -- the same early exit with int8 weights (a quarter of the head's bytes; on a random target
+  the int8 rounding flips many of its guesses).
+
+Verification multiplies k+1 rows by every weight matrix. It reads the weights once, but PyTorch's CPU matmul
+takes a GEMM path for more than a few rows that costs ~2 decode steps at k+1 = 7 (measured below). With
+``--verify-kernel panels`` (the default where it builds) the target's linears multiply 2..8 rows with the
+chapter's panel kernel (``cpu_kernels.PanelLinear``: a packed copy of each weight, one pass for up to 8 rows);
+one-row decode steps -- plain greedy and the draft -- still use PyTorch's GEMV, so the baseline is unchanged.
+
 For each draft length k the lesson prints the acceptance rate, tokens per target forward and tok/s against
 plain greedy decoding with the same static-cache decoder, interleaved, and checks the tokens are identical.
 
@@ -38,12 +47,14 @@ from __future__ import annotations
 import argparse
 import copy
 import sys
+import time
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # repo root: import the chapter modules
 
 import torch
 
+from pytorch_llama2_from_scratch import cpu_kernels
 from pytorch_llama2_from_scratch.fast_decode import (
     FastDecoder,
     bytes_per_token,
@@ -71,16 +82,53 @@ def damp_deep_layers(model, first: int, factor: float) -> None:
 
 
 def make_draft(model, spec: str):
-    """``"int8"`` or ``"layers:N"`` -> a draft Transformer with the target's vocabulary."""
-    if spec == "int8":
+    """``"int8"``, ``"layers:N"`` or ``"layers:N+int8"`` -> a draft Transformer with the target's vocabulary.
+
+    ``layers:N+int8`` is the early exit with int8 weights: it reads N/L of the layers *and* a quarter of the
+    output head's bytes (with a 32000-token vocabulary the head alone is a quarter of this target's weights)."""
+    base, _, suffix = spec.partition("+")
+    if suffix not in ("", "int8") or (suffix and not base.startswith("layers:")):
+        raise ValueError(f"--draft must be 'int8', 'layers:N' or 'layers:N+int8', got {spec!r}")
+    if base == "int8":
         return quantize_int8_(copy.deepcopy(model))
-    if spec.startswith("layers:"):
+    if base.startswith("layers:"):
         try:
-            n = int(spec.split(":", 1)[1])
+            n = int(base.split(":", 1)[1])
         except ValueError:
             raise ValueError(f"--draft layers:N needs an integer N, got {spec!r}") from None
-        return truncated_draft(model, n)
-    raise ValueError(f"--draft must be 'int8' or 'layers:N', got {spec!r}")
+        draft = truncated_draft(model, n)
+        return quantize_int8_(draft) if suffix else draft  # replaces the draft's own modules: the target stays fp32
+    raise ValueError(f"--draft must be 'int8', 'layers:N' or 'layers:N+int8', got {spec!r}")
+
+
+@torch.inference_mode()
+def verification_cost(model, decoder: FastDecoder, rows: int, repeats: int = 3) -> dict[str, float]:
+    """Time of one target forward over ``rows`` tokens, in decode steps (best of ``repeats``), with PyTorch's
+    matmul and, if the model has :class:`cpu_kernels.PanelLinear` layers, with the panel kernel."""
+    tokens = torch.arange(3, 3 + rows, device=decoder.cache.k0.device)[None]
+    one = tokens[:, :1]
+
+    def best(fn):
+        fn()
+        times = []
+        for _ in range(repeats):
+            t0 = time.perf_counter()
+            fn()
+            times.append(time.perf_counter() - t0)
+        return min(times)
+
+    panels = any(isinstance(m, cpu_kernels.PanelLinear) for m in model.modules())
+    step = best(lambda: decoder.step(one, 0))
+    out = {}
+    if panels:
+        out["panel kernel"] = best(lambda: decoder.prefill(tokens, 0, last_only=False)) / step
+        cpu_kernels.use_panel_kernel_(model, False, keep=True)
+    try:
+        out["torch matmul"] = best(lambda: decoder.prefill(tokens, 0, last_only=False)) / step
+    finally:
+        if panels:
+            cpu_kernels.use_panel_kernel_(model, True, repack=False)
+    return out
 
 
 def main(
@@ -96,6 +144,7 @@ def main(
     draft: str = "int8",
     damp_after: int | None = None,
     damp: float = 0.05,
+    verify_kernel: str = "auto",
     repeats: int = 3,
     threads: int | None = 1,
     clock: str = "wall",
@@ -109,6 +158,15 @@ def main(
         damp_deep_layers(model, damp_after, damp)
         print(f"layers {damp_after}..{layers - 1}: wo and w2 scaled by {damp} (blocks close to the identity)")
     small = make_draft(model, draft)
+    if verify_kernel not in ("auto", "panels", "torch"):
+        raise ValueError(f"--verify-kernel must be auto, panels or torch, got {verify_kernel!r}")
+    if verify_kernel == "panels" and not (dev.type == "cpu" and cpu_kernels.available()):
+        raise ValueError(f"--verify-kernel panels needs the CPU kernel: {cpu_kernels.unavailable_reason() or dev}")
+    use_panels = verify_kernel == "panels" or (
+        verify_kernel == "auto" and dev.type == "cpu" and cpu_kernels.available()
+    )
+    if use_panels:  # after make_draft: a layers:N draft shares the target's tensors but keeps plain nn.Linear
+        cpu_kernels.use_panel_kernel_(model)
     print(
         f"target: {model.num_params() / 1e6:.1f} M parameters fp32 ({bytes_per_token(model, total) / 1e6:.0f} "
         f"MB/token); draft {draft!r}: {bytes_per_token(small, total) / 1e6:.0f} MB/token; {dev}, "
@@ -117,6 +175,9 @@ def main(
     prompt = random_prompt(vocab, prompt_len, seed)
     tdec = FastDecoder(model, max_seq_len=total)
     ddec = FastDecoder(small, max_seq_len=total)
+    cost = verification_cost(model, tdec, max(ks) + 1)
+    print(f"verifying k+1 = {max(ks) + 1} tokens costs " + ", ".join(f"{v:.2f} decode steps with the {name}"
+                                                                   for name, v in cost.items()))  # fmt: skip
     bpt = bytes_per_token(model, total)
     methods = {"plain greedy": (lambda: tdec.generate(prompt, new_tokens), bpt)}
     stats = {}
@@ -144,15 +205,20 @@ def main(
         )
     best = max(ks, key=lambda k: res["methods"][f"speculative k={k}"]["median_tok_s"])
     print(f"best k = {best}: {res['methods'][f'speculative k={best}']['median_tok_s'] / base:.2f}x plain greedy")
-    return {"speed": res, "stats": stats, "best_k": best}
+    return {"speed": res, "stats": stats, "best_k": best, "verification_steps": cost, "verify_kernel":
+            "panels" if use_panels else "torch"}  # fmt: skip
 
 
 def parse_args(argv=None) -> argparse.Namespace:
     p = decode_parser(__doc__, new_tokens=64, repeats=3)
     p.add_argument("--ks", type=int, nargs="+", default=[1, 2, 3, 4, 6], help="draft lengths to compare")
-    p.add_argument("--draft", default="int8", help="'int8' (quantised target) or 'layers:N' (first N layers)")
+    p.add_argument("--draft", default="int8",
+                   help="'int8' (quantised target), 'layers:N' (first N layers) or 'layers:N+int8'")  # fmt: skip
     p.add_argument("--damp-after", type=int, default=None, help="scale wo/w2 of layers >= N (agreeing early exit)")
     p.add_argument("--damp", type=float, default=0.05, help="the factor of --damp-after (default 0.05)")
+    p.add_argument("--verify-kernel", choices=["auto", "panels", "torch"], default="auto",
+                   help="matmul of the k+1-row verification: the chapter's panel kernel (auto: where it builds) or "
+                   "PyTorch's")  # fmt: skip
     return parse_decode_args(p, argv)
 
 

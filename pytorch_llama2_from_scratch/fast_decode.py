@@ -131,7 +131,8 @@ class FastDecoder(nn.Module):
 
     The decoder does not copy the weights: it calls ``model.layers[i].attention.wq`` etc., so quantising the model
     in place (:func:`quantize.quantize_`) before or after building the decoder is seen by it (rebuild the compiled
-    step after such a change: ``dec.recompile()``).
+    step after such a change: ``dec.recompile()``). ``cpp_wrapper`` (CPU, compiled): generate the step's driver
+    code in C++ rather than Python (inductor's ``cpp_wrapper``); ``False`` compiles faster.
     """
 
     def __init__(
@@ -142,6 +143,7 @@ class FastDecoder(nn.Module):
         compile: bool = False,
         compile_mode: str | None = None,
         cache_dtype: torch.dtype | None = None,
+        cpp_wrapper: bool = True,
     ):
         super().__init__()
         if not isinstance(model, Transformer):
@@ -176,6 +178,7 @@ class FastDecoder(nn.Module):
         self.register_buffer("slots", torch.arange(max_seq_len, device=device), persistent=False)
         self.window = getattr(args, "sliding_window", None)
         self.compile_mode = compile_mode
+        self.cpp_wrapper = cpp_wrapper
         self.use_compile = compile
         self.compile_seconds: float | None = None  # time of the first compiled call (tracing + code generation)
         self._step = None
@@ -188,7 +191,11 @@ class FastDecoder(nn.Module):
             mode = self.compile_mode
             if mode is None and self.cache.k0.device.type == "cuda":
                 mode = "reduce-overhead"  # CUDA graphs: one launch per step instead of hundreds
-            self._step = torch.compile(self._forward_last, fullgraph=True, dynamic=False, mode=mode)
+            # CPU: inductor's C++ wrapper calls the kernels from generated C++ instead of a Python function --
+            # ~0.1 ms less per matmul call (measured +4 % tok/s at 124.7 M), for ~20 s more compile time
+            cpu = self.cache.k0.device.type == "cpu"
+            options = {"cpp_wrapper": True} if cpu and self.cpp_wrapper and mode is None else None
+            self._step = torch.compile(self._forward_last, fullgraph=True, dynamic=False, mode=mode, options=options)
         else:
             self._step = self._forward_last
 
@@ -451,6 +458,7 @@ def measure(
         row["median_tok_s"] = statistics.median(row["tok_s"])
     return {
         "methods": rows_out,
+        "outputs": outputs,  # {name: tokens of the last round}
         "bandwidth_GBs": [b / 1e9 for b in bandwidth],
         "new_tokens": new_tokens,
         "repeats": repeats,

@@ -16,11 +16,15 @@ The scale factors out of the sum over ``i``, so the kernel can multiply by the i
 ``s_o`` once per output; the weight rounding error is at most ``s_o / 2`` per element. Decode reads each weight
 once per token, so the step reads ~1 byte per weight instead of 4 (fp32) or 2 (bf16).
 
-Two kernels:
+Three kernels:
 
+* ``"gemv"`` (CPU default when it builds) -- :mod:`cpu_kernels`: each int8 row is loaded once, widened to fp32 in
+  registers and multiplied into the fp32 activations (1-8 rows per pass: decode steps and speculative
+  verification; prefill goes in chunks of 8 rows). Activations are not rounded.
 * ``"int8pack"`` -- PyTorch's ``aten._weight_int8pack_mm(x, Q, s)`` (CPU, MPS and CUDA builds): a matmul that
-  reads the int8 weights directly. On CPU it is fast for bf16/fp16 activations only, so by default the
-  activation of each linear is rounded to bf16 there (``act_dtype``); the accuracy cost is measured in lesson 22.
+  reads the int8 weights directly. On CPU it is fast for bf16/fp16 activations only, so there the activation
+  of each linear is rounded to bf16 (``act_dtype``); the accuracy cost is measured in lesson 22. The CPU
+  fallback when the ``gemv`` kernel cannot be built (no C++ compiler).
 * ``"dequant"`` -- ``F.linear(x, Q.to(x.dtype)) * s``: plain ops, which ``torch.compile`` fuses into one kernel
   on CUDA (no fp copy of the weights is materialised there); eager it *adds* the bytes of the fp copy.
 
@@ -37,6 +41,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from pytorch_basis.common import atomic_torch_save
+from pytorch_llama2_from_scratch import cpu_kernels
 from pytorch_llama2_from_scratch.model import ModelArgs, Transformer
 
 __all__ = [
@@ -51,7 +56,7 @@ __all__ = [
 ]
 
 FORMAT = "llama2-weight-only-int8"
-KERNELS = ("auto", "int8pack", "dequant")
+KERNELS = ("auto", "gemv", "int8pack", "dequant")
 
 
 class QuantizationError(ValueError):
@@ -81,8 +86,10 @@ class Int8Linear(nn.Module):
         bias: bool = False,
     ):  # fmt: skip
         super().__init__()
-        if kernel not in ("int8pack", "dequant"):
-            raise QuantizationError(f"kernel must be 'int8pack' or 'dequant', got {kernel!r}")
+        if kernel not in KERNELS[1:]:
+            raise QuantizationError(f"kernel must be one of {KERNELS[1:]}, got {kernel!r}")
+        if kernel == "gemv" and act_dtype != torch.float32:
+            raise QuantizationError(f"kernel 'gemv' multiplies float32 activations, got act_dtype {act_dtype}")
         self.in_features, self.out_features = in_features, out_features
         self.act_dtype = act_dtype
         self.kernel = kernel
@@ -107,7 +114,9 @@ class Int8Linear(nn.Module):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         x2 = x.reshape(-1, self.in_features).to(self.act_dtype)  # (..., in) -> (N, in)
-        if self.kernel == "int8pack":
+        if self.kernel == "gemv":
+            y = cpu_kernels.linear(x2, self.weight, self.scales)  # (N, out), 8 rows per pass over the weights
+        elif self.kernel == "int8pack":
             y = torch.ops.aten._weight_int8pack_mm(x2, self.weight, self.scales)  # (N, out)
         else:
             y = F.linear(x2, self.weight.to(x2.dtype)) * self.scales
@@ -118,13 +127,19 @@ class Int8Linear(nn.Module):
         return f"{self.in_features}, {self.out_features}, int8 weights, act {self.act_dtype}, kernel={self.kernel}"
 
 
-def _default_kernel(device: torch.device) -> str:
-    return "dequant" if device.type == "cuda" else "int8pack"
+def _default_kernel(device: torch.device, dtype: torch.dtype = torch.float32) -> str:
+    if device.type == "cuda":
+        return "dequant"
+    if device.type == "cpu" and dtype == torch.float32 and cpu_kernels.available():
+        return "gemv"
+    return "int8pack"
 
 
-def _default_act_dtype(device: torch.device, dtype: torch.dtype) -> torch.dtype:
+def _default_act_dtype(device: torch.device, dtype: torch.dtype, kernel: str = "int8pack") -> torch.dtype:
     # the CPU int8pack kernel is vectorised for 16-bit activations only (~8x faster than with fp32 ones)
-    return torch.bfloat16 if device.type == "cpu" and dtype == torch.float32 else dtype
+    if kernel == "int8pack" and device.type == "cpu" and dtype == torch.float32:
+        return torch.bfloat16
+    return dtype
 
 
 def _linears(model: nn.Module, skip: tuple[str, ...]):
@@ -160,9 +175,14 @@ def quantize_int8_(
     if not targets:
         raise QuantizationError("model has no nn.Linear to quantise")
     device = targets[0][3].weight.device
-    kernel = _default_kernel(device) if kernel == "auto" else kernel
+    kernel = _default_kernel(device, targets[0][3].weight.dtype) if kernel == "auto" else kernel
+    if kernel == "gemv" and not (device.type == "cpu" and cpu_kernels.available()):
+        raise QuantizationError(
+            f"kernel 'gemv' needs the CPU decode kernel on a CPU model ({device}): "
+            f"{cpu_kernels.unavailable_reason() or 'model is not on the CPU'}"
+        )
     for parent, child_name, _, linear in targets:
-        act = act_dtype or _default_act_dtype(device, linear.weight.dtype)
+        act = act_dtype or _default_act_dtype(device, linear.weight.dtype, kernel)
         setattr(parent, child_name, Int8Linear.from_linear(linear, act, kernel))
     return model
 
@@ -201,6 +221,8 @@ def load_quantized(path: str | os.PathLike, device: torch.device | str = "cpu", 
     args = ModelArgs(**obj["args"])
     act = getattr(torch, obj["act_dtype"])
     kernel = kernel or obj["kernel"]
+    if kernel == "gemv" and not (torch.device(device).type == "cpu" and cpu_kernels.available()):
+        kernel = "int8pack"  # written where the CPU kernel was built; same weights, PyTorch's int8 matmul here
     with torch.device("meta"):
         model = Transformer(args)
     int8_names = set(obj["int8"])

@@ -35,13 +35,13 @@ def test_per_channel_quantisation_error_is_at_most_half_a_step():
 
 
 @pytest.mark.parity
-@pytest.mark.parametrize("kernel", ["int8pack", "dequant"])
+@pytest.mark.parametrize("kernel", ["gemv", "int8pack", "dequant"])
 def test_int8_matmul_equals_dequantised_reference(kernel):
     g = torch.Generator().manual_seed(1)
     lin = torch.nn.Linear(96, 40, bias=False)
     with torch.no_grad():
         lin.weight.copy_(torch.randn(40, 96, generator=g))
-    x = torch.randn(3, 5, 96, generator=g)
+    x = torch.randn(3, 5, 96, generator=g)  # 15 rows: the gemv kernel's chunks of 8 rows (8 + 7)
     act = torch.bfloat16 if kernel == "int8pack" else torch.float32
     mod = Int8Linear.from_linear(lin, act_dtype=act, kernel=kernel)
     y = mod(x)
@@ -106,6 +106,8 @@ def test_bad_input_gives_one_clear_line(tmp_path):
         load_quantized(tmp_path / "other.pt")
     with pytest.raises(QuantizationError, match="kernel must be one of"):
         quantize_int8_(_tiny(), kernel="int3")
+    with pytest.raises(QuantizationError, match="kernel 'gemv' multiplies float32 activations"):
+        Int8Linear(8, 8, act_dtype=torch.bfloat16, kernel="gemv")
 
 
 def test_int8_keeps_biases_and_tied_heads_and_round_trips(tmp_path):
