@@ -18,6 +18,7 @@
 #include <torch/library.h>
 
 #include <cstdint>
+#include <type_traits>
 #if defined(__AVX512F__) || defined(__AVX2__)
 #include <immintrin.h>
 #endif
@@ -109,34 +110,6 @@ void run(int64_t M, const float* x, const T* w, const float* s, float* y, int64_
   }
 }
 
-at::Tensor small_m_linear(const at::Tensor& x_in, const at::Tensor& w_in, const c10::optional<at::Tensor>& scale) {
-  TORCH_CHECK(x_in.device().is_cpu() && w_in.device().is_cpu(), "small_m_linear: CPU tensors only");
-  TORCH_CHECK(x_in.dim() == 2 && w_in.dim() == 2, "small_m_linear: x (M, K) and w (N, K) must be 2-D");
-  TORCH_CHECK(x_in.size(1) == w_in.size(1), "small_m_linear: x has ", x_in.size(1), " columns, w has ", w_in.size(1));
-  TORCH_CHECK(x_in.size(0) >= 1 && x_in.size(0) <= 8, "small_m_linear: x must have 1..8 rows, got ", x_in.size(0));
-  TORCH_CHECK(x_in.scalar_type() == at::kFloat, "small_m_linear: x must be float32");
-  TORCH_CHECK(w_in.scalar_type() == at::kFloat || w_in.scalar_type() == at::kChar, "small_m_linear: w must be float32 or int8");
-  const at::Tensor x = x_in.contiguous(), w = w_in.contiguous();
-  const int64_t M = x.size(0), K = x.size(1), N = w.size(0);
-  at::Tensor s_t;
-  if (scale.has_value()) {
-    s_t = scale->contiguous();
-    TORCH_CHECK(s_t.scalar_type() == at::kFloat && s_t.numel() == N, "small_m_linear: scale must be float32 of shape (N,)");
-  }
-  at::Tensor y = at::empty({M, N}, x.options());
-  const float* xp = x.data_ptr<float>();
-  const float* sp = s_t.defined() ? s_t.data_ptr<float>() : nullptr;
-  float* yp = y.data_ptr<float>();
-  if (w.scalar_type() == at::kChar) {
-    const int8_t* wp = w.data_ptr<int8_t>();
-    at::parallel_for(0, N, 16, [&](int64_t a, int64_t b) { run<2048>(M, xp, wp, sp, yp, K, N, a, b); });
-  } else {
-    const float* wp = w.data_ptr<float>();
-    at::parallel_for(0, N, 16, [&](int64_t a, int64_t b) { run<0>(M, xp, wp, sp, yp, K, N, a, b); });
-  }
-  return y;
-}
-
 // ---- panel layout: no horizontal sums.  Wp (N16, K, 16) holds W^T in panels of 16 outputs: Wp[p, k, j] =
 // W[16 p + j, k] (zero rows pad N to a multiple of 16). For each k, one contiguous load of 16 weights is
 // multiplied by x[m, k] broadcast, into 16 output accumulators per row of x: y[m, 16p : 16p + 16] arrives in
@@ -192,33 +165,61 @@ void run_panels(int64_t M, const float* x, const T* w, const float* s, float* y,
   }
 }
 
-at::Tensor small_m_linear_panels(const at::Tensor& x_in, const at::Tensor& wp_in, int64_t n, const c10::optional<at::Tensor>& scale) {
-  TORCH_CHECK(x_in.device().is_cpu() && wp_in.device().is_cpu(), "small_m_linear_panels: CPU tensors only");
-  TORCH_CHECK(x_in.dim() == 2 && wp_in.dim() == 3 && wp_in.size(2) == 16, "small_m_linear_panels: x (M, K), wp (N16, K, 16)");
-  TORCH_CHECK(x_in.size(1) == wp_in.size(1), "small_m_linear_panels: x has ", x_in.size(1), " columns, wp has K = ", wp_in.size(1));
-  TORCH_CHECK(x_in.size(0) >= 1 && x_in.size(0) <= 8, "small_m_linear_panels: x must have 1..8 rows, got ", x_in.size(0));
-  TORCH_CHECK(n >= 1 && n <= wp_in.size(0) * 16 && n > (wp_in.size(0) - 1) * 16, "small_m_linear_panels: n does not match the panels");
-  TORCH_CHECK(x_in.scalar_type() == at::kFloat, "small_m_linear_panels: x must be float32");
-  TORCH_CHECK(wp_in.scalar_type() == at::kFloat || wp_in.scalar_type() == at::kChar, "small_m_linear_panels: wp must be float32 or int8");
-  const at::Tensor x = x_in.contiguous(), wp = wp_in.contiguous();
-  const int64_t M = x.size(0), K = x.size(1), P = wp.size(0);
-  at::Tensor s_t;
+// Checks shared by both operators; returns x, w, the scale (or undefined) contiguous and the output (M, n).
+struct Operands {
+  at::Tensor x, w, s, y;
+};
+
+Operands prepare(const char* op, const at::Tensor& x, const at::Tensor& w, int64_t k_of_w, int64_t n,
+                 const c10::optional<at::Tensor>& scale) {
+  TORCH_CHECK(x.device().is_cpu() && w.device().is_cpu(), op, ": CPU tensors only");
+  TORCH_CHECK(x.dim() == 2, op, ": x must be 2-D (M, K)");
+  TORCH_CHECK(x.size(1) == k_of_w, op, ": x has ", x.size(1), " columns, w has K = ", k_of_w);
+  TORCH_CHECK(x.size(0) >= 1 && x.size(0) <= 8, op, ": x must have 1..8 rows, got ", x.size(0));
+  TORCH_CHECK(x.scalar_type() == at::kFloat, op, ": x must be float32");
+  TORCH_CHECK(w.scalar_type() == at::kFloat || w.scalar_type() == at::kChar, op, ": w must be float32 or int8");
+  Operands o{x.contiguous(), w.contiguous(), at::Tensor(), at::empty({x.size(0), n}, x.options())};
   if (scale.has_value()) {
-    s_t = scale->contiguous();
-    TORCH_CHECK(s_t.scalar_type() == at::kFloat && s_t.numel() == n, "small_m_linear_panels: scale must be float32 of shape (n,)");
+    o.s = scale->contiguous();
+    TORCH_CHECK(o.s.scalar_type() == at::kFloat && o.s.numel() == n, op, ": scale must be float32 of shape (N,)");
   }
-  at::Tensor y = at::empty({M, n}, x.options());
-  const float* xp = x.data_ptr<float>();
-  const float* sp = s_t.defined() ? s_t.data_ptr<float>() : nullptr;
-  float* yp = y.data_ptr<float>();
-  if (wp.scalar_type() == at::kChar) {
-    const int8_t* w = wp.data_ptr<int8_t>();
-    at::parallel_for(0, P, 4, [&](int64_t a, int64_t b) { run_panels(M, xp, w, sp, yp, K, n, a, b); });
-  } else {
-    const float* w = wp.data_ptr<float>();
-    at::parallel_for(0, P, 4, [&](int64_t a, int64_t b) { run_panels(M, xp, w, sp, yp, K, n, a, b); });
-  }
-  return y;
+  return o;
+}
+
+// Calls body(w_ptr) with W's data as int8_t* or float*.
+template <typename F>
+void with_weight_type(const at::Tensor& w, F body) {
+  if (w.scalar_type() == at::kChar) body(w.data_ptr<int8_t>());
+  else body(w.data_ptr<float>());
+}
+
+at::Tensor small_m_linear(const at::Tensor& x_in, const at::Tensor& w_in, const c10::optional<at::Tensor>& scale) {
+  TORCH_CHECK(w_in.dim() == 2, "small_m_linear: w must be 2-D (N, K)");
+  const int64_t N = w_in.size(0);
+  Operands o = prepare("small_m_linear", x_in, w_in, w_in.size(1), N, scale);
+  const int64_t M = o.x.size(0), K = o.x.size(1);
+  const float* xp = o.x.data_ptr<float>();
+  const float* sp = o.s.defined() ? o.s.data_ptr<float>() : nullptr;
+  float* yp = o.y.data_ptr<float>();
+  with_weight_type(o.w, [&](auto* wp) {
+    constexpr int PF = std::is_same_v<std::remove_cv_t<std::remove_pointer_t<decltype(wp)>>, int8_t> ? 2048 : 0;
+    at::parallel_for(0, N, 16, [&](int64_t a, int64_t b) { run<PF>(M, xp, wp, sp, yp, K, N, a, b); });
+  });
+  return o.y;
+}
+
+at::Tensor small_m_linear_panels(const at::Tensor& x_in, const at::Tensor& wp_in, int64_t n, const c10::optional<at::Tensor>& scale) {
+  TORCH_CHECK(wp_in.dim() == 3 && wp_in.size(2) == 16, "small_m_linear_panels: wp must be (N16, K, 16)");
+  TORCH_CHECK(n >= 1 && n <= wp_in.size(0) * 16 && n > (wp_in.size(0) - 1) * 16, "small_m_linear_panels: n does not match the panels");
+  Operands o = prepare("small_m_linear_panels", x_in, wp_in, wp_in.size(1), n, scale);
+  const int64_t M = o.x.size(0), K = o.x.size(1), P = o.w.size(0);
+  const float* xp = o.x.data_ptr<float>();
+  const float* sp = o.s.defined() ? o.s.data_ptr<float>() : nullptr;
+  float* yp = o.y.data_ptr<float>();
+  with_weight_type(o.w, [&](auto* wp) {
+    at::parallel_for(0, P, 4, [&](int64_t a, int64_t b) { run_panels(M, xp, wp, sp, yp, K, n, a, b); });
+  });
+  return o.y;
 }
 
 }  // namespace
