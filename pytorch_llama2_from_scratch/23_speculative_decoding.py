@@ -67,19 +67,7 @@ from pytorch_llama2_from_scratch.fast_decode import (
     warm_and_measure,
 )
 from pytorch_llama2_from_scratch.quantize import quantize_int8_
-from pytorch_llama2_from_scratch.speculative import speculative_generate, truncated_draft
-
-
-@torch.no_grad()
-def damp_deep_layers(model, first: int, factor: float) -> None:
-    """Scale the output projections (wo, w2) of layers ``first..`` by ``factor``: their blocks add little to the
-    residual stream, as the later layers of a trained model often do on easy tokens -- a random stand-in for
-    a target whose early exit agrees often."""
-    if not 0 <= first < model.args.n_layers:
-        raise ValueError(f"--damp-after must be in [0, {model.args.n_layers - 1}], got {first}")
-    for layer in model.layers[first:]:
-        layer.attention.wo.weight.mul_(factor)
-        layer.feed_forward.w2.weight.mul_(factor)
+from pytorch_llama2_from_scratch.speculative import damp_deep_layers, speculative_generate, truncated_draft
 
 
 def make_draft(model, spec: str):

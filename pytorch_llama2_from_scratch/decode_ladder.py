@@ -40,7 +40,7 @@ from pytorch_llama2_from_scratch.fast_decode import (
 )
 from pytorch_llama2_from_scratch.generate import generate
 from pytorch_llama2_from_scratch.quantize import quantize_int8_
-from pytorch_llama2_from_scratch.speculative import speculative_generate, truncated_draft
+from pytorch_llama2_from_scratch.speculative import damp_deep_layers, speculative_generate, truncated_draft
 
 DAMPED = "damped target"  # prefix of the rows measured on lesson 23's agreeing pair
 
@@ -100,9 +100,7 @@ def ladder(
     exit_layer = min(2, layers - 1)
     if damped_ks and exit_layer >= 1:  # lesson 23's pair: layers 2.. of a copy barely change the residual stream
         damped = copy.deepcopy(model)
-        for layer in damped.layers[exit_layer:]:
-            layer.attention.wo.weight.data.mul_(0.01)
-            layer.feed_forward.w2.weight.data.mul_(0.01)
+        damp_deep_layers(damped, exit_layer, 0.01)
         early = truncated_draft(damped, exit_layer)
         cpu_kernels.use_panel_kernel_(damped)  # repack: the damped weights
         tdamp, ddamp = FastDecoder(damped, max_seq_len=total), FastDecoder(early, max_seq_len=total)

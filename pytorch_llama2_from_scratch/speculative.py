@@ -47,7 +47,7 @@ import torch
 from pytorch_llama2_from_scratch.fast_decode import FastDecoder
 from pytorch_llama2_from_scratch.model import Transformer
 
-__all__ = ["SpecStats", "accept_reject", "speculative_generate", "truncated_draft"]
+__all__ = ["SpecStats", "accept_reject", "damp_deep_layers", "speculative_generate", "truncated_draft"]
 
 
 @dataclass
@@ -111,6 +111,18 @@ def truncated_draft(model: Transformer, n_layers: int) -> Transformer:
         attn.cache_k = torch.zeros(attn.cache_k.shape, dtype=model.norm.weight.dtype, device=device)
         attn.cache_v = torch.zeros(attn.cache_v.shape, dtype=model.norm.weight.dtype, device=device)
     return draft.eval()
+
+
+@torch.no_grad()
+def damp_deep_layers(model, first: int, factor: float) -> None:
+    """Scale the output projections (wo, w2) of layers ``first..`` by ``factor``: their blocks add little to the
+    residual stream, as the later layers of a trained model often do on easy tokens -- a random stand-in for
+    a target whose early exit agrees often."""
+    if not 0 <= first < model.args.n_layers:
+        raise ValueError(f"--damp-after must be in [0, {model.args.n_layers - 1}], got {first}")
+    for layer in model.layers[first:]:
+        layer.attention.wo.weight.mul_(factor)
+        layer.feed_forward.w2.weight.mul_(factor)
 
 
 def _check_pair(target: Transformer, draft: Transformer, k: int) -> None:
