@@ -635,8 +635,7 @@ def compare(recipes: list[Recipe], args: argparse.Namespace, stem: str, title: s
         torch.set_num_threads(args.threads)
     if args.tiny:
         recipes = [shrink(r) for r in recipes]
-    out = Path(args.out) if args.out else out_dir("speedrun")
-    out.mkdir(parents=True, exist_ok=True)
+    out = Path(args.out) if args.out else out_dir("speedrun")  # report() creates it
     results = run_ladder(
         recipes,
         args.seeds,
