@@ -58,7 +58,7 @@ def ladder(
     fp16 = copy.deepcopy(model).to(torch.float16)
     int8 = quantize_int8_(copy.deepcopy(model))
     int8pack = quantize_int8_(copy.deepcopy(model), kernel="int8pack") if int8.output.kernel != "int8pack" else None
-    panels = cpu_kernels.use_panel_kernel_(model) > 0  # 2..8-row products (verification): the panel kernel
+    cpu_kernels.use_panel_kernel_(model)  # 2..8-row products (verification): the panel kernel, where it builds
     dec = {name: FastDecoder(m, max_seq_len=total) for name, m in
            (("fp32", model), ("bf16", bf16), ("fp16", fp16), ("int8", int8))}  # fmt: skip
     ctx = prompt_len + new_tokens // 2
@@ -125,7 +125,7 @@ def ladder(
     acc, tiny = format_accuracy(("bf16", "fp16", "int8"), checkpoint, windows=windows)
     res.update(
         params=model.num_params(), stats=stats, accuracy=acc, compile_seconds=compiled.compile_seconds if compiled else
-        None, tiny=tiny, panels=panels,
+        None, tiny=tiny,
     )  # fmt: skip
     return res
 

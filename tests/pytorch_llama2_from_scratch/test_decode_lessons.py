@@ -59,7 +59,9 @@ def test_lesson22_int8(load_lesson, tiny_checkpoint):
     assert res["accuracy"]["int8"]["top1_agreement"] > 0.9
     assert set(res["kernels_ms"]) >= {"fp32 F.linear", "int8 _weight_int8pack_mm (bf16 act)",
                                       "int8 cpu_kernels gemv (fp32 act)"}  # fmt: skip
-    assert rows["int8, int8pack"]["same_tokens"] >= 0  # PyTorch's int8 kernel measured next to the default one
+    # PyTorch's int8 kernel measured next to the default one: also ~1 byte per weight (its scales are bf16)
+    assert rows["int8, int8pack"]["bytes_per_token"] < rows["int8 weights"]["bytes_per_token"]
+    assert rows["int8, int8pack"]["bytes_per_token"] < 0.3 * rows["fp32 weights"]["bytes_per_token"] + 512 * 64 * 4
 
 
 def test_lesson23_speculative_is_identical_to_greedy(load_lesson):
