@@ -7,8 +7,10 @@ does 2 flops per weight it reads, far below what a CPU or GPU can compute per by
     bytes/token = sum over linears of out*in*bytes  +  one embedding row  +  K/V cache (2 * L * S * KV * hd * bytes)
     limit tok/s = GEMV bandwidth / bytes/token
 
-The bandwidth is *measured*, in the same run, by timing ``F.linear`` of one row against a matrix as large as the
-model's weights (same dtype, same threads) -- the practical limit of this machine, not a datasheet number.
+The bandwidth is *measured*, in the same run, by timing one row through every weight matrix of the model (its own
+shapes, dtype and threads) -- the practical limit of this machine, not a datasheet number. On CPU with fp32
+weights two GEMVs are timed, PyTorch's ``F.linear`` and the chapter's panel kernel (``cpu_kernels.py``, used
+from lesson 23 on), and the faster one sets the limit (``fast_decode.model_gemv_probe``).
 
 This lesson prints (1) the bytes per token of a ~125M-parameter random LLaMA by part, (2) the GEMV bandwidth,
 the limit and the measured decode speed of the chapter's KV-cache ``generate``, interleaved, (3) a

@@ -12,7 +12,10 @@ dynamic. :class:`fast_decode.FastDecoder` keeps one shape for the whole generati
 A fixed-shape step compiles once: ``torch.compile(step, fullgraph=True, dynamic=False)`` traces the ~450 small
 operations of one step into one graph, fuses the elementwise ones (RMSNorm, RoPE, SiLU * gate, residual adds)
 into a few generated kernels and calls the matmuls directly; on CUDA ``mode="reduce-overhead"`` also records a
-CUDA graph, so one step is one launch. The compile itself takes time, shown here, and pays off only after::
+CUDA graph, so one step is one launch. On CPU the step's attention is written as broadcasts and sums
+(``FastDecoder(step_attention="reduce")``, the default there when compiled): inductor fuses it into two loops per
+layer, where ``F.scaled_dot_product_attention`` is an opaque call with its own set-up cost in every layer (+2 %
+tok/s measured at 125M). The compile itself takes time, shown here, and pays off only after::
 
     break-even tokens  n*  =  compile seconds / (1 / eager tok/s  -  1 / compiled tok/s)
 

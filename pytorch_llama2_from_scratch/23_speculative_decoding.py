@@ -29,10 +29,10 @@ agrees often -- a stand-in for a trained pair.
 
 Verification multiplies k+1 rows by every weight matrix. It reads the weights once, but PyTorch's CPU matmul
 takes a GEMM path for more than a few rows that costs ~2 decode steps at k+1 = 7 (measured below). With
-``--verify-kernel panels`` (the default where it builds) the target's linears multiply 2..8 rows with the
+``--verify-kernel panels`` (the default where it builds) the target's linears multiply 1..8 rows with the
 chapter's panel kernel (``cpu_kernels.PanelLinear``: a packed copy of each weight, one pass for up to 8 rows,
-so k <= 7; k+1 > 8 rows take two passes);
-one-row decode steps -- plain greedy and the draft -- still use PyTorch's GEMV, so the baseline is unchanged.
+so k <= 7; k+1 > 8 rows take two passes). The target's one-row steps -- plain greedy, the baseline -- go through
+the same kernel, so the comparison is kernel against kernel; ``layers:N`` drafts keep PyTorch's ``nn.Linear``.
 
 For each draft length k the lesson prints the acceptance rate, tokens per target forward and tok/s against
 plain greedy decoding with the same static-cache decoder, interleaved, and checks the tokens are identical.
@@ -92,8 +92,8 @@ def make_draft(model, spec: str):
 
 @torch.inference_mode()
 def verification_cost(model, decoder: FastDecoder, rows: int, repeats: int = 3) -> dict[str, float]:
-    """Time of one target forward over ``rows`` tokens, in decode steps (best of ``repeats``), with PyTorch's
-    matmul and, if the model has :class:`cpu_kernels.PanelLinear` layers, with the panel kernel."""
+    """Time of one target forward over ``rows`` tokens in decode steps of the same kernel (best of ``repeats``):
+    with PyTorch's matmul and, if the model has :class:`cpu_kernels.PanelLinear` layers, with the panel kernel."""
     tokens = torch.arange(3, 3 + rows, device=decoder.cache.k0.device)[None]
     one = tokens[:, :1]
 
@@ -106,14 +106,16 @@ def verification_cost(model, decoder: FastDecoder, rows: int, repeats: int = 3) 
             times.append(time.perf_counter() - t0)
         return min(times)
 
+    def in_steps():  # (k+1)-row forward / one-row step
+        return best(lambda: decoder.prefill(tokens, 0, last_only=False)) / best(lambda: decoder.step(one, 0))
+
     panels = any(isinstance(m, cpu_kernels.PanelLinear) for m in model.modules())
-    step = best(lambda: decoder.step(one, 0))
     out = {}
     if panels:
-        out["panel kernel"] = best(lambda: decoder.prefill(tokens, 0, last_only=False)) / step
+        out["panel kernel"] = in_steps()
         cpu_kernels.use_panel_kernel_(model, False, keep=True)
     try:
-        out["torch matmul"] = best(lambda: decoder.prefill(tokens, 0, last_only=False)) / step
+        out["torch matmul"] = in_steps()
     finally:
         if panels:
             cpu_kernels.use_panel_kernel_(model, True, repack=False)
@@ -207,8 +209,8 @@ def parse_args(argv=None) -> argparse.Namespace:
     p.add_argument("--damp-after", type=int, default=None, help="scale wo/w2 of layers >= N (agreeing early exit)")
     p.add_argument("--damp", type=float, default=0.05, help="the factor of --damp-after (default 0.05)")
     p.add_argument("--verify-kernel", choices=["auto", "panels", "torch"], default="auto",
-                   help="matmul of the k+1-row verification: the chapter's panel kernel (auto: where it builds) or "
-                   "PyTorch's")  # fmt: skip
+                   help="matmul of the target's 1..8-row products (steps and verification): the chapter's panel "
+                   "kernel (auto: where it builds) or PyTorch's")  # fmt: skip
     return parse_decode_args(p, argv)
 
 

@@ -9,8 +9,8 @@
 A decode step multiplies one activation row by every weight matrix; speculative verification multiplies k+1
 rows. Both are memory-bound: the time is the time to read W. Two PyTorch CPU kernels fall short of that:
 
-* fp32: MKL's GEMV streams W at the memory bandwidth for one row, but for 2-8 rows it takes a GEMM path that
-  packs W first -- measured ~2x the time of one row for 4 rows, although W is read only once;
+* fp32: MKL's GEMV streams W close to the memory bandwidth for one row, but for 2-8 rows it takes a GEMM path
+  that packs W first -- measured ~2x the time of one row for 4 rows, although W is read only once;
 * int8: ``aten._weight_int8pack_mm`` reads 1 byte per weight but streams it at a lower rate than fp32, and on
   CPU it needs 16-bit activations to be fast (the activations are rounded to bf16).
 
@@ -29,9 +29,10 @@ Two weight layouts:
   vector lanes at the end of the row. Used for the int8 weights of :mod:`quantize` (``kernel="gemv"``).
 * panels (:func:`pack_panels`, :func:`linear_panels`): W^T in panels of 16 outputs, k-major. 16 outputs live in
   one vector register and need no lane sums -- which matter with 7 rows of x: measured ~1.0 GEMV for 7 rows,
-  where the rows layout took ~1.6 and ``F.linear`` ~2. Costs a packed copy of the weight.
-  :class:`PanelLinear` / :func:`use_panel_kernel_` put it under a model's fp32 linears for speculative
-  verification (lesson 23).
+  where the rows layout took ~1.6 and ``F.linear`` ~2; with a software prefetch ahead of each panel's stream one
+  row runs ~5-10 % faster than MKL's GEMV. Costs a packed copy of the weight. :class:`PanelLinear` /
+  :func:`use_panel_kernel_` put it under a model's fp32 linears for decode steps and speculative verification
+  (lessons 23, :mod:`decode_ladder`).
 """
 
 from __future__ import annotations
@@ -181,17 +182,16 @@ def linear_panels(
 
 class PanelLinear(nn.Linear):
     """An ``nn.Linear`` that also holds its fp32 weight in the panel layout (``panel_weight``, a non-persistent
-    buffer: the state_dict is unchanged) and multiplies 2..8 rows -- speculative verification -- with the panel
-    kernel. One row (a decode step) stays with ``F.linear``, whose GEMV already streams at the bandwidth limit (the
-    panel kernel measured the same there), and so do more rows (prefill). Costs a second copy of the weight.
-
+    buffer: the state_dict is unchanged) and multiplies 1..8 rows -- decode steps and speculative verification --
+    with the panel kernel (one row: measured ~5-10 % faster than MKL's GEMV on one Intel core; 7 rows: ~1 GEMV
+    where ``F.linear`` takes ~2). More rows (prefill) stay with ``F.linear``. Costs a second copy of the weight.
     The panels are a copy: after changing ``weight`` in place, call :func:`use_panel_kernel_` again to repack."""
 
     panel_weight: torch.Tensor
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         rows = x.numel() // max(x.shape[-1], 1)
-        if 2 <= rows <= MAX_ROWS and x.dtype == torch.float32 and self.panel_weight.dtype == torch.float32:
+        if 1 <= rows <= MAX_ROWS and x.dtype == torch.float32 and self.panel_weight.dtype == torch.float32:
             return linear_panels(x, self.panel_weight, self.out_features, bias=self.bias)
         return F.linear(x, self.weight, self.bias)
 

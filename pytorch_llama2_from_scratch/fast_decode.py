@@ -110,6 +110,26 @@ class StaticKVCache(nn.Module):
             b.zero_()
 
 
+def _attention_by_reduction(q: torch.Tensor, keys: torch.Tensor, values: torch.Tensor, mask: torch.Tensor):
+    """Causal attention of T queries over the S cache slots written as broadcasts and sums (no matmul call):
+
+        s[b, g, r, t, j] = sum_d q[b, t, g*R + r, d] * K[b, g, j, d] / sqrt(hd)      (query head h = g*R + r)
+        p = softmax_j(s masked to -inf where mask[t, j] is False);   out[b, t, h, :] = sum_j p[..., j] * V[b, g, j, :]
+
+    q (B, T, H, hd); keys, values (B, KV, S, hd); mask (T, S) bool; returns (B, T, H*hd). In a compiled one-token
+    step inductor fuses each line into one loop nest over the S <= a few thousand slots, where
+    ``scaled_dot_product_attention`` is an opaque call with its own set-up per layer (measured on one CPU core at
+    124.7 M parameters: 0.7 ms of a 36 ms step for 12 layers; this form +2 % tok/s). Eager it would materialise
+    (B, KV, R, T, S, hd) products, so the eager path keeps SDPA."""
+    b, t, h, hd = q.shape
+    kv = keys.shape[1]
+    qg = q.view(b, t, kv, h // kv, hd).permute(0, 2, 3, 1, 4)  # (B, T, H, hd) -> (B, KV, R, T, hd)
+    s = (qg[..., None, :] * keys[:, :, None, None]).sum(-1) * hd**-0.5  # (B, KV, R, T, 1, hd)*(B, KV, 1, 1, S, hd)
+    p = s.masked_fill(~mask, float("-inf")).softmax(-1)  # (B, KV, R, T, S)
+    out = (p[..., None] * values[:, :, None, None]).sum(-2)  # (B, KV, R, T, S, 1)*(B, KV, 1, 1, S, hd) -> (.., hd)
+    return out.permute(0, 3, 1, 2, 4).reshape(b, t, h * hd)  # (B, KV, R, T, hd) -> (B, T, H*hd)
+
+
 def _rotate(x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> torch.Tensor:
     """Interleaved RoPE in real arithmetic. x: (B, T, h, hd); cos/sin: (T, hd/2) float32."""
     xf = x.float().reshape(*x.shape[:-1], -1, 2)  # (B, T, h, hd) -> (B, T, h, hd/2, 2)
@@ -132,7 +152,10 @@ class FastDecoder(nn.Module):
     The decoder does not copy the weights: it calls ``model.layers[i].attention.wq`` etc., so quantising the model
     in place (:func:`quantize.quantize_`) before or after building the decoder is seen by it (rebuild the compiled
     step after such a change: ``dec.recompile()``). ``cpp_wrapper`` (CPU, compiled): generate the step's driver
-    code in C++ rather than Python (inductor's ``cpp_wrapper``); ``False`` compiles faster.
+    code in C++ rather than Python (inductor's ``cpp_wrapper``); ``False`` compiles faster. ``step_attention``:
+    the attention of the one-token step, ``"sdpa"`` (``F.scaled_dot_product_attention``) or ``"reduce"``
+    (:func:`_attention_by_reduction`, which inductor fuses); ``"auto"`` = ``"reduce"`` for a compiled step on CPU.
+    Prefill always uses SDPA.
     """
 
     def __init__(
@@ -144,8 +167,11 @@ class FastDecoder(nn.Module):
         compile_mode: str | None = None,
         cache_dtype: torch.dtype | None = None,
         cpp_wrapper: bool = True,
+        step_attention: str = "auto",
     ):
         super().__init__()
+        if step_attention not in ("auto", "sdpa", "reduce"):
+            raise ValueError(f"step_attention must be 'auto', 'sdpa' or 'reduce', got {step_attention!r}")
         if not isinstance(model, Transformer):
             raise TypeError(f"FastDecoder needs a model.Transformer, got {type(model).__name__}")
         for i, layer in enumerate(model.layers):
@@ -177,6 +203,9 @@ class FastDecoder(nn.Module):
         self.register_buffer("rope_sin", table.imag.contiguous(), persistent=False)
         self.register_buffer("slots", torch.arange(max_seq_len, device=device), persistent=False)
         self.window = getattr(args, "sliding_window", None)
+        if step_attention == "auto":  # compiled on CPU: the fused reduction; else PyTorch's SDPA kernels
+            step_attention = "reduce" if compile and device.type == "cpu" else "sdpa"
+        self.step_attention = step_attention
         self.compile_mode = compile_mode
         self.cpp_wrapper = cpp_wrapper
         self.use_compile = compile
@@ -201,9 +230,13 @@ class FastDecoder(nn.Module):
 
     # ----------------------------------------------------------------------------------- forward
     def _forward_last(self, tokens: torch.Tensor, pos: torch.Tensor) -> torch.Tensor:
-        return self.forward(tokens, pos, last_only=True)
+        return self.forward(tokens, pos, last_only=True, attention=self.step_attention)
 
-    def forward(self, tokens: torch.Tensor, pos: torch.Tensor, last_only: bool = False) -> torch.Tensor:
+    def forward(
+        self, tokens: torch.Tensor, pos: torch.Tensor, last_only: bool = False, attention: str = "sdpa"
+    ) -> torch.Tensor:
+        if attention not in ("sdpa", "reduce"):
+            raise ValueError(f"attention must be 'sdpa' or 'reduce', got {attention!r}")
         m = self.model
         b, t = tokens.shape
         cos, sin = self.rope_cos[pos], self.rope_sin[pos]  # (T, hd/2)
@@ -222,9 +255,12 @@ class FastDecoder(nn.Module):
             q, k = _rotate(q, cos, sin), _rotate(k, cos, sin)
             keys, values = self.cache.update(i, pos, k.transpose(1, 2), v.transpose(1, 2))  # (B, KV, S_max, hd)
             keys, values = keys[:b].to(q.dtype), values[:b].to(q.dtype)
-            gqa = {"enable_gqa": True} if attn.n_rep > 1 else {}
-            out = F.scaled_dot_product_attention(q.transpose(1, 2), keys, values, attn_mask=mask, **gqa)  # (B,H,T,hd)
-            out = out.transpose(1, 2).reshape(b, t, attn.n_heads * attn.head_dim)  # (B, H, T, hd) -> (B, T, H*hd)
+            if attention == "reduce":
+                out = _attention_by_reduction(q, keys, values, mask)  # (B, T, H*hd)
+            else:
+                gqa = {"enable_gqa": True} if attn.n_rep > 1 else {}
+                out = F.scaled_dot_product_attention(q.transpose(1, 2), keys, values, attn_mask=mask, **gqa)
+                out = out.transpose(1, 2).reshape(b, t, attn.n_heads * attn.head_dim)  # (B,H,T,hd) -> (B,T,H*hd)
             h = h + attn.wo(out)
             h = h + layer.feed_forward(layer.ffn_norm(h))
         if last_only:
@@ -377,30 +413,52 @@ def spread(values: Sequence[float], fmt: str = ".1f") -> str:
     return f"{statistics.median(values):{fmt}} [{min(values):{fmt}}-{max(values):{fmt}}]"
 
 
-def model_gemv_probe(model: nn.Module, repeats: int = 3) -> Callable[[], float]:
-    """A probe returning bytes/s of ``F.linear(x, W)`` over every ``nn.Linear`` weight of ``model``, best of
-    ``repeats``: the model's own matrix shapes and dtype, i.e. the time of one decode step's matmuls and nothing
-    else. (A GEMV's speed depends on its shape: on one CPU core a 768-wide matrix streams at ~3/4 the speed of a
-    4096-wide one, so a single big matrix would promise a limit the model's shapes cannot reach.)"""
-    weights = [m.weight for m in model.modules() if isinstance(m, nn.Linear)]
-    if not weights:
+def model_gemv_probe(model: nn.Module, repeats: int = 3, kernels: str = "best") -> Callable[[], float]:
+    """A probe returning bytes/s of the one-row products ``x @ W^T`` over every ``nn.Linear`` weight of ``model``,
+    best of ``repeats``: the model's own matrix shapes and dtype, i.e. the time of one decode step's matmuls and
+    nothing else. (A GEMV's speed depends on its shape: on one CPU core a 768-wide matrix streams at ~3/4 the
+    speed of a 4096-wide one, so a single big matrix would promise a limit the model's shapes cannot reach.)
+
+    ``kernels="best"``: on CPU with fp32 weights, the faster of two GEMVs -- ``F.linear`` (MKL) and the panel
+    kernel of :mod:`cpu_kernels` (it streams ~10 % faster on one Intel core, so MKL's GEMV alone would understate
+    the limit); the panels are the modules' own (:class:`cpu_kernels.PanelLinear`) or a copy packed here.
+    ``kernels="torch"``: ``F.linear`` only. ``probe.last`` holds the bytes/s of each GEMV in the latest call."""
+    if kernels not in ("best", "torch"):
+        raise ValueError(f"kernels must be 'best' or 'torch', got {kernels!r}")
+    linears = [m for m in model.modules() if isinstance(m, nn.Linear)]
+    if not linears:
         raise ValueError("model_gemv_probe needs a model with nn.Linear layers")
+    weights = [m.weight for m in linears]
     xs = [torch.randn(1, w.shape[1], device=w.device).to(w.dtype) for w in weights]
     nbytes = sum(w.nelement() * w.element_size() for w in weights)
     device = weights[0].device
+    products = {"F.linear": (F.linear, list(zip(xs, weights)))}  # {name: (fn, [args of each call])}
+    fp32_cpu = device.type == "cpu" and all(w.dtype == torch.float32 for w in weights)
+    if kernels == "best" and fp32_cpu:
+        from pytorch_llama2_from_scratch import cpu_kernels
+
+        if cpu_kernels.available():
+            panels = [getattr(m, "panel_weight", None) for m in linears]
+            panels = [p if p is not None else cpu_kernels.pack_panels(m.weight) for p, m in zip(panels, linears)]
+            args = [(x, p, w.shape[0], None) for x, p, w in zip(xs, panels, weights)]
+            products["panel kernel"] = (torch.ops.llm_scratch.small_m_linear_panels, args)
 
     def probe(now: Callable[[], float] = time.perf_counter) -> float:
-        best = float("inf")
+        probe.last = {}
         with torch.inference_mode():
-            for _ in range(repeats):
-                _sync(device)
-                t0 = now()
-                for x, w in zip(xs, weights):
-                    F.linear(x, w)
-                _sync(device)
-                best = min(best, now() - t0)
-        return nbytes / max(best, 1e-9)
+            for name, (fn, calls) in products.items():
+                best = float("inf")
+                for _ in range(repeats):
+                    _sync(device)
+                    t0 = now()
+                    for a in calls:
+                        fn(*a)
+                    _sync(device)
+                    best = min(best, now() - t0)
+                probe.last[name] = nbytes / max(best, 1e-9)
+        return max(probe.last.values())
 
+    probe.last = {}
     return probe
 
 
@@ -440,9 +498,12 @@ def measure(
         from tqdm.auto import tqdm
 
         rounds = tqdm(rounds, desc="interleaved rounds", leave=False)
+    by_kernel: dict[str, list[float]] = {}  # a probe with ``last`` ({GEMV: bytes/s}) reports each GEMV it timed
     for _ in rounds:
         bw = probe(now)
         bandwidth.append(bw)
+        for name, value in getattr(probe, "last", {}).items():
+            by_kernel.setdefault(name, []).append(value / 1e9)
         for name, (fn, nbytes) in methods.items():
             _sync(device)
             t0 = now()
@@ -460,6 +521,7 @@ def measure(
         "methods": rows_out,
         "outputs": outputs,  # {name: tokens of the last round}
         "bandwidth_GBs": [b / 1e9 for b in bandwidth],
+        "bandwidth_by_kernel_GBs": by_kernel,
         "new_tokens": new_tokens,
         "repeats": repeats,
         "clock": clock,

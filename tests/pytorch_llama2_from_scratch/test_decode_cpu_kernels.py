@@ -122,6 +122,40 @@ def test_panel_linear_switches_in_place_and_keeps_outputs():
         assert torch.equal(model(ids, use_cache=False), ref)
 
 
+def test_panel_linear_one_row_goes_through_the_kernel():
+    """A decode step's single row uses the panels too (they stream faster than MKL's GEMV on some CPUs): equal to
+    a float64 product, and it really reads the panels (zeroed panels give zeros, the weight is untouched)."""
+    torch.manual_seed(4)
+    lin = torch.nn.Linear(96, 40, bias=True)
+    x = torch.randn(1, 1, 96)
+    ref64 = x.double() @ lin.weight.double().T + lin.bias.double()
+    with torch.inference_mode():
+        ref32 = lin(x)
+        assert cpu_kernels.use_panel_kernel_(lin) == 1
+        assert_close_to_fp64(lin(x), ref64, ref32, what="PanelLinear, one row")
+        lin.panel_weight.zero_()
+        assert torch.equal(lin(x), lin.bias.expand(1, 1, 40)) and lin.weight.abs().sum() > 0
+        assert not torch.equal(lin(torch.randn(9, 96))[:, :1], lin.bias[:1].expand(9, 1))  # 9 rows: F.linear
+
+
+def test_model_gemv_probe_takes_the_faster_gemv():
+    from pytorch_llama2_from_scratch.fast_decode import model_gemv_probe
+
+    model = _tiny()
+    probe = model_gemv_probe(model, repeats=2)
+    bw = probe()
+    assert set(probe.last) == {"F.linear", "panel kernel"} and bw == max(probe.last.values()) > 0
+    cpu_kernels.use_panel_kernel_(model)  # the modules' own panels are used, not a new copy
+    probe = model_gemv_probe(model, repeats=2)
+    probe()
+    assert set(probe.last) == {"F.linear", "panel kernel"}
+    torch_only = model_gemv_probe(model, repeats=2, kernels="torch")
+    torch_only()
+    assert set(torch_only.last) == {"F.linear"}
+    with pytest.raises(ValueError, match="kernels must be 'best' or 'torch'"):
+        model_gemv_probe(model, kernels="mkl")
+
+
 def test_speculative_greedy_with_panel_verification_equals_plain_greedy():
     target = _tiny(1)
     with torch.no_grad():

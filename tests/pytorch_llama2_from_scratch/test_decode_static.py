@@ -5,7 +5,14 @@ from __future__ import annotations
 import pytest
 import torch
 
-from pytorch_llama2_from_scratch.fast_decode import FastDecoder, _rotate, bytes_per_token, gemv_bandwidth, weight_bytes
+from pytorch_llama2_from_scratch.fast_decode import (
+    FastDecoder,
+    _attention_by_reduction,
+    _rotate,
+    bytes_per_token,
+    gemv_bandwidth,
+    weight_bytes,
+)
 from pytorch_llama2_from_scratch.generate import generate
 from pytorch_llama2_from_scratch.loading import load_hf_checkpoint
 from pytorch_llama2_from_scratch.model import ModelArgs, Transformer, apply_rotary_emb
@@ -55,6 +62,27 @@ def test_real_rope_equals_complex_rope():
     assert_close_to_fp64(_rotate(k, table.real, table.imag), ref_k, what="k")
 
 
+@pytest.mark.parity
+@pytest.mark.parametrize("window", [None, 3])
+def test_attention_by_reduction_equals_float64_sdpa(window):
+    """The compiled step's attention (broadcast-multiply-sum) against PyTorch's SDPA in float64: GQA (6 query
+    heads over 2 kv heads), 3 queries at positions 4..6 over 9 slots, causal and sliding-window masks."""
+    g = torch.Generator().manual_seed(3)
+    q = torch.randn(2, 3, 6, 8, generator=g)  # (B, T, H, hd)
+    keys, values = torch.randn(2, 2, 9, 8, generator=g), torch.randn(2, 2, 9, 8, generator=g)  # (B, KV, S, hd)
+    pos, slots = torch.arange(4, 7), torch.arange(9)
+    mask = slots[None, :] <= pos[:, None]
+    if window is not None:
+        mask = mask & (slots[None, :] > pos[:, None] - window)
+
+    def sdpa(q, k, v):
+        out = torch.nn.functional.scaled_dot_product_attention(q.transpose(1, 2), k, v, attn_mask=mask, enable_gqa=True)
+        return out.transpose(1, 2).reshape(2, 3, 48)
+
+    ref64 = sdpa(q.double(), keys.double(), values.double())
+    assert_close_to_fp64(_attention_by_reduction(q, keys, values, mask), ref64, sdpa(q, keys, values), what="reduce")
+
+
 def test_static_greedy_equals_chapter_greedy_over_prompts(pair):
     model, _ = pair
     dec = FastDecoder(model, max_seq_len=48)
@@ -95,6 +123,10 @@ def test_bad_input_gives_one_clear_line(pair):
         FastDecoder(torch.nn.Linear(2, 2))
     with pytest.raises(ValueError, match="do not fit the static cache"):
         dec.step(torch.tensor([[1]]), 8)
+    with pytest.raises(ValueError, match="step_attention must be 'auto', 'sdpa' or 'reduce', got 'flash'"):
+        FastDecoder(model, step_attention="flash")
+    with pytest.raises(ValueError, match="attention must be 'sdpa' or 'reduce'"):
+        dec.forward(torch.tensor([[1]]), torch.tensor([0]), attention="math")
 
 
 @pytest.mark.slow
@@ -105,6 +137,7 @@ def test_compiled_step_equals_eager():
     eager = FastDecoder(model, max_seq_len=24)
     compiled = FastDecoder(model, max_seq_len=24, compile=True)
     prompt = [3, 9, 4]
+    assert compiled.step_attention == "reduce" and eager.step_attention == "sdpa"  # "auto" on CPU
     assert compiled.generate(prompt, 16) == eager.generate(prompt, 16)
     assert compiled.compile_seconds is not None and compiled.compile_seconds > 0
     with torch.inference_mode():
@@ -137,9 +170,11 @@ def _family_model(options, seed=0):
 
 
 @pytest.mark.parity
+@pytest.mark.parametrize("attention", ["sdpa", "reduce"])
 @pytest.mark.parametrize("family", list(FAMILY_OPTIONS))
-def test_static_decoder_follows_the_model_families(family):
-    """The families' options (checked against transformers in test_llama_families.py) hold in the static path."""
+def test_static_decoder_follows_the_model_families(family, attention):
+    """The families' options (checked against transformers in test_llama_families.py) hold in the static path,
+    with either attention of the one-token step."""
     from tests.numerics import to_double
 
     model = _family_model(FAMILY_OPTIONS[family])
@@ -147,7 +182,7 @@ def test_static_decoder_follows_the_model_families(family):
     with torch.inference_mode():
         ref32 = model(tokens, use_cache=False)
         ref64 = to_double(model)(tokens, use_cache=False).double()
-        dec = FastDecoder(model, batch=2, max_seq_len=20)
+        dec = FastDecoder(model, batch=2, max_seq_len=20, step_attention=attention)
         chunks = [dec.prefill(tokens[:, :6], last_only=False)] + [
             dec.step(tokens[:, i : i + 1], i) for i in range(6, 14)
         ]
