@@ -29,9 +29,9 @@ agrees often -- a stand-in for a trained pair.
 
 Verification multiplies k+1 rows by every weight matrix. It reads the weights once, but PyTorch's CPU matmul
 takes a GEMM path for more than a few rows that costs ~2 decode steps at k+1 = 7 (measured below). With
-``--verify-kernel panels`` (the default where it builds) the target's linears multiply 1..8 rows with the
+``--verify-kernel panels`` (the default where it builds) the target's linears multiply 1..16 rows with the
 chapter's panel kernel (``cpu_kernels.PanelLinear``: a packed copy of each weight, one pass for up to 8 rows,
-so k <= 7; k+1 > 8 rows take two passes). The target's one-row steps -- plain greedy, the baseline -- go through
+so k <= 7; 9..16 rows take two passes). The target's one-row steps -- plain greedy, the baseline -- go through
 the same kernel, so the comparison is kernel against kernel; ``layers:N`` drafts keep PyTorch's ``nn.Linear``.
 
 For each draft length k the lesson prints the acceptance rate, tokens per target forward and tok/s against
@@ -209,7 +209,7 @@ def parse_args(argv=None) -> argparse.Namespace:
     p.add_argument("--damp-after", type=int, default=None, help="scale wo/w2 of layers >= N (agreeing early exit)")
     p.add_argument("--damp", type=float, default=0.05, help="the factor of --damp-after (default 0.05)")
     p.add_argument("--verify-kernel", choices=["auto", "panels", "torch"], default="auto",
-                   help="matmul of the target's 1..8-row products (steps and verification): the chapter's panel "
+                   help="matmul of the target's 1..16-row products (steps and verification): the chapter's panel "
                    "kernel (auto: where it builds) or PyTorch's")  # fmt: skip
     return parse_decode_args(p, argv)
 

@@ -8,7 +8,7 @@ cache eager and compiled (fp32); bf16, fp16 and int8 weights (static cache; int8
 and with PyTorch's ``int8pack``, eager and compiled); speculative decoding with the int8 copy as draft. A random
 target is a poor one for speculation (its argmax flips at any perturbation), so the last rows repeat lesson 23's
 stand-in for a trained pair -- a copy whose layers 2.. are damped, drafted by its own first 2 layers -- against
-that copy's own plain greedy decoding. Our fp32 rows multiply 1..8 rows with the panel kernel
+that copy's own plain greedy decoding. Our fp32 rows multiply 1..16 rows with the panel kernel
 (``cpu_kernels.PanelLinear``). Each round first measures the bandwidth of the one-row products of the fp32 model's
 own matrices with both GEMVs -- PyTorch's and the panel kernel -- and takes the faster as the limit, then runs
 every method once. The accuracy cost of each number format comes from the
@@ -60,7 +60,7 @@ def ladder(
     fp16 = copy.deepcopy(model).to(torch.float16)
     int8 = quantize_int8_(copy.deepcopy(model))
     int8pack = quantize_int8_(copy.deepcopy(model), kernel="int8pack") if int8.output.kernel != "int8pack" else None
-    cpu_kernels.use_panel_kernel_(model)  # 1..8-row products (steps, verification): the panel kernel, where it builds
+    cpu_kernels.use_panel_kernel_(model)  # 1..16-row products (steps, verification, prompt): panels, where they build
     dec = {name: FastDecoder(m, max_seq_len=total) for name, m in
            (("fp32", model), ("bf16", bf16), ("fp16", fp16), ("int8", int8))}  # fmt: skip
     ctx = prompt_len + new_tokens // 2

@@ -135,7 +135,8 @@ def test_panel_linear_one_row_goes_through_the_kernel():
         assert_close_to_fp64(lin(x), ref64, ref32, what="PanelLinear, one row")
         lin.panel_weight.zero_()
         assert torch.equal(lin(x), lin.bias.expand(1, 1, 40)) and lin.weight.abs().sum() > 0
-        assert not torch.equal(lin(torch.randn(9, 96))[:, :1], lin.bias[:1].expand(9, 1))  # 9 rows: F.linear
+        assert torch.equal(lin(torch.randn(16, 96)), lin.bias.expand(16, 40))  # 16 rows: two chunks of panels
+        assert not torch.equal(lin(torch.randn(17, 96))[:, :1], lin.bias[:1].expand(17, 1))  # 17 rows: F.linear
 
 
 def test_model_gemv_probe_takes_the_faster_gemv():
