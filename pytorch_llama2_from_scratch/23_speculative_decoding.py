@@ -151,11 +151,9 @@ def main(
     small = make_draft(model, draft)
     if verify_kernel not in ("auto", "panels", "torch"):
         raise ValueError(f"--verify-kernel must be auto, panels or torch, got {verify_kernel!r}")
-    if verify_kernel == "panels" and not (dev.type == "cpu" and cpu_kernels.available()):
+    if verify_kernel == "panels" and not cpu_kernels.available_on(dev):
         raise ValueError(f"--verify-kernel panels needs the CPU kernel: {cpu_kernels.unavailable_reason() or dev}")
-    use_panels = verify_kernel == "panels" or (
-        verify_kernel == "auto" and dev.type == "cpu" and cpu_kernels.available()
-    )
+    use_panels = verify_kernel == "panels" or (verify_kernel == "auto" and cpu_kernels.available_on(dev))
     if use_panels:  # after make_draft: a layers:N draft shares the target's tensors but keeps plain nn.Linear
         cpu_kernels.use_panel_kernel_(model)
     print(

@@ -52,6 +52,7 @@ __all__ = [
     "PANEL_LINEAR_ROWS",
     "PanelLinear",
     "available",
+    "available_on",
     "linear",
     "linear_panels",
     "pack_panels",
@@ -120,6 +121,11 @@ def available() -> bool:
     return bool(_state.get("ok"))
 
 
+def available_on(device: torch.device | str) -> bool:
+    """True if tensors on ``device`` can use the kernel: a CPU device and :func:`available`."""
+    return torch.device(device).type == "cpu" and available()
+
+
 def unavailable_reason() -> str | None:
     """Why :func:`available` is False (``None`` if it is True)."""
     return None if available() else _state.get("error", "unknown")
@@ -141,16 +147,22 @@ def linear(
         raise ValueError(f"cpu_kernels.linear: x (..., {x.shape[-1]}) does not match w {tuple(w.shape)}")
     if scale is not None and (scale.dtype != torch.float32 or scale.shape != (w.shape[0],)):
         raise ValueError(f"cpu_kernels.linear: scale must be float32 of shape ({w.shape[0]},)")
+    return _in_chunks(lambda c: torch.ops.llm_scratch.small_m_linear(c, w, scale), x, w.shape[0], bias)
+
+
+def _in_chunks(op, x: torch.Tensor, n: int, bias: torch.Tensor | None) -> torch.Tensor:
+    """``op`` (M <= 8 rows, K) -> (M, n) applied to the rows of ``x`` (..., K) in chunks of :data:`MAX_ROWS`
+    (W is read once per chunk), plus ``bias``; returns (..., n)."""
     x2 = x.reshape(-1, x.shape[-1])  # (..., K) -> (M, K)
     if x2.shape[0] == 0:
-        y = x2.new_empty((0, w.shape[0]))
+        y = x2.new_empty((0, n))
     elif x2.shape[0] <= MAX_ROWS:
-        y = torch.ops.llm_scratch.small_m_linear(x2, w, scale)
+        y = op(x2)
     else:
-        y = torch.cat([torch.ops.llm_scratch.small_m_linear(c, w, scale) for c in x2.split(MAX_ROWS)])
+        y = torch.cat([op(c) for c in x2.split(MAX_ROWS)])
     if bias is not None:
         y = y + bias
-    return y.reshape(*x.shape[:-1], w.shape[0])  # (M, N) -> (..., N)
+    return y.reshape(*x.shape[:-1], n)  # (M, n) -> (..., n)
 
 
 def pack_panels(w: torch.Tensor) -> torch.Tensor:
@@ -173,14 +185,7 @@ def linear_panels(
     """:func:`linear` with the weight in the panel layout of :func:`pack_panels` (``n`` = real output count)."""
     if not available():
         raise RuntimeError(f"the CPU decode kernel is not available: {unavailable_reason()}")
-    x2 = x.reshape(-1, x.shape[-1])  # (..., K) -> (M, K)
-    if x2.shape[0] <= MAX_ROWS:
-        y = torch.ops.llm_scratch.small_m_linear_panels(x2, wp, n, scale)
-    else:
-        y = torch.cat([torch.ops.llm_scratch.small_m_linear_panels(c, wp, n, scale) for c in x2.split(MAX_ROWS)])
-    if bias is not None:
-        y = y + bias
-    return y.reshape(*x.shape[:-1], n)  # (M, n) -> (..., n)
+    return _in_chunks(lambda c: torch.ops.llm_scratch.small_m_linear_panels(c, wp, n, scale), x, n, bias)
 
 
 class PanelLinear(nn.Linear):

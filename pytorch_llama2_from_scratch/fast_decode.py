@@ -42,6 +42,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from pytorch_llama2_from_scratch import cpu_kernels
 from pytorch_llama2_from_scratch.model import Attention, Transformer
 
 __all__ = [
@@ -433,15 +434,11 @@ def model_gemv_probe(model: nn.Module, repeats: int = 3, kernels: str = "best") 
     nbytes = sum(w.nelement() * w.element_size() for w in weights)
     device = weights[0].device
     products = {"F.linear": (F.linear, list(zip(xs, weights)))}  # {name: (fn, [args of each call])}
-    fp32_cpu = device.type == "cpu" and all(w.dtype == torch.float32 for w in weights)
-    if kernels == "best" and fp32_cpu:
-        from pytorch_llama2_from_scratch import cpu_kernels
-
-        if cpu_kernels.available():
-            panels = [getattr(m, "panel_weight", None) for m in linears]
-            panels = [p if p is not None else cpu_kernels.pack_panels(m.weight) for p, m in zip(panels, linears)]
-            args = [(x, p, w.shape[0], None) for x, p, w in zip(xs, panels, weights)]
-            products["panel kernel"] = (torch.ops.llm_scratch.small_m_linear_panels, args)
+    if kernels == "best" and all(w.dtype == torch.float32 for w in weights) and cpu_kernels.available_on(device):
+        panels = [getattr(m, "panel_weight", None) for m in linears]
+        panels = [p if p is not None else cpu_kernels.pack_panels(m.weight) for p, m in zip(panels, linears)]
+        args = [(x, p, w.shape[0], None) for x, p, w in zip(xs, panels, weights)]
+        products["panel kernel"] = (torch.ops.llm_scratch.small_m_linear_panels, args)
 
     def probe(now: Callable[[], float] = time.perf_counter) -> float:
         probe.last = {}

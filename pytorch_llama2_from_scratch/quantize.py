@@ -130,7 +130,7 @@ class Int8Linear(nn.Module):
 def _default_kernel(device: torch.device, dtype: torch.dtype = torch.float32) -> str:
     if device.type == "cuda":
         return "dequant"
-    if device.type == "cpu" and dtype == torch.float32 and cpu_kernels.available():
+    if dtype == torch.float32 and cpu_kernels.available_on(device):
         return "gemv"
     return "int8pack"
 
@@ -176,7 +176,7 @@ def quantize_int8_(
         raise QuantizationError("model has no nn.Linear to quantise")
     device = targets[0][3].weight.device
     kernel = _default_kernel(device, targets[0][3].weight.dtype) if kernel == "auto" else kernel
-    if kernel == "gemv" and not (device.type == "cpu" and cpu_kernels.available()):
+    if kernel == "gemv" and not cpu_kernels.available_on(device):
         raise QuantizationError(
             f"kernel 'gemv' needs the CPU decode kernel on a CPU model ({device}): "
             f"{cpu_kernels.unavailable_reason() or 'model is not on the CPU'}"
@@ -221,7 +221,7 @@ def load_quantized(path: str | os.PathLike, device: torch.device | str = "cpu", 
     args = ModelArgs(**obj["args"])
     act = getattr(torch, obj["act_dtype"])
     kernel = kernel or obj["kernel"]
-    if kernel == "gemv" and not (torch.device(device).type == "cpu" and cpu_kernels.available()):
+    if kernel == "gemv" and not cpu_kernels.available_on(device):
         kernel = "int8pack"  # written where the CPU kernel was built; same weights, PyTorch's int8 matmul here
     with torch.device("meta"):
         model = Transformer(args)
