@@ -597,6 +597,38 @@ def run_flash_bench(rec: Recorder, ctx: dict) -> None:
         rec.summary(best_configs=best_configs())
     except Exception as e:
         rec.note(f"best_configs unavailable: {e}")
+    register_facts(rec, ctx, tf)
+
+
+REGISTER_MARGIN_S = 15  # six compilations of a few seconds each, run only when this much of the part is left
+
+
+def register_facts(rec: Recorder, ctx: dict, tf) -> None:
+    """ptxas' registers per thread and spill bytes of the default configs, compiled for this GPU with this
+    machine's Triton (its ptxas may differ from the one the chapter's table was made with)."""
+    import torch
+
+    aot = getattr(tf, "compile_ahead_of_time", None)
+    defaults = getattr(tf, "GPU_DEFAULT_CONFIGS", None)
+    if aot is None or defaults is None:
+        rec.note("register use: this version of triton_flash.py cannot compile ahead of time")
+        return
+    major, minor = torch.cuda.get_device_capability()
+    arch = 10 * major + minor
+    left = ctx["deadline"] - time.monotonic() if "deadline" in ctx else None
+    if left is not None and left < REGISTER_MARGIN_S:
+        rec.note(f"register use: not compiled, {left:.0f} s of the part left")
+        return
+    jobs = [{"kernel": k, "arch": arch, "dtype": "bfloat16", "head_dim": d, "causal": True, "config": defaults[k]}
+            for d in FLASH_HEAD_DIMS for k in ("fwd", "dkdv", "dq")]  # fmt: skip
+    try:
+        facts = aot(jobs)
+    except Exception as e:  # e.g. an architecture the helper does not know: report, do not fail the part
+        rec.note(f"register use on sm_{arch}: not compiled ({type(e).__name__}: {str(e)[:200]})")
+        return
+    keep = ("kernel", "arch", "dtype", "head_dim", "config", "registers", "spill_stores", "spill_loads",
+            "shared_bytes")  # fmt: skip
+    rec.summary(registers=[{k: f.get(k) for k in keep} for f in facts])
 
 
 FLASH_MARGIN_S = 45  # a row started just before the time limit may still autotune and time (tens of seconds)
@@ -681,11 +713,15 @@ def check_flash_bench() -> list[str]:
     tf = ch4_kernels()
     les = ch4_lesson21()
     _, how = ch4_benchmark_rows(les)
+    require(tf, "compile_ahead_of_time", ("jobs",))
+    require(tf, "GPU_DEFAULT_CONFIGS")
     n = len(FLASH_SEQ_LENS) * len(FLASH_HEAD_DIMS) * len(FLASH_DTYPES) * 2
     return [
         f"lesson 21 over N={FLASH_SEQ_LENS} x D={FLASH_HEAD_DIMS} x {FLASH_DTYPES} x causal/not: "
         f"{n} cases x (triton, sdpa); B*N = {les.TOKENS} tokens; autotuning: {autotune_mode(tf)}",
         how,
+        f"then ptxas' register use of GPU_DEFAULT_CONFIGS at D={FLASH_HEAD_DIMS} for this GPU, if "
+        f"{REGISTER_MARGIN_S} s of the part are left",
     ]
 
 
@@ -1447,6 +1483,18 @@ def _part_table(p: dict) -> list[str]:
                 "train loss by step: "
                 + ", ".join(f"{k}: {v:.3f}" for k, v in sorted(((int(k), v) for k, v in losses.items()))),
             ]
+    regs = p.get("summary", {}).get("registers", []) if key == "flash" else []
+    if regs:
+        out += ["", "GPU_DEFAULT_CONFIGS compiled for this GPU (bf16, causal), as ptxas reports them:", "",
+                "| kernel | D | config | registers/thread | spill stores B | spill loads B | shared KiB |",
+                "|---|---:|---|---:|---:|---:|---:|"]  # fmt: skip
+        for r in regs:
+            c = r["config"]
+            out.append(
+                f"| {r['kernel']} | {r['head_dim']} | {c['BLOCK_M']}x{c['BLOCK_N']} w{c['num_warps']} "
+                f"s{c['num_stages']} | {fmt(r['registers'], 'd')} | {fmt(r['spill_stores'], 'd')} | "
+                f"{fmt(r['spill_loads'], 'd')} | {r['shared_bytes'] / 1024:.0f} |"
+            )
     return out
 
 

@@ -83,3 +83,32 @@ def test_a_part_that_overruns_is_killed_and_reported(gpu_report, tmp_path):
     assert "| 92. selftest: a part that overruns | timed out |" in md
     assert "| 91. selftest value | 1 | >= 1 | yes |" in md
     assert (tmp_path / "report.json").exists()
+
+
+@pytest.mark.slow
+def test_register_table_is_compiled_and_rendered(gpu_report, monkeypatch, tmp_path):
+    """Part 3's register step, the code the GPU runs, on this CPU: the defaults compiled for sm_90 (no GPU needed,
+    ahead of time), their ptxas counts in the summary and in report.md."""
+    import torch
+
+    from triton_flash_attention_scratch import triton_flash as tf
+
+    monkeypatch.setattr(torch.cuda, "get_device_capability", lambda *a: (9, 0))
+    rec = gpu_report.Recorder(tmp_path / "03_flash.json")
+    gpu_report.register_facts(rec, {}, tf)
+    regs = rec.data["summary"]["registers"]
+    assert [(r["kernel"], r["head_dim"]) for r in regs] == [
+        (k, d) for d in gpu_report.FLASH_HEAD_DIMS for k in ("fwd", "dkdv", "dq")
+    ]
+    for r in regs:
+        assert r["arch"] == 90 and r["config"] == tf.GPU_DEFAULT_CONFIGS[r["kernel"]]
+        assert 0 < r["registers"] <= 255 and r["spill_stores"] >= 0 and r["spill_loads"] >= 0
+    md = "\n".join(gpu_report._part_table({"key": "flash", "rows": [], **rec.data}))
+    first = regs[0]
+    c = first["config"]
+    assert (f"| fwd | {first['head_dim']} | {c['BLOCK_M']}x{c['BLOCK_N']} w{c['num_warps']} s{c['num_stages']} | "
+            f"{first['registers']} | {first['spill_stores']} |") in md  # fmt: skip
+    # no time left: the step says so instead of compiling
+    rec2 = gpu_report.Recorder(tmp_path / "03_flash_late.json")
+    gpu_report.register_facts(rec2, {"deadline": time.monotonic() + 1}, tf)
+    assert "registers" not in rec2.data["summary"] and "not compiled" in rec2.data["notes"][0]

@@ -14,7 +14,8 @@ of the space and caches the fastest; later calls with the same key reuse it.
 * pruning (``config_is_valid``, run as ``early_config_prune`` before any compilation) removes configs that are
   *illegal* — the causal two-stage split needs the streamed tile to divide the resident one, the pipelined tiles
   must fit in shared memory (counted with the real element size: fp32 needs twice fp16) — and *pointless*:
-  tiles longer than the sequence only compute padding.
+  tiles longer than the sequence only compute padding, and a 128-row resident tile with 4 warps runs out of
+  registers (ptxas spills them to memory; ``compile_ahead_of_time`` reports the counts, step 20 prints them).
   Fewer candidates also means a shorter tuning pause on the first call;
 * under the interpreter (no CUDA) there is a single config: timings of NumPy emulation mean nothing, and a
   multi-config ``triton.autotune`` needs a GPU to benchmark on.

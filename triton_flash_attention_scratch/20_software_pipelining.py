@@ -24,6 +24,12 @@ Triton emits for tensor descriptors, not for the pointer arithmetic these kernel
 (warpgroup matmul) instead of Ampere's ``mma.sync`` for the tensor cores. (Under the interpreter ``num_stages`` is
 accepted and ignored: there is no memory hierarchy to overlap, so only the compiled code can show it.)
 
+The table also gives ptxas' report of each compiled kernel: registers per thread (at most 255 on these GPUs) and
+the bytes *spilled* to local memory when the live values do not fit — the accumulator tile alone is
+BLOCK_M × D fp32 values spread over 32 × num_warps threads, so BLOCK_M = 128, D = 128 with 4 warps needs 128 of
+them for it, before Q, the scores and the pipeline's addresses. A deeper pipeline keeps more loads in flight and
+can tip a tile that fitted into spilling; the table of every default and small-space config is in NOTES.md.
+
 On CUDA the lesson also times the forward kernel with one fixed tile and num_stages = 1 … 4 (TFLOP/s, do_bench).
 
 Run:  python triton_flash_attention_scratch/20_software_pipelining.py [--seq-len 4096 --head-dim 64]
@@ -103,14 +109,16 @@ def main(
     one_stage = smem[stages[0]] // stages[0]  # one K tile + one V tile
     q_tile = block_m * padded_head_dim(head_dim) * 2
     print(f"{'target':<7} {'stages':>6} {'formula KiB':>12} {'compiled KiB':>13} {'K/V buffers':>12} {'cp.async':>9} "
-          f"{'TMA':>4} {'tensor-core op':>15}")  # fmt: skip
+          f"{'TMA':>4} {'tensor-core op':>15} {'registers':>10} {'spilled B':>10}")  # fmt: skip
     for arch in archs:
         for s_ in stages:
             f = compiled[(arch, s_)]
             f["kv_buffers"] = (f["shared_bytes"] - q_tile) / one_stage
             mma = f"wgmma x{f['wgmma']}" if f["wgmma"] else f"mma.sync x{f['mma_sync']}"
+            regs, spilled = (str(f.get(k, "-")) for k in ("registers", "spill_stores"))
             print(f"sm_{arch:<4} {s_:>6} {smem[s_] / 1024:>12.0f} {f['shared_bytes'] / 1024:>13.0f} "
-                  f"{f['kv_buffers']:>12.1f} {f['cp_async']:>9} {f['tma']:>4} {mma:>15}")  # fmt: skip
+                  f"{f['kv_buffers']:>12.1f} {f['cp_async']:>9} {f['tma']:>4} {mma:>15} {regs:>10} "
+                  f"{spilled:>10}")  # fmt: skip
     print("formula: num_stages x 2 tiles (K, V) x BLOCK_N x D x 2 bytes. compiled: the kernel's shared memory;")
     print(
         f"K/V buffers = (compiled - the Q tile's {q_tile // 1024} KiB) / one K+V tile ({one_stage // 1024} KiB). "
@@ -118,6 +126,8 @@ def main(
     )
     print("whether the compiler keeps s or s-1 buffers (the last load can reuse the buffer being consumed) depends")
     print("on the target and the Triton version. An H100 allows up to 227 KiB per block, an A100 163 KiB.")
+    print("registers: per thread (255 at most); spilled: bytes per thread that did not fit and go through local")
+    print("memory instead (ptxas -v, the assembler's own report).")
     out = {"smem": smem, "compiled": compiled, "tflops": {}}
     dev = resolve_kernel_device(device)
     if dev.type == "cuda":

@@ -46,6 +46,7 @@ from __future__ import annotations
 import itertools
 import math
 import os
+import re
 
 import torch
 
@@ -502,9 +503,12 @@ INTERPRET_CONFIGS = {
     "dq": triton.Config({"BLOCK_M": 32, "BLOCK_N": 16}, num_warps=4, num_stages=1),
 }
 # A reasonable fixed choice on a GPU (tests and lessons that must not wait for autotuning pass it explicitly).
+# Chosen so that none spills registers: ptxas reports 0 spill bytes for each of them at D = 64 and 128, fp16 and
+# bf16, causal or not, for sm_80 and sm_90 (the table in NOTES.md; the ahead-of-time tests check it). With 4 warps
+# the same forward (on sm_90) and dK/dV tiles spill at D = 128: they need more than the 255 registers a thread has.
 GPU_DEFAULT_CONFIGS = {
-    "fwd": {"BLOCK_M": 64, "BLOCK_N": 64, "num_warps": 4, "num_stages": 3},
-    "dkdv": {"BLOCK_M": 32, "BLOCK_N": 64, "num_warps": 4, "num_stages": 2},
+    "fwd": {"BLOCK_M": 64, "BLOCK_N": 64, "num_warps": 8, "num_stages": 3},
+    "dkdv": {"BLOCK_M": 32, "BLOCK_N": 64, "num_warps": 8, "num_stages": 2},
     "dq": {"BLOCK_M": 64, "BLOCK_N": 32, "num_warps": 4, "num_stages": 2},
 }
 PREPROCESS_BLOCK_M = 64
@@ -536,12 +540,13 @@ def autotune_mode_from_env(environ=os.environ) -> str:
 
 AUTOTUNE_MODE = autotune_mode_from_env()
 
-# The small spaces: the GPU default plus three others per kernel, chosen after Triton's fused-attention tutorial
-# (which fixes its backward to one config): bigger tiles with 8 warps for long sequences, a deeper pipeline, and
-# small tiles that fit shared memory at D = 256 or in fp32.
+# The small spaces: the GPU default plus three others per kernel, after Triton's fused-attention tutorial (which
+# fixes its backward to one config). Forward and dK/dV: the default, the same tiles with 4 warps (twice the
+# registers per thread: no spills at D = 64, a few at D = 128, which the timing may still prefer), bigger tiles for
+# long sequences, and small tiles that fit shared memory at D = 256 or in fp32 (the last entry, the fallback).
 _SMALL_SPACES = {
-    "fwd": [(64, 64, 4, 3), (128, 64, 8, 3), (128, 32, 4, 3), (64, 32, 4, 2)],
-    "dkdv": [(32, 64, 4, 2), (32, 128, 8, 2), (64, 128, 8, 2), (16, 32, 4, 2)],
+    "fwd": [(64, 64, 8, 3), (64, 64, 4, 3), (128, 64, 8, 3), (64, 32, 4, 2)],
+    "dkdv": [(32, 64, 8, 2), (32, 64, 4, 2), (32, 128, 8, 2), (16, 32, 4, 2)],
     "dq": [(64, 32, 4, 2), (128, 32, 8, 2), (128, 64, 8, 2), (32, 16, 4, 2)],
 }
 
@@ -621,8 +626,9 @@ def config_is_valid(kernel: str, cfg: triton.Config, n_ctx: int, head_dim: int, 
     * legal: the causal two-stage split needs the streamed tile to divide the resident one (fwd/dQ:
       BLOCK_M % BLOCK_N == 0; dK/dV: BLOCK_N % BLOCK_M == 0), and the pipelined tiles must fit in shared memory
       (``smem_estimate_bytes`` with the real element size: fp32 needs twice what fp16 does);
-    * sensible: large head dims with large tiles spill registers; tiles much longer than the sequence only
-      compute padding.
+    * sensible: a resident tile of 128 rows gets 8 warps (with 4, most such configs spill registers at D = 64
+      already, the dK/dV kernel by up to tens of KiB: NOTES.md, "Registers"); large head dims with large tiles
+      spill; tiles much longer than the sequence only compute padding.
     """
     m, n = cfg.kwargs["BLOCK_M"], cfg.kwargs["BLOCK_N"]
     resident, streamed = (n, m) if kernel == "dkdv" else (m, n)
@@ -634,7 +640,7 @@ def config_is_valid(kernel: str, cfg: triton.Config, n_ctx: int, head_dim: int, 
         return False
     if block_d >= 256 and (resident > 64 or cfg.num_stages > 2):
         return False
-    if block_d >= 128 and resident >= 128 and cfg.num_warps < 8:
+    if resident >= 128 and cfg.num_warps < 8:
         return False
     n_pow2 = max(16, triton.next_power_of_2(n_ctx))
     return max(m, n) <= max(n_pow2, 64)
@@ -1040,7 +1046,7 @@ def _aot_one(kernel: str, arch: int, dtype: str, head_dim: int, causal: bool, co
                 attrs[(i,)] = [["tt.divisibility", 16]]
     src = ASTSource(fn=fn, signature=signature, constexprs=constexprs, attrs=attrs)
     options = {"num_warps": cfg["num_warps"], "num_stages": cfg["num_stages"]}
-    compiled = triton.compile(src, target=GPUTarget("cuda", arch, 32), options=options)
+    compiled, usage = _compile_with_ptxas_log(src, GPUTarget("cuda", arch, 32), options)
     ptx = compiled.asm["ptx"]
     lines = [line.strip() for line in ptx.splitlines()]
     count = lambda prefix: sum(line.startswith(prefix) for line in lines)  # noqa: E731
@@ -1054,7 +1060,48 @@ def _aot_one(kernel: str, arch: int, dtype: str, head_dim: int, causal: bool, co
         "wgmma": count("wgmma.mma_async"),  # Hopper warpgroup matrix multiply
         "mma_sync": count("mma.sync"),  # Ampere warp-level tensor-core matmul
         "cubin_bytes": len(compiled.asm.get("cubin", b"")),
+        **usage,  # registers per thread and bytes spilled to local memory, from ptxas' own report
     }  # fmt: skip
+
+
+_PTXAS_REGISTERS = re.compile(r"Used (\d+) registers")
+_PTXAS_SPILLS = re.compile(r"(\d+) bytes spill stores, (\d+) bytes spill loads")
+
+
+def parse_ptxas_log(log: str) -> dict:
+    """``registers``, ``spill_stores``, ``spill_loads`` from a ``ptxas -v`` log (None where a line is missing).
+
+    ptxas prints, per kernel: ``N bytes stack frame, S bytes spill stores, L bytes spill loads`` and ``Used R
+    registers, ...``. R is per thread (255 is the most an sm_80/sm_90 thread can have); S > 0 means values did
+    not fit in registers and go through local memory (L1/L2) instead: slower loops.
+    """
+    regs, spills = _PTXAS_REGISTERS.findall(log), _PTXAS_SPILLS.findall(log)
+    return {
+        "registers": int(regs[-1]) if regs else None,
+        "spill_stores": int(spills[-1][0]) if spills else None,
+        "spill_loads": int(spills[-1][1]) if spills else None,
+    }
+
+
+def _compile_with_ptxas_log(src, target, options):
+    """``triton.compile`` with Triton's ptxas log captured (``TRITON_DUMP_PTXAS_LOG``; the cache is bypassed so
+    ptxas really runs). Triton builds the cubin with ``ptxas -v`` itself, so these are the counts of the very
+    cubin a launch would load; a Triton without those knobs gives None counts."""
+    import contextlib
+    import io
+
+    knobs = getattr(triton, "knobs", None)
+    nvidia, compilation = getattr(knobs, "nvidia", None), getattr(knobs, "compilation", None)
+    if not (hasattr(nvidia, "dump_ptxas_log") and hasattr(compilation, "always_compile")):
+        return triton.compile(src, target=target, options=options), parse_ptxas_log("")
+    log, before = io.StringIO(), (nvidia.dump_ptxas_log, compilation.always_compile)
+    try:
+        nvidia.dump_ptxas_log = compilation.always_compile = True
+        with contextlib.redirect_stdout(log):
+            compiled = triton.compile(src, target=target, options=options)
+    finally:
+        nvidia.dump_ptxas_log, compilation.always_compile = before
+    return compiled, parse_ptxas_log(log.getvalue())
 
 
 def compile_ahead_of_time(jobs: list[dict], timeout_s: float = 600) -> list[dict]:

@@ -124,7 +124,7 @@ def test_lesson19_autotuning_counts(load_lesson):
                 dp = max(16, 1 << (d - 1).bit_length())
                 ok = resident % streamed == 0 and c.num_stages * 2 * streamed * dp * 2 <= tf.SMEM_LIMIT_BYTES_DEFAULT
                 ok = ok and not (dp >= 256 and (resident > 64 or c.num_stages > 2))
-                ok = ok and not (dp >= 128 and resident >= 128 and c.num_warps < 8)
+                ok = ok and not (resident >= 128 and c.num_warps < 8)
                 ok = ok and max(m, bn) <= max(max(16, 1 << (n - 1).bit_length()), 64)
                 manual += ok
             assert kept == manual, (kernel, n, d)
@@ -144,6 +144,7 @@ def test_lesson20_pipelining_in_the_compiled_code(load_lesson):
     assert c[3]["shared_bytes"] - c[2]["shared_bytes"] == one_stage
     assert c[2]["shared_bytes"] >= q_tile + one_stage
     assert all(f["tma"] == 0 and f["mma_sync"] > 0 and f["wgmma"] == 0 for f in c.values())
+    assert all(0 < f["registers"] <= 255 and f["spill_stores"] >= 0 for f in c.values())  # ptxas' report, parsed
 
 
 def test_lesson21_correctness_and_cpu_message(load_lesson, capsys):
