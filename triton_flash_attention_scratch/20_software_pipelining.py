@@ -28,7 +28,8 @@ The table also gives ptxas' report of each compiled kernel: registers per thread
 the bytes *spilled* to local memory when the live values do not fit — the accumulator tile alone is
 BLOCK_M × D fp32 values spread over 32 × num_warps threads, so BLOCK_M = 128, D = 128 with 4 warps needs 128 of
 them for it, before Q, the scores and the pipeline's addresses. A deeper pipeline keeps more loads in flight and
-can tip a tile that fitted into spilling; the table of every default and small-space config is in NOTES.md.
+can tip a tile that fitted into spilling (the dK/dV kernel's 32×64 tiles with 8 warps at D = 128 on sm_90: nothing
+with 2 stages, 68 bytes per thread with 3); the table of every default and small-space config is in NOTES.md.
 
 On CUDA the lesson also times the forward kernel with one fixed tile and num_stages = 1 … 4 (TFLOP/s, do_bench).
 

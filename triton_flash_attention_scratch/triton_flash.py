@@ -65,6 +65,30 @@ SUPPORTED_DTYPES = (torch.float16, torch.bfloat16, torch.float32)
 
 # ============================================================================================ forward kernel
 @triton.jit
+def _load_tile(ptrs, rows, n_rows, d_ok, CHECK_ROWS: tl.constexpr, PAD_D: tl.constexpr):
+    """A (rows, BLOCK_D) tile, masked only where it can leave the tensor: rows past ``n_rows`` (a partial last
+    block, ``CHECK_ROWS``) and head-dim lanes past HEAD_DIM (``PAD_D``, when D is not a power of two). The loops
+    over full blocks load with no mask at all: no compare, no select per element."""
+    if CHECK_ROWS:
+        tile = tl.load(ptrs, mask=(rows[:, None] < n_rows) & d_ok, other=0.0)
+    elif PAD_D:
+        tile = tl.load(ptrs, mask=d_ok, other=0.0)
+    else:
+        tile = tl.load(ptrs)
+    return tile
+
+
+@triton.jit
+def _load_vec(ptrs, rows, n_rows, CHECK_ROWS: tl.constexpr):
+    """A vector of per-row values (L or D of the backward), masked only for a partial last block."""
+    if CHECK_ROWS:
+        vec = tl.load(ptrs, mask=rows < n_rows, other=0.0)
+    else:
+        vec = tl.load(ptrs)
+    return vec
+
+
+@triton.jit
 def _attn_fwd_inner(
     acc,
     l_i,
@@ -83,25 +107,31 @@ def _attn_fwd_inner(
     HEAD_DIM: tl.constexpr,
     BLOCK_N: tl.constexpr,
     MASK_DIAG: tl.constexpr,
+    CHECK_N: tl.constexpr,
+    PAD_D: tl.constexpr,
     INPUT_PRECISION: tl.constexpr,
 ):
-    """Online softmax over the key blocks [lo, hi). ``MASK_DIAG`` applies the causal mask (diagonal block only)."""
+    """Online softmax over the key blocks [lo, hi). ``MASK_DIAG`` applies the causal mask (diagonal block only);
+    ``CHECK_N`` masks keys past N_CTX (only a partial last block needs it)."""
     offs_n = tl.arange(0, BLOCK_N)
     d_ok = offs_d[None, :] < HEAD_DIM
     for start_n in tl.range(lo, hi, BLOCK_N):
         cols = start_n + offs_n  # key positions of this block
-        kv_mask = (cols[:, None] < N_CTX) & d_ok
-        k = tl.load(k_base + cols[:, None] * stride_kn + offs_d[None, :], mask=kv_mask, other=0.0)  # (BLOCK_N, D)
+        k_ptrs = k_base + cols[:, None] * stride_kn + offs_d[None, :]
+        k = _load_tile(k_ptrs, cols, N_CTX, d_ok, CHECK_N, PAD_D)  # (BLOCK_N, D)
         qk = tl.dot(q, tl.trans(k), input_precision=INPUT_PRECISION) * qk_scale  # (BLOCK_M, BLOCK_N), log2 units
-        valid = cols[None, :] < N_CTX  # the last key block may be partial
-        if MASK_DIAG:
-            valid = valid & (offs_m[:, None] >= cols[None, :])
-        qk = tl.where(valid, qk, float("-inf"))
+        if CHECK_N:
+            valid = cols[None, :] < N_CTX  # the last key block may be partial
+            if MASK_DIAG:
+                valid = valid & (offs_m[:, None] >= cols[None, :])
+            qk = tl.where(valid, qk, float("-inf"))
+        elif MASK_DIAG:
+            qk = tl.where(offs_m[:, None] >= cols[None, :], qk, float("-inf"))
         m_new = tl.maximum(m_i, tl.max(qk, 1))
         p = tl.exp2(qk - m_new[:, None])  # (BLOCK_M, BLOCK_N)
         alpha = tl.exp2(m_i - m_new)  # rescales what was accumulated under the old maximum
         l_i = l_i * alpha + tl.sum(p, 1)
-        v = tl.load(v_base + cols[:, None] * stride_vn + offs_d[None, :], mask=kv_mask, other=0.0)  # (BLOCK_N, D)
+        v = _load_tile(v_base + cols[:, None] * stride_vn + offs_d[None, :], cols, N_CTX, d_ok, CHECK_N, PAD_D)
         acc = acc * alpha[:, None]
         acc = tl.dot(p.to(v.dtype), v, acc, input_precision=INPUT_PRECISION)  # fp32 accumulation
         m_i = m_new
@@ -162,22 +192,30 @@ def _attn_fwd(
     acc = tl.zeros([BLOCK_M, BLOCK_D], dtype=tl.float32)
     qk_scale = sm_scale * 1.4426950408889634  # sm_scale · log2(e): scores in log2 units, so exp2 replaces exp
 
+    PAD_D = HEAD_DIM != BLOCK_D  # a constexpr: both sides are
     if CAUSAL:
-        # stage 1: key blocks strictly left of the diagonal block, no mask needed (needs BLOCK_M % BLOCK_N == 0)
+        # stage 1: key blocks strictly left of the diagonal block, no mask at all: every key is < start_m < N_CTX
+        # and visible to every query of the block (needs BLOCK_M % BLOCK_N == 0)
         acc, l_i, m_i = _attn_fwd_inner(
             acc, l_i, m_i, q, k_base, v_base, stride_kn, stride_vn, offs_m, offs_d,
-            0, start_m, N_CTX, qk_scale, HEAD_DIM, BLOCK_N, False, INPUT_PRECISION,
+            0, start_m, N_CTX, qk_scale, HEAD_DIM, BLOCK_N, False, False, PAD_D, INPUT_PRECISION,
         )  # fmt: skip
-        # stage 2: the diagonal block, with the causal mask
+        # stage 2: the diagonal block, with the causal mask (and the bounds check: it may be the partial last one)
         hi = tl.minimum(start_m + BLOCK_M, N_CTX)
         acc, l_i, m_i = _attn_fwd_inner(
             acc, l_i, m_i, q, k_base, v_base, stride_kn, stride_vn, offs_m, offs_d,
-            start_m, hi, N_CTX, qk_scale, HEAD_DIM, BLOCK_N, True, INPUT_PRECISION,
+            start_m, hi, N_CTX, qk_scale, HEAD_DIM, BLOCK_N, True, True, PAD_D, INPUT_PRECISION,
         )  # fmt: skip
     else:
+        # the full key blocks without a mask, then the partial last one (if N_CTX % BLOCK_N) with it
+        n_full = (N_CTX // BLOCK_N) * BLOCK_N
         acc, l_i, m_i = _attn_fwd_inner(
             acc, l_i, m_i, q, k_base, v_base, stride_kn, stride_vn, offs_m, offs_d,
-            0, N_CTX, N_CTX, qk_scale, HEAD_DIM, BLOCK_N, False, INPUT_PRECISION,
+            0, n_full, N_CTX, qk_scale, HEAD_DIM, BLOCK_N, False, False, PAD_D, INPUT_PRECISION,
+        )  # fmt: skip
+        acc, l_i, m_i = _attn_fwd_inner(
+            acc, l_i, m_i, q, k_base, v_base, stride_kn, stride_vn, offs_m, offs_d,
+            n_full, N_CTX, N_CTX, qk_scale, HEAD_DIM, BLOCK_N, False, True, PAD_D, INPUT_PRECISION,
         )  # fmt: skip
 
     acc = acc / l_i[:, None]
@@ -387,21 +425,26 @@ def _attn_bwd_dq_inner(
     HEAD_DIM: tl.constexpr,
     BLOCK_N: tl.constexpr,
     MASK_DIAG: tl.constexpr,
+    CHECK_N: tl.constexpr,
+    PAD_D: tl.constexpr,
     INPUT_PRECISION: tl.constexpr,
 ):
-    """Accumulate dQ of one query block over the key blocks [lo, hi)."""
+    """Accumulate dQ of one query block over the key blocks [lo, hi). ``CHECK_N``: mask keys past N_CTX."""
     d_ok = offs_d[None, :] < HEAD_DIM
     for start_n in tl.range(lo, hi, BLOCK_N):
         offs_n = start_n + tl.arange(0, BLOCK_N)
-        col_ok = offs_n < N_CTX
-        kv_mask = col_ok[:, None] & d_ok
-        k = tl.load(k_base + offs_n[:, None] * stride_kn + offs_d[None, :], mask=kv_mask, other=0.0)  # (N, D)
-        v = tl.load(v_base + offs_n[:, None] * stride_vn + offs_d[None, :], mask=kv_mask, other=0.0)  # (N, D)
+        k = _load_tile(k_base + offs_n[:, None] * stride_kn + offs_d[None, :], offs_n, N_CTX, d_ok, CHECK_N, PAD_D)
+        v = _load_tile(v_base + offs_n[:, None] * stride_vn + offs_d[None, :], offs_n, N_CTX, d_ok, CHECK_N, PAD_D)
         qk = tl.dot(q, tl.trans(k), input_precision=INPUT_PRECISION)  # (BLOCK_M, BLOCK_N)
-        valid = col_ok[None, :]
-        if MASK_DIAG:
-            valid = valid & (offs_m[:, None] >= offs_n[None, :])
-        p = tl.exp2(tl.where(valid, qk * qk_scale - lse[:, None], float("-inf")))  # masked: exp2(-inf) = 0
+        s = qk * qk_scale - lse[:, None]
+        if CHECK_N:
+            valid = offs_n[None, :] < N_CTX
+            if MASK_DIAG:
+                valid = valid & (offs_m[:, None] >= offs_n[None, :])
+            s = tl.where(valid, s, float("-inf"))
+        elif MASK_DIAG:
+            s = tl.where(offs_m[:, None] >= offs_n[None, :], s, float("-inf"))
+        p = tl.exp2(s)  # masked: exp2(-inf) = 0
         dp = tl.dot(do, tl.trans(v), input_precision=INPUT_PRECISION)  # dP = dO Vᵀ
         ds = p * (dp - delta[:, None])  # dS = P ∘ (dP - D)
         dq = tl.dot(ds.to(k.dtype), k, dq, input_precision=INPUT_PRECISION)  # dQ += dS K   (× sm_scale later)
@@ -472,21 +515,28 @@ def _attn_bwd_dq(
     dq = tl.zeros([BLOCK_M, BLOCK_D], dtype=tl.float32)
     qk_scale = sm_scale * 1.4426950408889634
 
+    PAD_D = HEAD_DIM != BLOCK_D  # a constexpr: both sides are
     if CAUSAL:
-        # key blocks left of the diagonal: no mask (needs BLOCK_M % BLOCK_N == 0); the diagonal block: masked
+        # key blocks left of the diagonal: no mask at all (needs BLOCK_M % BLOCK_N == 0); the diagonal block:
+        # the causal mask and the bounds check
         dq = _attn_bwd_dq_inner(
             dq, q, do, lse, delta, k_base, v_base, stride_kn, stride_vn, offs_m, offs_d,
-            0, start_m, N_CTX, qk_scale, HEAD_DIM, BLOCK_N, False, INPUT_PRECISION,
+            0, start_m, N_CTX, qk_scale, HEAD_DIM, BLOCK_N, False, False, PAD_D, INPUT_PRECISION,
         )  # fmt: skip
         hi = tl.minimum(start_m + BLOCK_M, N_CTX)
         dq = _attn_bwd_dq_inner(
             dq, q, do, lse, delta, k_base, v_base, stride_kn, stride_vn, offs_m, offs_d,
-            start_m, hi, N_CTX, qk_scale, HEAD_DIM, BLOCK_N, True, INPUT_PRECISION,
+            start_m, hi, N_CTX, qk_scale, HEAD_DIM, BLOCK_N, True, True, PAD_D, INPUT_PRECISION,
         )  # fmt: skip
     else:
+        n_full = (N_CTX // BLOCK_N) * BLOCK_N  # full key blocks without a mask, then the partial one with it
         dq = _attn_bwd_dq_inner(
             dq, q, do, lse, delta, k_base, v_base, stride_kn, stride_vn, offs_m, offs_d,
-            0, N_CTX, N_CTX, qk_scale, HEAD_DIM, BLOCK_N, False, INPUT_PRECISION,
+            0, n_full, N_CTX, qk_scale, HEAD_DIM, BLOCK_N, False, False, PAD_D, INPUT_PRECISION,
+        )  # fmt: skip
+        dq = _attn_bwd_dq_inner(
+            dq, q, do, lse, delta, k_base, v_base, stride_kn, stride_vn, offs_m, offs_d,
+            n_full, N_CTX, N_CTX, qk_scale, HEAD_DIM, BLOCK_N, False, True, PAD_D, INPUT_PRECISION,
         )  # fmt: skip
 
     dq = dq * sm_scale
@@ -505,7 +555,8 @@ INTERPRET_CONFIGS = {
 # A reasonable fixed choice on a GPU (tests and lessons that must not wait for autotuning pass it explicitly).
 # Chosen so that none spills registers: ptxas reports 0 spill bytes for each of them at D = 64 and 128, fp16 and
 # bf16, causal or not, for sm_80 and sm_90 (the table in NOTES.md; the ahead-of-time tests check it). With 4 warps
-# the same forward (on sm_90) and dK/dV tiles spill at D = 128: they need more than the 255 registers a thread has.
+# the dK/dV tiles spill at D = 128: they need more than the 255 registers a thread has. The forward with 8 warps
+# holds the fewest registers of its small space.
 GPU_DEFAULT_CONFIGS = {
     "fwd": {"BLOCK_M": 64, "BLOCK_N": 64, "num_warps": 8, "num_stages": 3},
     "dkdv": {"BLOCK_M": 32, "BLOCK_N": 64, "num_warps": 8, "num_stages": 2},
@@ -542,8 +593,8 @@ AUTOTUNE_MODE = autotune_mode_from_env()
 
 # The small spaces: the GPU default plus three others per kernel, after Triton's fused-attention tutorial (which
 # fixes its backward to one config). Forward and dK/dV: the default, the same tiles with 4 warps (twice the
-# registers per thread: no spills at D = 64, a few at D = 128, which the timing may still prefer), bigger tiles for
-# long sequences, and small tiles that fit shared memory at D = 256 or in fp32 (the last entry, the fallback).
+# registers per thread; the dK/dV one spills at D = 128, which the timing may still prefer), bigger tiles for long
+# sequences, and small tiles that fit shared memory at D = 256 or in fp32 (the last entry, the fallback).
 _SMALL_SPACES = {
     "fwd": [(64, 64, 8, 3), (64, 64, 4, 3), (128, 64, 8, 3), (64, 32, 4, 2)],
     "dkdv": [(32, 64, 8, 2), (32, 64, 4, 2), (32, 128, 8, 2), (16, 32, 4, 2)],

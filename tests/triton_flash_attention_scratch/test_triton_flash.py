@@ -242,6 +242,29 @@ def test_head_dim_not_a_power_of_two_is_padded():
     check("O", o, ref64, F.scaled_dot_product_attention(q, k, v))
 
 
+@pytest.mark.parametrize("head_dim", [24, 40])
+@pytest.mark.parametrize("n_ctx", [64, 70])
+@pytest.mark.parametrize("causal", [False, True])
+def test_unmasked_full_blocks_with_padded_head_dims(head_dim, n_ctx, causal):
+    """Full key/query blocks load with no bounds mask, only the padding lanes of D masked: N = 64 is whole blocks
+    of the interpreter tiles (no partial tail), N = 70 adds a tail; D = 24 and 40 pad to 32 and 64. The inputs are
+    views into wider tensors whose extra columns are NaN, so a padding lane read without its mask poisons the
+    result (0 · NaN = NaN). Forward and backward against float64 autograd, fp32."""
+
+    def nan_padded(t):
+        wide = torch.full((*t.shape[:-1], 2 * head_dim), float("nan"), dtype=t.dtype)
+        wide[..., :head_dim] = t
+        return wide[..., :head_dim]  # stride(-1) == 1, rows 2·D apart: the next D values in memory are NaN
+
+    q, k, v, do = (nan_padded(t) for t in _inputs(1, 2, 1, n_ctx, head_dim, torch.float32))
+    o, lse = tf.attention_forward(q, k, v, causal=causal)
+    grads = tf.attention_backward(q, k, v, o, lse, do, causal=causal)
+    ref64 = _naive_with_grads(q, k, v, do, causal, torch.float64)
+    ref32 = _naive_with_grads(q, k, v, do, causal, torch.float32)
+    for name, got, r64, r32 in zip(("O", "dQ", "dK", "dV"), (o, *grads), ref64, ref32):
+        check(name, got, r64, r32)
+
+
 # ------------------------------------------------------------------------------------------------ validation
 def _ok(N=8, D=16, dtype=torch.float32, device=DEV):
     return [torch.randn(1, 2, N, D, dtype=dtype, device=device) for _ in range(3)]
