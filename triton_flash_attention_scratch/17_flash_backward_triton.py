@@ -14,8 +14,9 @@ Why D: the softmax backward needs Σ_j P_ij dP_ij per row, which would need a wh
 once before the two big kernels. Splitting dK/dV from dQ means every program *owns* the rows it writes: no atomic
 adds. Causal runs skip the fully masked tiles: the dK/dV program of keys [j0, j1) starts at query j0 and the dQ
 program of queries [i0, i1) stops at key i1; only the diagonal tiles are masked. The dQ loop, like the forward,
-also leaves the bounds mask to the partial last key block; the dK/dV loop keeps it on every query block (split the
-same way, its extra loop copy costs registers: 104 bytes per thread spilled at D = 128 on sm_90, NOTES.md).
+also leaves the bounds mask to the partial last key block; the dK/dV loop drops it when every query block is
+whole (``EVEN_M``: N a multiple of BLOCK_M, decided at launch), because splitting off its tail costs registers
+(NOTES.md, "Registers").
 
 Checks: D identity, Triton gradients vs autograd of naive attention and the part-1 PyTorch backward, fp32 and
 fp16, causal and not, N not a multiple of the tiles; the fraction of tiles a causal backward visits.

@@ -284,26 +284,32 @@ def _attn_bwd_dkdv_inner(
     HEAD_DIM: tl.constexpr,
     BLOCK_M: tl.constexpr,
     MASK_DIAG: tl.constexpr,
+    CHECK_M: tl.constexpr,
+    PAD_D: tl.constexpr,
     INPUT_PRECISION: tl.constexpr,
 ):
-    """Accumulate dK, dV of one key block over the query blocks [lo, hi). Works with transposed tiles (N, M)."""
+    """Accumulate dK, dV of one key block over the query blocks [lo, hi). Works with transposed tiles (N, M).
+    ``CHECK_M`` masks queries past N_CTX (needed when a query block of [lo, hi) may be partial)."""
     d_ok = offs_d[None, :] < HEAD_DIM
     for start_m in tl.range(lo, hi, BLOCK_M):
         offs_m = start_m + tl.arange(0, BLOCK_M)
-        row_ok = offs_m < N_CTX
-        io_mask = row_ok[:, None] & d_ok
-        q = tl.load(q_base + offs_m[:, None] * stride_qn + offs_d[None, :], mask=io_mask, other=0.0)  # (M, D)
-        lse = tl.load(lse_base + offs_m, mask=row_ok, other=0.0) * 1.4426950408889634  # L in log2 units
+        q = _load_tile(q_base + offs_m[:, None] * stride_qn + offs_d[None, :], offs_m, N_CTX, d_ok, CHECK_M, PAD_D)
+        lse = _load_vec(lse_base + offs_m, offs_m, N_CTX, CHECK_M) * 1.4426950408889634  # L in log2 units
         qkT = tl.dot(k, tl.trans(q), input_precision=INPUT_PRECISION)  # (BLOCK_N, BLOCK_M) = (Q Kᵀ)ᵀ
-        valid = row_ok[None, :]
-        if MASK_DIAG:
-            valid = valid & (offs_m[None, :] >= offs_n[:, None])
         # Pᵀ recomputed from the saved logsumexp; masked entries get exp2(-inf) = 0 (never a huge exp of a
         # future score that would overflow before being masked)
-        pT = tl.exp2(tl.where(valid, qkT * qk_scale - lse[None, :], float("-inf")))
-        do = tl.load(do_base + offs_m[:, None] * stride_don + offs_d[None, :], mask=io_mask, other=0.0)  # (M, D)
+        sT = qkT * qk_scale - lse[None, :]
+        if CHECK_M:
+            valid = offs_m[None, :] < N_CTX
+            if MASK_DIAG:
+                valid = valid & (offs_m[None, :] >= offs_n[:, None])
+            sT = tl.where(valid, sT, float("-inf"))
+        elif MASK_DIAG:
+            sT = tl.where(offs_m[None, :] >= offs_n[:, None], sT, float("-inf"))
+        pT = tl.exp2(sT)
+        do = _load_tile(do_base + offs_m[:, None] * stride_don + offs_d[None, :], offs_m, N_CTX, d_ok, CHECK_M, PAD_D)
         dv = tl.dot(pT.to(do.dtype), do, dv, input_precision=INPUT_PRECISION)  # dV += Pᵀ dO
-        delta = tl.load(delta_base + offs_m, mask=row_ok, other=0.0)
+        delta = _load_vec(delta_base + offs_m, offs_m, N_CTX, CHECK_M)
         dpT = tl.dot(v, tl.trans(do), input_precision=INPUT_PRECISION)  # (dO Vᵀ)ᵀ, (BLOCK_N, BLOCK_M)
         dsT = pT * (dpT - delta[None, :])  # dSᵀ = Pᵀ ∘ (dPᵀ - D)
         dk = tl.dot(dsT.to(q.dtype), q, dk, input_precision=INPUT_PRECISION)  # dK += dSᵀ Q   (× sm_scale later)
@@ -349,8 +355,13 @@ def _attn_bwd_dkdv(
     INPUT_PRECISION: tl.constexpr,
     BLOCK_M: tl.constexpr,
     BLOCK_N: tl.constexpr,
+    EVEN_M: tl.constexpr,  # N_CTX % BLOCK_M == 0 (set by the launch, see _attn_bwd_dkdv_even)
 ):
-    """One program = BLOCK_N keys of one (batch, K/V head); loops over the query heads of its GQA group."""
+    """One program = BLOCK_N keys of one (batch, K/V head); loops over the query heads of its GQA group.
+
+    Its loop keeps the bounds mask on every query block unless every block is whole (``EVEN_M``): splitting off
+    a masked tail, as the forward and dQ loops do, would put a third loop copy inside the loop over the group,
+    and that spills registers (NOTES.md, "Registers")."""
     start_n = tl.program_id(0) * BLOCK_N
     off_bhkv = tl.program_id(1)
     off_b = off_bhkv // H_KV
@@ -374,6 +385,8 @@ def _attn_bwd_dkdv(
     dv = tl.zeros([BLOCK_N, BLOCK_D], dtype=tl.float32)
     qk_scale = sm_scale * 1.4426950408889634
 
+    PAD_D = HEAD_DIM != BLOCK_D  # a constexpr: both sides are
+    CHECK_M = not EVEN_M
     for g in range(group):
         off_h = off_hkv * group + g
         q_base = Q + off_b * stride_qb + off_h * stride_qh
@@ -386,16 +399,16 @@ def _attn_bwd_dkdv(
             hi = tl.minimum(start_n + BLOCK_N, N_CTX)
             dk, dv = _attn_bwd_dkdv_inner(
                 dk, dv, k, v, q_base, do_base, lse_base, delta_base, stride_qn, stride_don, offs_n, offs_d,
-                start_n, hi, N_CTX, qk_scale, HEAD_DIM, BLOCK_M, True, INPUT_PRECISION,
+                start_n, hi, N_CTX, qk_scale, HEAD_DIM, BLOCK_M, True, True, PAD_D, INPUT_PRECISION,
             )  # fmt: skip
             dk, dv = _attn_bwd_dkdv_inner(
                 dk, dv, k, v, q_base, do_base, lse_base, delta_base, stride_qn, stride_don, offs_n, offs_d,
-                start_n + BLOCK_N, N_CTX, N_CTX, qk_scale, HEAD_DIM, BLOCK_M, False, INPUT_PRECISION,
+                start_n + BLOCK_N, N_CTX, N_CTX, qk_scale, HEAD_DIM, BLOCK_M, False, CHECK_M, PAD_D, INPUT_PRECISION,
             )  # fmt: skip
         else:
             dk, dv = _attn_bwd_dkdv_inner(
                 dk, dv, k, v, q_base, do_base, lse_base, delta_base, stride_qn, stride_don, offs_n, offs_d,
-                0, N_CTX, N_CTX, qk_scale, HEAD_DIM, BLOCK_M, False, INPUT_PRECISION,
+                0, N_CTX, N_CTX, qk_scale, HEAD_DIM, BLOCK_M, False, CHECK_M, PAD_D, INPUT_PRECISION,
             )  # fmt: skip
 
     dk = dk * sm_scale  # S = sm_scale · Q Kᵀ, so dK picks up the scale once here
@@ -720,7 +733,9 @@ def _autotuned(kernel_fn, kernel: str):
 
 
 _attn_fwd_tuned = _autotuned(_attn_fwd, "fwd")
-_attn_bwd_dkdv_tuned = _autotuned(_attn_bwd_dkdv, "dkdv")
+# EVEN_M follows from the length and the tile the autotuner (or an explicit config) chose: whole query blocks only
+_attn_bwd_dkdv_even = triton.heuristics({"EVEN_M": lambda args: args["N_CTX"] % args["BLOCK_M"] == 0})(_attn_bwd_dkdv)
+_attn_bwd_dkdv_tuned = _autotuned(_attn_bwd_dkdv_even, "dkdv")
 _attn_bwd_dq_tuned = _autotuned(_attn_bwd_dq, "dq")
 
 
@@ -969,7 +984,7 @@ def attention_backward(
     common = dict(HEAD_DIM=D, BLOCK_D=block_d, CAUSAL=bool(causal), INPUT_PRECISION=precision)
     grid_kv = lambda META: (triton.cdiv(N, META["BLOCK_N"]), B * H_kv)
     _launch(
-        _attn_bwd_dkdv_tuned, _attn_bwd_dkdv, grid_kv, dkdv_config,
+        _attn_bwd_dkdv_tuned, _attn_bwd_dkdv_even, grid_kv, dkdv_config,
         q, k, v, do, lse, delta, dk, dv,
         q.stride(0), q.stride(1), q.stride(2),
         k.stride(0), k.stride(1), k.stride(2),
@@ -1065,7 +1080,8 @@ _FP32_POINTERS = {"LSE", "DELTA"}
 _POINTERS = {"Q", "K", "V", "O", "DO", "DK", "DV", "DQ"} | _FP32_POINTERS
 
 
-def _aot_one(kernel: str, arch: int, dtype: str, head_dim: int, causal: bool, config: dict | None) -> dict:
+def _aot_one(kernel: str, arch: int, dtype: str, head_dim: int, causal: bool, config: dict | None,
+             even_m: bool = True) -> dict:  # fmt: skip
     from triton.backends.compiler import GPUTarget
     from triton.compiler import ASTSource
 
@@ -1078,7 +1094,7 @@ def _aot_one(kernel: str, arch: int, dtype: str, head_dim: int, causal: bool, co
     values = {
         "HEAD_DIM": head_dim, "BLOCK_D": padded_head_dim(head_dim), "CAUSAL": bool(causal),
         "INPUT_PRECISION": "ieee" if dtype == "float32" else "tf32", "BLOCK_M": cfg["BLOCK_M"],
-        "BLOCK_N": cfg.get("BLOCK_N"),
+        "BLOCK_N": cfg.get("BLOCK_N"), "EVEN_M": bool(even_m),
     }  # fmt: skip
     signature, constexprs, attrs = {}, {}, {}
     for i, param in enumerate(fn.params):
@@ -1104,6 +1120,7 @@ def _aot_one(kernel: str, arch: int, dtype: str, head_dim: int, causal: bool, co
     return {
         "kernel": kernel, "arch": arch, "dtype": dtype, "head_dim": head_dim, "causal": bool(causal),
         "config": {k: cfg[k] for k in ("BLOCK_M", "BLOCK_N", "num_warps", "num_stages") if k in cfg},
+        "even_m": bool(even_m),
         "shared_bytes": int(compiled.metadata.shared),
         "cp_async": count("cp.async.ca") + count("cp.async.cg"),  # Ampere-style asynchronous global->shared copies
         "cp_async_wait": count("cp.async.wait_group"),
@@ -1160,15 +1177,16 @@ def compile_ahead_of_time(jobs: list[dict], timeout_s: float = 600) -> list[dict
 
     A job: ``{"kernel": "fwd"|"dkdv"|"dq"|"preprocess", "arch": 80|90, "dtype": "float16"|"bfloat16"|"float32",
     "head_dim": 64, "causal": True, "config": None | {"BLOCK_M": .., "BLOCK_N": .., "num_warps": .., "num_stages":
-    ..}}``. Under the interpreter the kernels are not compilable in this process (``TRITON_INTERPRET=1`` turned
-    them into interpreted functions), so the jobs run in one child process with ``TRITON_INTERPRET=0``.
+    ..}, "even_m": True}`` (``even_m``: the dK/dV kernel's variant for lengths that are a multiple of BLOCK_M).
+    Under the interpreter the kernels are not compilable in this process (``TRITON_INTERPRET=1`` turned them into
+    interpreted functions), so the jobs run in one child process with ``TRITON_INTERPRET=0``.
     """
     for job in jobs:
         if job.get("kernel") not in AOT_KERNELS:
             raise ValueError(f"kernel must be one of {AOT_KERNELS}, got {job.get('kernel')!r}")
         if job.get("arch") not in (80, 86, 89, 90):
             raise ValueError(f"arch must be 80, 86, 89 or 90 (sm_XX), got {job.get('arch')!r}")
-    full = [{"dtype": "float16", "head_dim": 64, "causal": True, "config": None, **job} for job in jobs]
+    full = [{"dtype": "float16", "head_dim": 64, "causal": True, "config": None, "even_m": True, **job} for job in jobs]
     if not INTERPRET:
         return [_aot_one(**job) for job in full]
     import json

@@ -17,7 +17,7 @@ from triton_flash_attention_scratch import triton_flash as tf
 
 SUBSET = [
     {"kernel": "fwd", "arch": 80, "dtype": "float16", "head_dim": 64, "causal": True},
-    {"kernel": "dkdv", "arch": 80, "dtype": "bfloat16", "head_dim": 128, "causal": True},
+    {"kernel": "dkdv", "arch": 80, "dtype": "bfloat16", "head_dim": 128, "causal": True, "even_m": False},
     {"kernel": "dq", "arch": 80, "dtype": "float16", "head_dim": 128, "causal": False},
     {"kernel": "preprocess", "arch": 80, "dtype": "bfloat16", "head_dim": 64},
     {"kernel": "fwd", "arch": 90, "dtype": "bfloat16", "head_dim": 128, "causal": False},
@@ -50,7 +50,8 @@ def test_every_kernel_compiles_for_sm80_and_sm90():
         assert f["config"]["num_stages"] >= 2 and f["cp_async"] > 0 and f["cp_async_wait"] > 0, what
 
 
-# What ptxas -v prints for one kernel (the dK/dV kernel with 4 warps at D = 128 for sm_90a, triton 3.9's ptxas).
+# What ptxas -v prints for one kernel (the dK/dV kernel with 4 warps and bounds masks at D = 128 for sm_90a,
+# triton 3.9's ptxas).
 PTXAS_LOG = """ptxas-blackwell info    : 11 bytes gmem
 ptxas-blackwell info    : Compiling entry function '_attn_bwd_dkdv' for 'sm_90a'
 ptxas-blackwell info    : Function properties for _attn_bwd_dkdv
@@ -77,7 +78,8 @@ NO_SPILL = [
     for a in (80, 90)
     for d, dt, c in ((64, "bfloat16", True), (128, "float16", True), (128, "bfloat16", False))
     for k in ("fwd", "dkdv", "dq")
-]
+] + [{"kernel": "dkdv", "arch": a, "head_dim": 128, "dtype": "float16", "causal": True, "even_m": False}
+     for a in (80, 90)]  # fmt: skip
 SPILLS = {"kernel": "dkdv", "arch": 90, "head_dim": 128, "dtype": "float16", "causal": True,
           "config": {"BLOCK_M": 32, "BLOCK_N": 64, "num_warps": 4, "num_stages": 2}}  # fmt: skip
 
@@ -93,6 +95,14 @@ def test_default_configs_do_not_spill_registers():
         assert f["config"] == tf.GPU_DEFAULT_CONFIGS[f["kernel"]], what
         assert 0 < f["registers"] <= 255, what
         assert f["spill_stores"] == 0 and f["spill_loads"] == 0, what
-    # the check can fail: the same dK/dV tiles with 4 warps (the earlier default) spill at D = 128 on sm_90
+    # whole query blocks only (N % BLOCK_M == 0): the dK/dV variant without bounds masks is the smaller kernel
+    for arch in (80, 90):
+        even, uneven = (
+            next(f for f in facts if (f["kernel"], f["arch"], f["head_dim"], f["dtype"], f["causal"], f["even_m"])
+                 == ("dkdv", arch, 128, "float16", True, e))
+            for e in (True, False)
+        )  # fmt: skip
+        assert even["cubin_bytes"] < uneven["cubin_bytes"] and even["registers"] <= uneven["registers"], arch
+    # the check can fail: the same dK/dV tiles with 4 warps spill at D = 128 on sm_90
     bad = facts[-1]
     assert bad["registers"] == 255 and bad["spill_stores"] > 0 and bad["spill_loads"] > 0, bad
