@@ -577,6 +577,23 @@ def flash_targets(rec: Recorder, ratios: list[dict]) -> None:
             )
 
 
+TMA_RESERVE_S = 25  # kept back from the main grid on a Hopper GPU for the first TMA-vs-pointer row
+TMA_ROW_S = 25  # a TMA row compiles three kernels and times two load paths: started only with this much left
+TMA_CASES = ((128, True), (64, False), (128, False), (64, True))  # (D, causal), most telling first
+
+
+def tma_available(les) -> str | None:
+    """None if this GPU and lesson 21 can compare TMA with pointer loads, else why not."""
+    import torch
+
+    if not hasattr(les, "tma_rows"):
+        return "lesson 21 has no tma_rows"
+    cap = torch.cuda.get_device_capability()
+    if cap < (9, 0):
+        return f"compute capability {cap[0]}.{cap[1]} has no Tensor Memory Accelerator (9.0+)"
+    return None
+
+
 def run_flash_bench(rec: Recorder, ctx: dict) -> None:
 
     les = ch4_lesson21()
@@ -587,8 +604,9 @@ def run_flash_bench(rec: Recorder, ctx: dict) -> None:
     rec.summary(peak_tflops=peak, grid=dict(N=FLASH_SEQ_LENS, D=FLASH_HEAD_DIMS, dtypes=FLASH_DTYPES))
     rows_fn, how = ch4_benchmark_rows(les)
     rec.note(how)
+    no_tma = tma_available(les)
     if rows_fn is not None:
-        _flash_with_benchmark_rows(rec, ctx, rows_fn, peak, dev)
+        _flash_with_benchmark_rows(rec, ctx, rows_fn, peak, dev, reserve_s=0 if no_tma else TMA_RESERVE_S)
     else:
         _flash_with_bench_one(rec, les, peak, dev)
     try:
@@ -597,7 +615,31 @@ def run_flash_bench(rec: Recorder, ctx: dict) -> None:
         rec.summary(best_configs=best_configs())
     except Exception as e:
         rec.note(f"best_configs unavailable: {e}")
+    if no_tma:
+        rec.note(f"TMA vs pointer loads: not run, {no_tma}")
+    else:
+        tma_comparison(rec, ctx, les)
     register_facts(rec, ctx, tf)
+
+
+def tma_comparison(rec: Recorder, ctx: dict, les) -> None:
+    """Lesson 21's ``tma_rows``, one (D, causal) at a time while time is left: the same kernels and tiles
+    (``GPU_DEFAULT_CONFIGS``) with their streamed tiles loaded by TMA or by pointer arithmetic, N = 4096, bf16."""
+    done = []
+    for D, causal in TMA_CASES:
+        left = ctx["deadline"] - time.monotonic() - REGISTER_MARGIN_S if "deadline" in ctx else None
+        if left is not None and left < TMA_ROW_S:
+            rec.note(
+                f"TMA vs pointer loads: {len(done)} of {len(TMA_CASES)} rows run, {left:.0f} s of the part left; "
+                "`bash .ci/gpu --only flash --limit 3=400` gives them the time"
+            )
+            break
+        (row,) = les.tma_rows(head_dims=(D,), causal=(causal,), device=str(report_device()),
+                              log=lambda line: print(line, flush=True))  # fmt: skip
+        done.append(row)
+        rec.summary(tma_rows=done)
+        if row.get("status") != "ok":
+            rec.fail(f"TMA row D={D} causal={causal}: {row.get('status')}")
 
 
 REGISTER_MARGIN_S = 15  # six compilations of a few seconds each, run only when this much of the part is left
@@ -634,9 +676,9 @@ def register_facts(rec: Recorder, ctx: dict, tf) -> None:
 FLASH_MARGIN_S = 45  # a row started just before the time limit may still autotune and time (tens of seconds)
 
 
-def _flash_with_benchmark_rows(rec: Recorder, ctx: dict, rows_fn, peak: float, dev) -> None:
-    """Lesson 21's trimmed-grid benchmark, stopped (not killed) before the part's deadline."""
-    left = ctx["deadline"] - time.monotonic() - FLASH_MARGIN_S if "deadline" in ctx else None
+def _flash_with_benchmark_rows(rec: Recorder, ctx: dict, rows_fn, peak: float, dev, reserve_s: float = 0) -> None:
+    """Lesson 21's trimmed-grid benchmark, stopped (not killed) ``reserve_s`` before the part's deadline."""
+    left = ctx["deadline"] - time.monotonic() - FLASH_MARGIN_S - reserve_s if "deadline" in ctx else None
     rows = rows_fn(seq_lens=FLASH_SEQ_LENS, head_dims=FLASH_HEAD_DIMS, dtypes=FLASH_DTYPES, causal=(False, True),
                    time_limit_s=None if left is None else max(left, 1.0), device=str(dev),
                    log=lambda line: print(line, flush=True))  # fmt: skip
@@ -715,11 +757,14 @@ def check_flash_bench() -> list[str]:
     _, how = ch4_benchmark_rows(les)
     require(tf, "compile_ahead_of_time", ("jobs",))
     require(tf, "GPU_DEFAULT_CONFIGS")
+    require(les, "tma_rows", ("head_dims", "causal", "device", "log"))
     n = len(FLASH_SEQ_LENS) * len(FLASH_HEAD_DIMS) * len(FLASH_DTYPES) * 2
     return [
         f"lesson 21 over N={FLASH_SEQ_LENS} x D={FLASH_HEAD_DIMS} x {FLASH_DTYPES} x causal/not: "
         f"{n} cases x (triton, sdpa); B*N = {les.TOKENS} tokens; autotuning: {autotune_mode(tf)}",
         how,
+        f"on compute capability 9.0+: TMA vs pointer loads (lesson 21 tma_rows, GPU_DEFAULT_CONFIGS, N=4096, bf16) "
+        f"for (D, causal) in {TMA_CASES} while {TMA_ROW_S} s per row are left ({TMA_RESERVE_S} s kept from the grid)",
         f"then ptxas' register use of GPU_DEFAULT_CONFIGS at D={FLASH_HEAD_DIMS} for this GPU, if "
         f"{REGISTER_MARGIN_S} s of the part are left",
     ]
@@ -1483,6 +1528,22 @@ def _part_table(p: dict) -> list[str]:
                 "train loss by step: "
                 + ", ".join(f"{k}: {v:.3f}" for k, v in sorted(((int(k), v) for k, v in losses.items()))),
             ]
+    tma = p.get("summary", {}).get("tma_rows", []) if key == "flash" else []
+    if tma:
+        out += ["", "TMA vs pointer loads, same kernels and tiles (GPU_DEFAULT_CONFIGS), TFLOP/s:", "",
+                "| dtype | causal | D | N | fwd pointer | fwd TMA | fwd TMA/pointer | bwd pointer | bwd TMA | "
+                "bwd TMA/pointer | max error vs SDPA (pointer / TMA) |",
+                "|---|---|---:|---:|---:|---:|---:|---:|---:|---:|---|"]  # fmt: skip
+        for r in tma:
+            head = f"| {r['dtype']} | {r['causal']} | {r['D']} | {r['N']} |"
+            if r.get("status") != "ok":
+                out.append(f"{head} {r.get('status')} ||||||")
+                continue
+            out.append(
+                f"{head} {r['ptr_fwd_tflops']:.0f} | {r['tma_fwd_tflops']:.0f} | {r['fwd_tma_vs_ptr']:.2f} | "
+                f"{r['ptr_bwd_tflops']:.0f} | {r['tma_bwd_tflops']:.0f} | {r['bwd_tma_vs_ptr']:.2f} | "
+                f"{r['ptr_max_err']:.1e} / {r['tma_max_err']:.1e} |"
+            )
     regs = p.get("summary", {}).get("registers", []) if key == "flash" else []
     if regs:
         out += ["", "GPU_DEFAULT_CONFIGS compiled for this GPU (bf16, causal), as ptxas reports them:", "",

@@ -112,3 +112,43 @@ def test_register_table_is_compiled_and_rendered(gpu_report, monkeypatch, tmp_pa
     rec2 = gpu_report.Recorder(tmp_path / "03_flash_late.json")
     gpu_report.register_facts(rec2, {"deadline": time.monotonic() + 1}, tf)
     assert "registers" not in rec2.data["summary"] and "not compiled" in rec2.data["notes"][0]
+
+
+def test_tma_comparison_records_rows_until_time_runs_out(gpu_report, monkeypatch, tmp_path):
+    """Part 3's TMA step with lesson 21's ``tma_rows`` faked (timing needs a GPU): rows recorded one at a time,
+    a failing row reported, the rest skipped with the command that gives them time, the table in report.md."""
+    import types
+
+    import torch
+
+    calls = []
+
+    def tma_rows(head_dims, causal, device, log):
+        (D,), (c,) = head_dims, causal
+        calls.append((D, c))
+        row = {"dtype": "bfloat16", "D": D, "N": 4096, "B": 4, "H": 2048 // D, "causal": c}
+        if len(calls) == 2:
+            return [{**row, "status": "RuntimeError: TMA path error"}]
+        return [{**row, "status": "ok", "ptr_fwd_tflops": 400.0, "tma_fwd_tflops": 440.0, "fwd_tma_vs_ptr": 1.1,
+                 "ptr_bwd_tflops": 200.0, "tma_bwd_tflops": 180.0, "bwd_tma_vs_ptr": 0.9, "ptr_max_err": 1e-2,
+                 "tma_max_err": 1e-2}]  # fmt: skip
+
+    les = types.SimpleNamespace(tma_rows=tma_rows)
+    monkeypatch.setattr(gpu_report, "report_device", lambda: "cuda")
+    monkeypatch.setattr(torch.cuda, "get_device_capability", lambda *a: (9, 0))
+    assert gpu_report.tma_available(les) is None
+    assert "has no tma_rows" in gpu_report.tma_available(types.SimpleNamespace())
+    rec = gpu_report.Recorder(tmp_path / "03_flash.json")
+    gpu_report.tma_comparison(rec, {}, les)  # no deadline: every case
+    assert calls == list(gpu_report.TMA_CASES) and len(rec.data["summary"]["tma_rows"]) == 4
+    assert rec.data["failures"] == ["TMA row D=64 causal=False: RuntimeError: TMA path error"]
+    md = "\n".join(gpu_report._part_table({"key": "flash", "rows": [], **rec.data}))
+    assert "| bfloat16 | True | 128 | 4096 | 400 | 440 | 1.10 | 200 | 180 | 0.90 | 1.0e-02 / 1.0e-02 |" in md
+    assert "| bfloat16 | False | 64 | 4096 | RuntimeError: TMA path error |" in md
+    # a deadline too close for a row: nothing run, a note with the command instead
+    calls.clear()
+    rec2 = gpu_report.Recorder(tmp_path / "03_flash_late.json")
+    gpu_report.tma_comparison(rec2, {"deadline": time.monotonic() + 5}, les)
+    assert calls == [] and "0 of 4 rows run" in rec2.data["notes"][0] and "--only flash" in rec2.data["notes"][0]
+    monkeypatch.setattr(torch.cuda, "get_device_capability", lambda *a: (8, 0))
+    assert "8.0 has no Tensor Memory Accelerator" in gpu_report.tma_available(les)

@@ -31,7 +31,17 @@ them for it, before Q, the scores and the pipeline's addresses. A deeper pipelin
 can tip a tile that fitted into spilling (the dK/dV kernel's 32×64 tiles with 8 warps at D = 128 on sm_90: nothing
 with 2 stages, 68 bytes per thread with 3); the table of every default and small-space config is in NOTES.md.
 
-On CUDA the lesson also times the forward kernel with one fixed tile and num_stages = 1 … 4 (TFLOP/s, do_bench).
+Then the same kernels with their streamed tiles loaded through **tensor descriptors** (``tma=True``, compiled for
+sm_90 only: the Tensor Memory Accelerator came with Hopper). Instead of every thread computing its own addresses
+and starting ``cp.async`` copies of a few bytes each, one thread hands the TMA unit a 128-byte descriptor of the
+(N, D) matrix plus the tile's coordinates, and the whole tile arrives in shared memory, with rows past N and lanes
+past D zero-filled by the hardware; the consumer waits on an ``mbarrier`` for its bytes. The table compares, for the
+three kernels with ``GPU_DEFAULT_CONFIGS``: the copies in the PTX (``cp.async`` vs ``cp.async.bulk.tensor``), the
+``mbarrier`` waits, registers per thread, shared memory and the global scratch the descriptors live in. (The
+dK/dV kernel keeps some ``cp.async``: its per-row L and D vectors still load through pointers.)
+
+On CUDA the lesson also times the forward kernel with one fixed tile and num_stages = 1 … 4 (TFLOP/s, do_bench);
+``21_running_the_code_benchmark.py --tma`` times the TMA path against the pointer path on a Hopper GPU.
 
 Run:  python triton_flash_attention_scratch/20_software_pipelining.py [--seq-len 4096 --head-dim 64]
       (ahead-of-time compilation: ~5 s per kernel and target on a CPU)
@@ -47,6 +57,7 @@ import torch
 
 from pytorch_basis.common import seed_everything
 from triton_flash_attention_scratch.triton_flash import (
+    GPU_DEFAULT_CONFIGS,
     attention_flops,
     attention_forward,
     compile_ahead_of_time,
@@ -83,6 +94,26 @@ def time_stages(batch, heads, seq_len, head_dim, block_m, block_n, num_warps, st
     return tflops
 
 
+def tma_table(head_dim: int, arch: int = 90) -> dict:
+    """Compile fwd, dK/dV and dQ with GPU_DEFAULT_CONFIGS for ``arch``, pointer loads and TMA; print the table."""
+    jobs = [
+        {"kernel": k, "arch": arch, "dtype": "float16", "head_dim": head_dim, "causal": False, "tma": tma}
+        for k in ("fwd", "dkdv", "dq") for tma in (False, True)
+    ]  # fmt: skip
+    facts = {(f["kernel"], f["use_tma"]): f for f in compile_ahead_of_time(jobs)}
+    print(f"\npointer loads vs TMA (tensor descriptors), sm_{arch}, D={head_dim}, fp16, GPU_DEFAULT_CONFIGS")
+    print(f"{'kernel':<7} {'loads':<8} {'config':<16} {'cp.async':>9} {'TMA':>4} {'mbarrier waits':>15} "
+          f"{'registers':>10} {'spilled B':>10} {'shared KiB':>11} {'scratch B':>10}")  # fmt: skip
+    for (kernel, tma), f in facts.items():
+        c = GPU_DEFAULT_CONFIGS[kernel]
+        cfg = f"{c['BLOCK_M']}x{c['BLOCK_N']} w{c['num_warps']} s{c['num_stages']}"
+        print(f"{kernel:<7} {'TMA' if tma else 'pointer':<8} {cfg:<16} {f['cp_async']:>9} {f['tma']:>4} "
+              f"{f['mbarrier_waits']:>15} {f['registers']!s:>10} {f['spill_stores']!s:>10} "
+              f"{f['shared_bytes'] / 1024:>11.1f} {f['global_scratch_bytes']:>10}")  # fmt: skip
+    print("scratch: global memory per program for the descriptors, built on the device (two per kernel).")
+    return facts
+
+
 def main(
     batch: int = 4,
     heads: int = 16,
@@ -93,6 +124,7 @@ def main(
     num_warps: int = 8,
     stages: tuple[int, ...] = (1, 2, 3, 4),
     archs: tuple[int, ...] = (80, 90),
+    tma: bool = True,
     device: str = "auto",
     seed: int = 0,
 ) -> dict:
@@ -129,7 +161,9 @@ def main(
     print("on the target and the Triton version. An H100 allows up to 227 KiB per block, an A100 163 KiB.")
     print("registers: per thread (255 at most); spilled: bytes per thread that did not fit and go through local")
     print("memory instead (ptxas -v, the assembler's own report).")
-    out = {"smem": smem, "compiled": compiled, "tflops": {}}
+    out = {"smem": smem, "compiled": compiled, "tflops": {}, "tma": {}}
+    if tma and 90 in archs:
+        out["tma"] = tma_table(head_dim)
     dev = resolve_kernel_device(device)
     if dev.type == "cuda":
         out["tflops"] = time_stages(batch, heads, seq_len, head_dim, block_m, block_n, num_warps, stages, dev)
@@ -141,6 +175,7 @@ def main(
 def parse_args():
     p = lesson_parser(__doc__, batch=4, heads=16, seq_len=4096, head_dim=64, block_m=128, block_n=64, num_warps=8)
     p.add_argument("--stages", type=int, nargs="+", default=[1, 2, 3, 4])
+    p.add_argument("--no-tma", dest="tma", action="store_false", help="leave out the TMA table (6 compilations)")
     p.add_argument(
         "--archs",
         type=int,

@@ -22,6 +22,10 @@ What this step adds: the check-then-measure routine for the whole kernel.
    (N = 1024, 4096, 16384; D = 64, 128; fp16, bf16; causal and not; ours vs SDPA), also callable as
    ``benchmark_rows()`` from other scripts; ``--configs default`` times the fixed ``GPU_DEFAULT_CONFIGS``
    instead of autotuning (autotuning volume: ``LLM_SCRATCH_AUTOTUNE=small|full|off``, see ``triton_flash.py``).
+3. ``--tma`` (Hopper and newer): the same kernels with their streamed tiles loaded through tensor descriptors
+   (``flash_attention(..., tma=True)``: the Tensor Memory Accelerator copies a whole tile per instruction) against
+   the pointer loads, both with ``GPU_DEFAULT_CONFIGS`` so that only the load path differs, at N = 4096 in bf16;
+   ``tma_rows()`` from other scripts. Each row first checks both outputs against SDPA.
 
 Without CUDA the lesson says that timing needs a GPU: the interpreter emulates each program with NumPy.
 
@@ -44,6 +48,7 @@ from triton_flash_attention_scratch.attention_torch import flash_attention_torch
 from triton_flash_attention_scratch.triton_flash import (
     GPU_DEFAULT_CONFIGS,
     INTERPRET,
+    TMA_MIN_CAPABILITY,
     attention_flops,
     do_bench_ms,
     flash_attention,
@@ -174,6 +179,23 @@ def _measure_pair(row: dict, dtype: torch.dtype, cfg, dev: torch.device, warmup:
         row[f"{mode}_vs_sdpa"] = row[f"ours_{mode}_tflops"] / row[f"sdpa_{mode}_tflops"]
 
 
+def _run_row(row: dict, measure, deadline: float | None, log, formatter) -> None:
+    """Measure one row (``measure(row)`` fills it) unless ``deadline`` (time.monotonic()) has passed; a failure
+    becomes the row's status instead of stopping the rows after it."""
+    if deadline is not None and time.monotonic() > deadline:
+        row["status"] = "time limit"
+        return
+    try:
+        measure(row)
+        row["status"] = "ok"
+    except Exception as e:  # noqa: BLE001 - one failing shape must not stop the others
+        row["status"] = f"{type(e).__name__}: {str(e).splitlines()[0][:160]}" if str(e) else repr(e)
+    finally:
+        torch.cuda.empty_cache()
+    if log is not None:
+        log(formatter(row))
+
+
 def benchmark_rows(
     seq_lens: tuple[int, ...] = TRIMMED_GRID["seq_lens"],
     head_dims: tuple[int, ...] = TRIMMED_GRID["head_dims"],
@@ -199,7 +221,7 @@ def benchmark_rows(
         raise RuntimeError("benchmark_rows needs a CUDA GPU (the interpreter's timings mean nothing)")
     dev = torch.device(device)
     cfg = GPU_DEFAULT_CONFIGS if configs == "default" else configs
-    start = time.monotonic()
+    deadline = None if time_limit_s is None else time.monotonic() + time_limit_s
     rows = []
     for dtype_name in dtypes:
         dtype = getattr(torch, dtype_name)
@@ -207,32 +229,124 @@ def benchmark_rows(
             for is_causal in causal:
                 for N in seq_lens:
                     B, H = max(1, TOKENS // N), MODEL_WIDTH // D
-                    row = {"dtype": dtype_name, "D": D, "N": N, "B": B, "H": H, "causal": is_causal}
-                    rows.append(row)
-                    if time_limit_s is not None and time.monotonic() - start > time_limit_s:
-                        row["status"] = "time limit"
-                        continue
-                    try:
-                        _measure_pair(row, dtype, cfg, dev, warmup, rep)
-                        row["status"] = "ok"
-                    except Exception as e:  # noqa: BLE001 - one failing shape must not stop the others
-                        row["status"] = f"{type(e).__name__}: {str(e).splitlines()[0][:160]}" if str(e) else repr(e)
-                    finally:
-                        torch.cuda.empty_cache()
-                    if log is not None:
-                        log(format_row(row))
+                    rows.append({"dtype": dtype_name, "D": D, "N": N, "B": B, "H": H, "causal": is_causal})
+                    measure = lambda row, dtype=dtype: _measure_pair(row, dtype, cfg, dev, warmup, rep)  # noqa: E731
+                    _run_row(rows[-1], measure, deadline, log, format_row)
     return rows
 
 
-def format_row(row: dict) -> str:
+TMA_GRID = {"seq_len": 4096, "head_dims": (64, 128), "dtype": "bfloat16", "causal": (False, True)}
+
+
+def _measure_tma_pair(row: dict, dtype: torch.dtype, dev: torch.device, warmup: int, rep: int) -> None:
+    """Fill ``row`` with forward and backward timings of the pointer (``ptr_``) and TMA (``tma_``) load paths,
+    same tiles (``GPU_DEFAULT_CONFIGS``), measured alternately; first their worst error against SDPA."""
+    from torch.nn.attention import SDPBackend, sdpa_kernel
+
+    B, H, N, D, causal = row["B"], row["H"], row["N"], row["D"], row["causal"]
+    q, k, v = (torch.randn(B, H, N, D, device=dev, dtype=dtype, requires_grad=True) for _ in range(3))
+    do = torch.randn(B, H, N, D, device=dev, dtype=dtype)
+    impls = {
+        name: (lambda tma=tma: flash_attention(q, k, v, causal=causal, configs=GPU_DEFAULT_CONFIGS, tma=tma))
+        for name, tma in (("ptr", False), ("tma", True))
+    }
+    with sdpa_kernel(SDPBackend.FLASH_ATTENTION):
+        ref = F.scaled_dot_product_attention(q, k, v, is_causal=causal)
+    ref_grads = torch.autograd.grad(ref, (q, k, v), do)
+    for name, fn in impls.items():  # compiles here; the check doubles as the warm-up
+        o = fn()
+        grads = torch.autograd.grad(o, (q, k, v), do)
+        row[f"{name}_max_err"] = max((a - b).abs().max().item() for a, b in zip((o, *grads), (ref, *ref_grads)))
+    if not row["tma_max_err"] <= 2 * row["ptr_max_err"] + 1e-3:
+        raise RuntimeError(f"TMA path error {row['tma_max_err']:.2e} vs pointer path {row['ptr_max_err']:.2e}")
+    flops = {m: attention_flops(B, H, N, D, causal, m) for m in ("fwd", "bwd")}
+    for name, fn in impls.items():
+        with torch.no_grad():
+            row[f"{name}_fwd_ms"] = _quantiles_ms(fn, warmup=warmup, rep=rep)[1]
+    for name, fn in impls.items():
+        o = fn()
+        row[f"{name}_bwd_ms"] = _quantiles_ms(
+            lambda o=o: o.backward(do, retain_graph=True), grad_to_none=[q, k, v], warmup=warmup, rep=rep
+        )[1]
+    for name in impls:
+        for mode in ("fwd", "bwd"):
+            row[f"{name}_{mode}_tflops"] = flops[mode] / row[f"{name}_{mode}_ms"] * 1e-9
+    for mode in ("fwd", "bwd"):
+        row[f"{mode}_tma_vs_ptr"] = row[f"tma_{mode}_tflops"] / row[f"ptr_{mode}_tflops"]
+
+
+def tma_rows(
+    seq_len: int = TMA_GRID["seq_len"],
+    head_dims: tuple[int, ...] = TMA_GRID["head_dims"],
+    dtype: str = TMA_GRID["dtype"],
+    causal: tuple[bool, ...] = TMA_GRID["causal"],
+    time_limit_s: float | None = None,
+    warmup: int = 25,
+    rep: int = 100,
+    device: str = "cuda",
+    log=print,
+) -> list[dict]:
+    """TMA vs pointer loads, one row per (D, causal): ``ptr_``/``tma_`` + ``max_err`` (vs SDPA), ``fwd_ms``,
+    ``bwd_ms``, ``fwd_tflops``, ``bwd_tflops``; ``fwd_tma_vs_ptr``, ``bwd_tma_vs_ptr``; ``status`` as in
+    ``benchmark_rows``. Needs a GPU of compute capability 9.0 or newer."""
+    if INTERPRET or not torch.cuda.is_available():
+        raise RuntimeError("tma_rows needs a CUDA GPU (the interpreter's timings mean nothing)")
+    dev = torch.device(device)
+    cap = torch.cuda.get_device_capability(dev)
+    if cap < TMA_MIN_CAPABILITY:
+        raise RuntimeError(
+            f"tma_rows needs a GPU with a Tensor Memory Accelerator (9.0+), this one is {cap[0]}.{cap[1]}"
+        )
+    deadline = None if time_limit_s is None else time.monotonic() + time_limit_s
+    rows = []
+    for D in head_dims:
+        for is_causal in causal:
+            B, H = max(1, TOKENS // seq_len), MODEL_WIDTH // D
+            rows.append({"dtype": dtype, "D": D, "N": seq_len, "B": B, "H": H, "causal": is_causal})
+            measure = lambda row: _measure_tma_pair(row, getattr(torch, dtype), dev, warmup, rep)  # noqa: E731
+            _run_row(rows[-1], measure, deadline, log, format_tma_row)
+    return rows
+
+
+def format_tma_row(row: dict) -> str:
+    """One line of ``tma_rows``: pointer and TMA TFLOP/s, forward and backward, and TMA / pointer."""
+    return _format_pair(row, "ptr", "tma", "tma_vs_ptr")
+
+
+def tma_table(rows: list[dict]) -> str:
+    """Markdown: pointer vs TMA loads per shape, forward and backward TFLOP/s and the TMA/pointer ratio."""
+    head = (
+        "| dtype | causal | D | N | B×H | fwd pointer | fwd TMA | fwd TMA/pointer | bwd pointer | bwd TMA "
+        "| bwd TMA/pointer |"
+    )
+    lines = [head, "|" + "---|" * (head.count("|") - 1)]
+    for r in rows:
+        start = f"| {r['dtype']} | {r['causal']} | {r['D']} | {r['N']} | {r['B']}×{r['H']} |"
+        if r.get("status") != "ok":
+            lines.append(start + f" {r.get('status')} |" + " |" * (head.count("|") - 7))
+            continue
+        lines.append(
+            f"{start} {r['ptr_fwd_tflops']:.1f} | {r['tma_fwd_tflops']:.1f} | {r['fwd_tma_vs_ptr']:.2f} | "
+            f"{r['ptr_bwd_tflops']:.1f} | {r['tma_bwd_tflops']:.1f} | {r['bwd_tma_vs_ptr']:.2f} |"
+        )
+    return "\n".join(lines) + "\n"
+
+
+def _format_pair(row: dict, first: str, second: str, ratio: str) -> str:
     head = f"{row['dtype']:<8} D={row['D']:<3} causal={row['causal']!s:<5} N={row['N']:<5}"
     if row.get("status") != "ok":
         return f"   {head} {row.get('status')}"
-    return (
-        f"   {head} fwd ours {row['ours_fwd_tflops']:6.1f} sdpa {row['sdpa_fwd_tflops']:6.1f} "
-        f"(x{row['fwd_vs_sdpa']:.2f})  bwd ours {row['ours_bwd_tflops']:6.1f} sdpa {row['sdpa_bwd_tflops']:6.1f} "
-        f"(x{row['bwd_vs_sdpa']:.2f}) TFLOP/s"
-    )
+    parts = [
+        f"{mode} {first} {row[f'{first}_{mode}_tflops']:6.1f} {second} {row[f'{second}_{mode}_tflops']:6.1f} "
+        f"(x{row[f'{mode}_{ratio}']:.2f})"
+        for mode in ("fwd", "bwd")
+    ]
+    return f"   {head} {'  '.join(parts)} TFLOP/s"
+
+
+def format_row(row: dict) -> str:
+    """One line of ``benchmark_rows``: ours and SDPA TFLOP/s, forward and backward, and ours / SDPA."""
+    return _format_pair(row, "ours", "sdpa", "vs_sdpa")
 
 
 def comparison_table(rows: list[dict], peak: float | None) -> str:
@@ -276,7 +390,7 @@ def markdown_table(rows: list[dict], peak: float | None) -> str:
     return "\n".join(lines) + "\n"
 
 
-def run_benchmark(seq_lens, head_dims, dtypes, impls, part1_max_n, configs, dev) -> dict:
+def run_benchmark(seq_lens, head_dims, dtypes, impls, part1_max_n, configs, dev, tma=False) -> dict:
     """GPU only: ours vs SDPA (and part 1's loops) over the grid; writes benchmark.md / .json and returns rows."""
     out: dict = {"rows": []}
     name = torch.cuda.get_device_name(dev)
@@ -302,6 +416,12 @@ def run_benchmark(seq_lens, head_dims, dtypes, impls, part1_max_n, configs, dev)
                     print(f"   part1  {dtype_name:<8} D={D:<3} N={N:<5} fwd {r['fwd_tflops']:6.2f} TFLOP/s")
         out["part1_rows"] = part1
         report += "\npart 1 (PyTorch tiled loops, non-causal)\n\n" + markdown_table(part1, peak)
+    if tma and torch.cuda.get_device_capability(dev) >= TMA_MIN_CAPABILITY:
+        print("\n3. TMA vs pointer loads, GPU_DEFAULT_CONFIGS")
+        out["tma_rows"] = tma_rows(device=str(dev))
+        report += "\nTMA vs pointer loads (GPU_DEFAULT_CONFIGS, TFLOP/s)\n\n" + tma_table(out["tma_rows"])
+    elif tma:
+        print("\n3. TMA: this GPU has no Tensor Memory Accelerator (compute capability 9.0+ needed)")
     folder = out_dir("triton_flash_attention")
     atomic_write_text(report, folder / "benchmark.md")
     atomic_write_text(json.dumps({"meta": meta, **out}, indent=1, default=str), folder / "benchmark.json")
@@ -319,6 +439,7 @@ def main(
     grid: str = "full",
     configs: str | None = None,
     bench: bool = True,
+    tma: bool = False,
     device: str = "auto",
     seed: int = 0,
 ) -> dict:
@@ -338,7 +459,7 @@ def main(
               f"{'OK' if r['ok'] else 'MISMATCH'}")  # fmt: skip
     out = {"checks": checks, "rows": []}
     if bench and dev.type == "cuda":
-        out.update(run_benchmark(seq_lens, head_dims, dtypes, impls, part1_max_n, configs, dev))
+        out.update(run_benchmark(seq_lens, head_dims, dtypes, impls, part1_max_n, configs, dev, tma=tma))
     elif bench:
         print("\n2. benchmark: timing needs a CUDA GPU (the interpreter emulates every program with NumPy on the CPU)")
     return out
@@ -361,6 +482,7 @@ def parse_args():
         "--configs", choices=["default"], default=None, help="'default': time GPU_DEFAULT_CONFIGS instead of autotuning"
     )
     p.add_argument("--no-bench", dest="bench", action="store_false", help="only the correctness check")
+    p.add_argument("--tma", action="store_true", help="also time TMA vs pointer loads (Hopper GPUs, N = 4096, bf16)")
     p.add_argument("--seed", type=int, default=0)
     add_device_argument(p)
     args = p.parse_args()

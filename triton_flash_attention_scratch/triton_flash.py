@@ -32,8 +32,10 @@ Grouped-query attention: query head ``h`` reads K/V head ``h // (H / H_kv)``; th
 loops over the ``H / H_kv`` query heads of its group, so gradients are summed without atomics.
 
 Causal attention runs in two stages: the blocks strictly left of the diagonal need no mask; only the diagonal
-block is masked; blocks right of the diagonal are never visited. Every load and store is masked, so any sequence
-length works (the last block is partial), and head dims that are not a power of two are padded to one.
+block is masked; blocks right of the diagonal are never visited. Loads and stores are masked where a block can
+leave the tensor (a partial last block, the padding lanes of a head dim that is not a power of two, which is
+padded to one), so any sequence length works. ``tma=True`` streams the K/V (or Q/dO) tiles through tensor
+descriptors instead, Hopper's Tensor Memory Accelerator, whose copies fill what lies outside the matrix with zeros.
 
 Runs compiled on a CUDA GPU, and on the CPU under Triton's interpreter (``TRITON_INTERPRET=1``, set below when
 there is no CUDA). The interpreter is exact for fp32 and fp16 but computes bf16 ``tl.dot`` wrongly, so bf16 is
@@ -89,13 +91,44 @@ def _load_vec(ptrs, rows, n_rows, CHECK_ROWS: tl.constexpr):
 
 
 @triton.jit
+def _stream_tile(src, start, rows, n_rows, stride, offs_d, d_ok, CHECK_ROWS: tl.constexpr, PAD_D: tl.constexpr,
+                 USE_TMA: tl.constexpr):  # fmt: skip
+    """The (rows, BLOCK_D) tile at row ``start`` of a streamed tensor: K or V (forward, dQ), Q or dO (dK/dV).
+
+    ``USE_TMA``: ``src`` is a tensor descriptor and one instruction asks Hopper's Tensor Memory Accelerator for
+    the whole tile; it arrives in shared memory with rows past ``n_rows`` and lanes past HEAD_DIM filled with
+    zeros by the hardware, so no mask is computed. Otherwise ``src`` is the (batch, head)'s base pointer and
+    every thread computes its own addresses (``_load_tile``)."""
+    if USE_TMA:
+        tile = src.load([start, 0])
+    else:
+        tile = _load_tile(src + rows[:, None] * stride + offs_d[None, :], rows, n_rows, d_ok, CHECK_ROWS, PAD_D)
+    return tile
+
+
+@triton.jit
+def _streamed_source(base, stride, N_CTX, HEAD_DIM: tl.constexpr, BLOCK_ROWS: tl.constexpr,
+                     BLOCK_D: tl.constexpr, USE_TMA: tl.constexpr):  # fmt: skip
+    """What ``_stream_tile`` reads from: a descriptor of the (N_CTX, HEAD_DIM) matrix at ``base`` (row stride
+    ``stride``, tiles of (BLOCK_ROWS, BLOCK_D)) with ``USE_TMA``, else ``base`` itself. The descriptor is built
+    on the device, once per program and (batch, head) it streams (128 bytes in a scratch buffer Triton asks the
+    allocator for; the dK/dV kernel rebuilds its two for every query head of its GQA group)."""
+    if USE_TMA:
+        src = tl.make_tensor_descriptor(base, shape=[N_CTX, HEAD_DIM], strides=[stride, 1],
+                                        block_shape=[BLOCK_ROWS, BLOCK_D])  # fmt: skip
+    else:
+        src = base
+    return src
+
+
+@triton.jit
 def _attn_fwd_inner(
     acc,
     l_i,
     m_i,
     q,
-    k_base,
-    v_base,
+    k_src,
+    v_src,
     stride_kn,
     stride_vn,
     offs_m,
@@ -110,6 +143,7 @@ def _attn_fwd_inner(
     CHECK_N: tl.constexpr,
     PAD_D: tl.constexpr,
     INPUT_PRECISION: tl.constexpr,
+    USE_TMA: tl.constexpr,
 ):
     """Online softmax over the key blocks [lo, hi). ``MASK_DIAG`` applies the causal mask (diagonal block only);
     ``CHECK_N`` masks keys past N_CTX (only a partial last block needs it)."""
@@ -117,8 +151,7 @@ def _attn_fwd_inner(
     d_ok = offs_d[None, :] < HEAD_DIM
     for start_n in tl.range(lo, hi, BLOCK_N):
         cols = start_n + offs_n  # key positions of this block
-        k_ptrs = k_base + cols[:, None] * stride_kn + offs_d[None, :]
-        k = _load_tile(k_ptrs, cols, N_CTX, d_ok, CHECK_N, PAD_D)  # (BLOCK_N, D)
+        k = _stream_tile(k_src, start_n, cols, N_CTX, stride_kn, offs_d, d_ok, CHECK_N, PAD_D, USE_TMA)  # (BLOCK_N, D)
         qk = tl.dot(q, tl.trans(k), input_precision=INPUT_PRECISION) * qk_scale  # (BLOCK_M, BLOCK_N), log2 units
         if CHECK_N:
             valid = cols[None, :] < N_CTX  # the last key block may be partial
@@ -131,7 +164,7 @@ def _attn_fwd_inner(
         p = tl.exp2(qk - m_new[:, None])  # (BLOCK_M, BLOCK_N)
         alpha = tl.exp2(m_i - m_new)  # rescales what was accumulated under the old maximum
         l_i = l_i * alpha + tl.sum(p, 1)
-        v = _load_tile(v_base + cols[:, None] * stride_vn + offs_d[None, :], cols, N_CTX, d_ok, CHECK_N, PAD_D)
+        v = _stream_tile(v_src, start_n, cols, N_CTX, stride_vn, offs_d, d_ok, CHECK_N, PAD_D, USE_TMA)
         acc = acc * alpha[:, None]
         acc = tl.dot(p.to(v.dtype), v, acc, input_precision=INPUT_PRECISION)  # fp32 accumulation
         m_i = m_new
@@ -166,6 +199,7 @@ def _attn_fwd(
     BLOCK_D: tl.constexpr,
     CAUSAL: tl.constexpr,
     INPUT_PRECISION: tl.constexpr,
+    USE_TMA: tl.constexpr,  # K and V tiles through the Tensor Memory Accelerator (Hopper and newer)
     BLOCK_M: tl.constexpr,
     BLOCK_N: tl.constexpr,
 ):
@@ -184,8 +218,10 @@ def _attn_fwd(
 
     q_ptrs = Q + off_b * stride_qb + off_h * stride_qh + offs_m[:, None] * stride_qn + offs_d[None, :]
     q = tl.load(q_ptrs, mask=io_mask, other=0.0)  # (BLOCK_M, BLOCK_D), stays in registers for the whole loop
-    k_base = K + off_b * stride_kb + off_hkv * stride_kh
-    v_base = V + off_b * stride_vb + off_hkv * stride_vh
+    k_src = _streamed_source(K + off_b * stride_kb + off_hkv * stride_kh, stride_kn, N_CTX, HEAD_DIM, BLOCK_N,
+                             BLOCK_D, USE_TMA)  # fmt: skip
+    v_src = _streamed_source(V + off_b * stride_vb + off_hkv * stride_vh, stride_vn, N_CTX, HEAD_DIM, BLOCK_N,
+                             BLOCK_D, USE_TMA)  # fmt: skip
 
     m_i = tl.full([BLOCK_M], float("-inf"), dtype=tl.float32)
     l_i = tl.zeros([BLOCK_M], dtype=tl.float32)
@@ -197,25 +233,25 @@ def _attn_fwd(
         # stage 1: key blocks strictly left of the diagonal block, no mask at all: every key is < start_m < N_CTX
         # and visible to every query of the block (needs BLOCK_M % BLOCK_N == 0)
         acc, l_i, m_i = _attn_fwd_inner(
-            acc, l_i, m_i, q, k_base, v_base, stride_kn, stride_vn, offs_m, offs_d,
-            0, start_m, N_CTX, qk_scale, HEAD_DIM, BLOCK_N, False, False, PAD_D, INPUT_PRECISION,
+            acc, l_i, m_i, q, k_src, v_src, stride_kn, stride_vn, offs_m, offs_d,
+            0, start_m, N_CTX, qk_scale, HEAD_DIM, BLOCK_N, False, False, PAD_D, INPUT_PRECISION, USE_TMA,
         )  # fmt: skip
         # stage 2: the diagonal block, with the causal mask (and the bounds check: it may be the partial last one)
         hi = tl.minimum(start_m + BLOCK_M, N_CTX)
         acc, l_i, m_i = _attn_fwd_inner(
-            acc, l_i, m_i, q, k_base, v_base, stride_kn, stride_vn, offs_m, offs_d,
-            start_m, hi, N_CTX, qk_scale, HEAD_DIM, BLOCK_N, True, True, PAD_D, INPUT_PRECISION,
+            acc, l_i, m_i, q, k_src, v_src, stride_kn, stride_vn, offs_m, offs_d,
+            start_m, hi, N_CTX, qk_scale, HEAD_DIM, BLOCK_N, True, True, PAD_D, INPUT_PRECISION, USE_TMA,
         )  # fmt: skip
     else:
         # the full key blocks without a mask, then the partial last one (if N_CTX % BLOCK_N) with it
         n_full = (N_CTX // BLOCK_N) * BLOCK_N
         acc, l_i, m_i = _attn_fwd_inner(
-            acc, l_i, m_i, q, k_base, v_base, stride_kn, stride_vn, offs_m, offs_d,
-            0, n_full, N_CTX, qk_scale, HEAD_DIM, BLOCK_N, False, False, PAD_D, INPUT_PRECISION,
+            acc, l_i, m_i, q, k_src, v_src, stride_kn, stride_vn, offs_m, offs_d,
+            0, n_full, N_CTX, qk_scale, HEAD_DIM, BLOCK_N, False, False, PAD_D, INPUT_PRECISION, USE_TMA,
         )  # fmt: skip
         acc, l_i, m_i = _attn_fwd_inner(
-            acc, l_i, m_i, q, k_base, v_base, stride_kn, stride_vn, offs_m, offs_d,
-            n_full, N_CTX, N_CTX, qk_scale, HEAD_DIM, BLOCK_N, False, True, PAD_D, INPUT_PRECISION,
+            acc, l_i, m_i, q, k_src, v_src, stride_kn, stride_vn, offs_m, offs_d,
+            n_full, N_CTX, N_CTX, qk_scale, HEAD_DIM, BLOCK_N, False, True, PAD_D, INPUT_PRECISION, USE_TMA,
         )  # fmt: skip
 
     acc = acc / l_i[:, None]
@@ -269,8 +305,8 @@ def _attn_bwd_dkdv_inner(
     dv,
     k,
     v,
-    q_base,
-    do_base,
+    q_src,
+    do_src,
     lse_base,
     delta_base,
     stride_qn,
@@ -287,13 +323,14 @@ def _attn_bwd_dkdv_inner(
     CHECK_M: tl.constexpr,
     PAD_D: tl.constexpr,
     INPUT_PRECISION: tl.constexpr,
+    USE_TMA: tl.constexpr,
 ):
     """Accumulate dK, dV of one key block over the query blocks [lo, hi). Works with transposed tiles (N, M).
     ``CHECK_M`` masks queries past N_CTX (needed when a query block of [lo, hi) may be partial)."""
     d_ok = offs_d[None, :] < HEAD_DIM
     for start_m in tl.range(lo, hi, BLOCK_M):
         offs_m = start_m + tl.arange(0, BLOCK_M)
-        q = _load_tile(q_base + offs_m[:, None] * stride_qn + offs_d[None, :], offs_m, N_CTX, d_ok, CHECK_M, PAD_D)
+        q = _stream_tile(q_src, start_m, offs_m, N_CTX, stride_qn, offs_d, d_ok, CHECK_M, PAD_D, USE_TMA)
         lse = _load_vec(lse_base + offs_m, offs_m, N_CTX, CHECK_M) * 1.4426950408889634  # L in log2 units
         qkT = tl.dot(k, tl.trans(q), input_precision=INPUT_PRECISION)  # (BLOCK_N, BLOCK_M) = (Q Kᵀ)ᵀ
         # Pᵀ recomputed from the saved logsumexp; masked entries get exp2(-inf) = 0 (never a huge exp of a
@@ -307,7 +344,7 @@ def _attn_bwd_dkdv_inner(
         elif MASK_DIAG:
             sT = tl.where(offs_m[None, :] >= offs_n[:, None], sT, float("-inf"))
         pT = tl.exp2(sT)
-        do = _load_tile(do_base + offs_m[:, None] * stride_don + offs_d[None, :], offs_m, N_CTX, d_ok, CHECK_M, PAD_D)
+        do = _stream_tile(do_src, start_m, offs_m, N_CTX, stride_don, offs_d, d_ok, CHECK_M, PAD_D, USE_TMA)
         dv = tl.dot(pT.to(do.dtype), do, dv, input_precision=INPUT_PRECISION)  # dV += Pᵀ dO
         delta = _load_vec(delta_base + offs_m, offs_m, N_CTX, CHECK_M)
         dpT = tl.dot(v, tl.trans(do), input_precision=INPUT_PRECISION)  # (dO Vᵀ)ᵀ, (BLOCK_N, BLOCK_M)
@@ -353,6 +390,7 @@ def _attn_bwd_dkdv(
     BLOCK_D: tl.constexpr,
     CAUSAL: tl.constexpr,
     INPUT_PRECISION: tl.constexpr,
+    USE_TMA: tl.constexpr,  # Q and dO tiles through the Tensor Memory Accelerator (Hopper and newer)
     BLOCK_M: tl.constexpr,
     BLOCK_N: tl.constexpr,
     EVEN_M: tl.constexpr,  # N_CTX % BLOCK_M == 0 (set by the launch, see _attn_bwd_dkdv_even)
@@ -389,8 +427,10 @@ def _attn_bwd_dkdv(
     CHECK_M = not EVEN_M
     for g in range(group):
         off_h = off_hkv * group + g
-        q_base = Q + off_b * stride_qb + off_h * stride_qh
-        do_base = DO + off_b * stride_dob + off_h * stride_doh
+        q_src = _streamed_source(Q + off_b * stride_qb + off_h * stride_qh, stride_qn, N_CTX, HEAD_DIM, BLOCK_M,
+                                 BLOCK_D, USE_TMA)  # fmt: skip
+        do_src = _streamed_source(DO + off_b * stride_dob + off_h * stride_doh, stride_don, N_CTX, HEAD_DIM,
+                                  BLOCK_M, BLOCK_D, USE_TMA)  # fmt: skip
         lse_base = LSE + (off_b * H + off_h) * N_CTX
         delta_base = DELTA + (off_b * H + off_h) * N_CTX
         if CAUSAL:
@@ -398,17 +438,18 @@ def _attn_bwd_dkdv(
             # are masked (needs BLOCK_N % BLOCK_M == 0); every later query sees all of them: no mask.
             hi = tl.minimum(start_n + BLOCK_N, N_CTX)
             dk, dv = _attn_bwd_dkdv_inner(
-                dk, dv, k, v, q_base, do_base, lse_base, delta_base, stride_qn, stride_don, offs_n, offs_d,
-                start_n, hi, N_CTX, qk_scale, HEAD_DIM, BLOCK_M, True, True, PAD_D, INPUT_PRECISION,
+                dk, dv, k, v, q_src, do_src, lse_base, delta_base, stride_qn, stride_don, offs_n, offs_d,
+                start_n, hi, N_CTX, qk_scale, HEAD_DIM, BLOCK_M, True, True, PAD_D, INPUT_PRECISION, USE_TMA,
             )  # fmt: skip
             dk, dv = _attn_bwd_dkdv_inner(
-                dk, dv, k, v, q_base, do_base, lse_base, delta_base, stride_qn, stride_don, offs_n, offs_d,
+                dk, dv, k, v, q_src, do_src, lse_base, delta_base, stride_qn, stride_don, offs_n, offs_d,
                 start_n + BLOCK_N, N_CTX, N_CTX, qk_scale, HEAD_DIM, BLOCK_M, False, CHECK_M, PAD_D, INPUT_PRECISION,
+                USE_TMA,
             )  # fmt: skip
         else:
             dk, dv = _attn_bwd_dkdv_inner(
-                dk, dv, k, v, q_base, do_base, lse_base, delta_base, stride_qn, stride_don, offs_n, offs_d,
-                0, N_CTX, N_CTX, qk_scale, HEAD_DIM, BLOCK_M, False, CHECK_M, PAD_D, INPUT_PRECISION,
+                dk, dv, k, v, q_src, do_src, lse_base, delta_base, stride_qn, stride_don, offs_n, offs_d,
+                0, N_CTX, N_CTX, qk_scale, HEAD_DIM, BLOCK_M, False, CHECK_M, PAD_D, INPUT_PRECISION, USE_TMA,
             )  # fmt: skip
 
     dk = dk * sm_scale  # S = sm_scale · Q Kᵀ, so dK picks up the scale once here
@@ -425,8 +466,8 @@ def _attn_bwd_dq_inner(
     do,
     lse,
     delta,
-    k_base,
-    v_base,
+    k_src,
+    v_src,
     stride_kn,
     stride_vn,
     offs_m,
@@ -441,13 +482,14 @@ def _attn_bwd_dq_inner(
     CHECK_N: tl.constexpr,
     PAD_D: tl.constexpr,
     INPUT_PRECISION: tl.constexpr,
+    USE_TMA: tl.constexpr,
 ):
     """Accumulate dQ of one query block over the key blocks [lo, hi). ``CHECK_N``: mask keys past N_CTX."""
     d_ok = offs_d[None, :] < HEAD_DIM
     for start_n in tl.range(lo, hi, BLOCK_N):
         offs_n = start_n + tl.arange(0, BLOCK_N)
-        k = _load_tile(k_base + offs_n[:, None] * stride_kn + offs_d[None, :], offs_n, N_CTX, d_ok, CHECK_N, PAD_D)
-        v = _load_tile(v_base + offs_n[:, None] * stride_vn + offs_d[None, :], offs_n, N_CTX, d_ok, CHECK_N, PAD_D)
+        k = _stream_tile(k_src, start_n, offs_n, N_CTX, stride_kn, offs_d, d_ok, CHECK_N, PAD_D, USE_TMA)
+        v = _stream_tile(v_src, start_n, offs_n, N_CTX, stride_vn, offs_d, d_ok, CHECK_N, PAD_D, USE_TMA)
         qk = tl.dot(q, tl.trans(k), input_precision=INPUT_PRECISION)  # (BLOCK_M, BLOCK_N)
         s = qk * qk_scale - lse[:, None]
         if CHECK_N:
@@ -497,6 +539,7 @@ def _attn_bwd_dq(
     BLOCK_D: tl.constexpr,
     CAUSAL: tl.constexpr,
     INPUT_PRECISION: tl.constexpr,
+    USE_TMA: tl.constexpr,  # K and V tiles through the Tensor Memory Accelerator (Hopper and newer)
     BLOCK_M: tl.constexpr,
     BLOCK_N: tl.constexpr,
 ):
@@ -523,8 +566,10 @@ def _attn_bwd_dq(
     )
     lse = tl.load(LSE + off_bh * N_CTX + offs_m, mask=row_ok, other=0.0) * 1.4426950408889634
     delta = tl.load(DELTA + off_bh * N_CTX + offs_m, mask=row_ok, other=0.0)
-    k_base = K + off_b * stride_kb + off_hkv * stride_kh
-    v_base = V + off_b * stride_vb + off_hkv * stride_vh
+    k_src = _streamed_source(K + off_b * stride_kb + off_hkv * stride_kh, stride_kn, N_CTX, HEAD_DIM, BLOCK_N,
+                             BLOCK_D, USE_TMA)  # fmt: skip
+    v_src = _streamed_source(V + off_b * stride_vb + off_hkv * stride_vh, stride_vn, N_CTX, HEAD_DIM, BLOCK_N,
+                             BLOCK_D, USE_TMA)  # fmt: skip
     dq = tl.zeros([BLOCK_M, BLOCK_D], dtype=tl.float32)
     qk_scale = sm_scale * 1.4426950408889634
 
@@ -533,23 +578,23 @@ def _attn_bwd_dq(
         # key blocks left of the diagonal: no mask at all (needs BLOCK_M % BLOCK_N == 0); the diagonal block:
         # the causal mask and the bounds check
         dq = _attn_bwd_dq_inner(
-            dq, q, do, lse, delta, k_base, v_base, stride_kn, stride_vn, offs_m, offs_d,
-            0, start_m, N_CTX, qk_scale, HEAD_DIM, BLOCK_N, False, False, PAD_D, INPUT_PRECISION,
+            dq, q, do, lse, delta, k_src, v_src, stride_kn, stride_vn, offs_m, offs_d,
+            0, start_m, N_CTX, qk_scale, HEAD_DIM, BLOCK_N, False, False, PAD_D, INPUT_PRECISION, USE_TMA,
         )  # fmt: skip
         hi = tl.minimum(start_m + BLOCK_M, N_CTX)
         dq = _attn_bwd_dq_inner(
-            dq, q, do, lse, delta, k_base, v_base, stride_kn, stride_vn, offs_m, offs_d,
-            start_m, hi, N_CTX, qk_scale, HEAD_DIM, BLOCK_N, True, True, PAD_D, INPUT_PRECISION,
+            dq, q, do, lse, delta, k_src, v_src, stride_kn, stride_vn, offs_m, offs_d,
+            start_m, hi, N_CTX, qk_scale, HEAD_DIM, BLOCK_N, True, True, PAD_D, INPUT_PRECISION, USE_TMA,
         )  # fmt: skip
     else:
         n_full = (N_CTX // BLOCK_N) * BLOCK_N  # full key blocks without a mask, then the partial one with it
         dq = _attn_bwd_dq_inner(
-            dq, q, do, lse, delta, k_base, v_base, stride_kn, stride_vn, offs_m, offs_d,
-            0, n_full, N_CTX, qk_scale, HEAD_DIM, BLOCK_N, False, False, PAD_D, INPUT_PRECISION,
+            dq, q, do, lse, delta, k_src, v_src, stride_kn, stride_vn, offs_m, offs_d,
+            0, n_full, N_CTX, qk_scale, HEAD_DIM, BLOCK_N, False, False, PAD_D, INPUT_PRECISION, USE_TMA,
         )  # fmt: skip
         dq = _attn_bwd_dq_inner(
-            dq, q, do, lse, delta, k_base, v_base, stride_kn, stride_vn, offs_m, offs_d,
-            n_full, N_CTX, N_CTX, qk_scale, HEAD_DIM, BLOCK_N, False, True, PAD_D, INPUT_PRECISION,
+            dq, q, do, lse, delta, k_src, v_src, stride_kn, stride_vn, offs_m, offs_d,
+            n_full, N_CTX, N_CTX, qk_scale, HEAD_DIM, BLOCK_N, False, True, PAD_D, INPUT_PRECISION, USE_TMA,
         )  # fmt: skip
 
     dq = dq * sm_scale
@@ -578,7 +623,7 @@ GPU_DEFAULT_CONFIGS = {
 PREPROCESS_BLOCK_M = 64
 # Keyed by the sequence length rounded up to a power of two (N_CTX_BUCKET), not N_CTX itself: otherwise every new
 # length (e.g. each step of token-by-token generation) would pay for a fresh tuning run.
-AUTOTUNE_KEY = ["N_CTX_BUCKET", "HEAD_DIM", "CAUSAL"]
+AUTOTUNE_KEY = ["N_CTX_BUCKET", "HEAD_DIM", "CAUSAL", "USE_TMA"]
 KERNELS = ("fwd", "dkdv", "dq")
 # How much the compiled kernels autotune (read once, at import):
 #   LLM_SCRATCH_AUTOTUNE=small (default)  <= 4 hand-picked configs per kernel: a first call per key compiles
@@ -889,6 +934,58 @@ def _launch(tuned, raw, grid, cfg: dict | None, *args, **kwargs):
         raise ValueError(f"config {cfg} does not fit this GPU: {e}") from None
 
 
+TMA_MIN_CAPABILITY = (9, 0)  # the Tensor Memory Accelerator came with Hopper (H100, H200)
+
+
+def check_tma(tma: object, tensors: dict[str, torch.Tensor]) -> bool:
+    """Can ``tma=True`` run on these tensors? One clear error if not; returns ``tma``.
+
+    A TMA descriptor needs a GPU that has the unit (compute capability 9.0+; under the interpreter it is
+    emulated, so the CPU tests run the same kernels) and 16-byte aligned rows: the tensor's start and every stride
+    but the last a multiple of 16 bytes (Triton does not check this on the device: a misaligned descriptor is an
+    illegal-instruction fault, not an error message). Contiguous fp16/bf16 tensors with a head dim that is a
+    multiple of 8 (fp32: 4) have them.
+    """
+    if not isinstance(tma, bool):
+        raise TypeError(f"tma must be True or False, got {tma!r}")
+    if not tma:
+        return False
+    first = next(iter(tensors.values()))
+    if not INTERPRET:
+        cap = torch.cuda.get_device_capability(first.device)
+        if cap < TMA_MIN_CAPABILITY:
+            raise ValueError(
+                f"tma=True needs a GPU with a Tensor Memory Accelerator (compute capability 9.0 or newer, e.g. H100); "
+                f"{torch.cuda.get_device_name(first.device)} has {cap[0]}.{cap[1]}: use tma=False"
+            )
+    for name, t in tensors.items():
+        size = t.element_size()
+        # the row stride, and the batch and head strides where that dim is really stepped over (size > 1)
+        steps = [t.stride(2)] + [st for n, st in zip(t.shape[:2], t.stride()[:2]) if n > 1]
+        bad = [st * size for st in steps if st * size % 16]
+        if t.data_ptr() % 16 or bad:
+            what = f"starts {t.data_ptr() % 16} bytes past a 16-byte boundary" if t.data_ptr() % 16 else (
+                f"has a stride of {bad[0]} bytes")  # fmt: skip
+            raise ValueError(
+                f"tma=True needs 16-byte aligned rows, but {name} (shape {tuple(t.shape)}, strides {t.stride()}, "
+                f"{size}-byte elements) {what}: use a head dim that is a multiple of {16 // size} and a contiguous "
+                "tensor, or tma=False"
+            )
+    return True
+
+
+def _tma_scratch(size: int, alignment: int, stream: object) -> torch.Tensor:
+    """Global memory for the descriptors the kernels build on the device (``triton.set_allocator``)."""
+    return torch.empty(size, dtype=torch.int8, device="cuda")
+
+
+def _prepare_tma(tma: bool) -> None:
+    # The allocator is a context variable: set it in the thread that launches (autograd runs the backward in a
+    # thread of its own), every time, since another library may have set its own.
+    if tma and not INTERPRET:
+        triton.set_allocator(_tma_scratch)
+
+
 def _check_causal_and_scale(causal: object, sm_scale: object) -> None:
     if not isinstance(causal, bool):
         raise TypeError(f"causal must be True or False, got {causal!r}")
@@ -907,14 +1004,17 @@ def attention_forward(
     causal: bool = False,
     sm_scale: float | None = None,
     config: dict | None = None,
+    tma: bool = False,
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """Flash-attention forward: returns ``o`` (B, H, N, D) in the input dtype and ``lse`` (B, H, N) fp32, natural log.
 
     ``config`` fixes the tiles instead of autotuning, e.g. ``{"BLOCK_M": 64, "BLOCK_N": 32, "num_stages": 3}``
-    (the causal split needs BLOCK_M % BLOCK_N == 0).
+    (the causal split needs BLOCK_M % BLOCK_N == 0). ``tma=True`` loads the K and V tiles through tensor
+    descriptors, i.e. Hopper's Tensor Memory Accelerator (``check_tma`` says where it can run).
     """
     validate_attention_inputs(q, k, v)
     _check_causal_and_scale(causal, sm_scale)
+    tma = check_tma(tma, {"q": q, "k": k, "v": v})
     B, H, N, D = q.shape
     H_kv = k.shape[1]
     sm_scale = 1.0 / math.sqrt(D) if sm_scale is None else float(sm_scale)
@@ -922,6 +1022,7 @@ def attention_forward(
     o = torch.empty_like(q, memory_format=torch.contiguous_format)
     lse = torch.empty((B, H, N), device=q.device, dtype=torch.float32)
     grid = lambda META: (triton.cdiv(N, META["BLOCK_M"]), B * H)
+    _prepare_tma(tma)
     _launch(
         _attn_fwd_tuned, _attn_fwd, grid, config,
         q, k, v, o, lse,
@@ -931,6 +1032,7 @@ def attention_forward(
         o.stride(0), o.stride(1), o.stride(2),
         H, H_kv, N, triton.next_power_of_2(N), sm_scale,
         HEAD_DIM=D, BLOCK_D=padded_head_dim(D), CAUSAL=bool(causal), INPUT_PRECISION=_input_precision(q.dtype),
+        USE_TMA=tma,
     )  # fmt: skip
     return o, lse
 
@@ -946,8 +1048,12 @@ def attention_backward(
     sm_scale: float | None = None,
     dkdv_config: dict | None = None,
     dq_config: dict | None = None,
+    tma: bool = False,
 ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-    """Flash-attention backward from the saved ``o`` and ``lse``: returns ``(dq, dk, dv)`` in the input dtype."""
+    """Flash-attention backward from the saved ``o`` and ``lse``: returns ``(dq, dk, dv)`` in the input dtype.
+
+    ``tma=True``: the streamed tiles (Q and dO in the dK/dV kernel, K and V in the dQ kernel) come through tensor
+    descriptors, as in ``attention_forward``."""
     validate_attention_inputs(q, k, v)
     _check_causal_and_scale(causal, sm_scale)
     B, H, N, D = q.shape
@@ -967,6 +1073,10 @@ def attention_backward(
     sm_scale = 1.0 / math.sqrt(D) if sm_scale is None else float(sm_scale)
     o = o if o.stride(-1) == 1 else o.contiguous()
     do = do if do.stride(-1) == 1 else do.contiguous()
+    if tma is True and isinstance(do, torch.Tensor) and (do.data_ptr() % 16 or not do.is_contiguous()):
+        do = do.clone(memory_format=torch.contiguous_format)  # any view of a gradient: a fresh copy is aligned
+    tma = check_tma(tma, {"q": q, "k": k, "v": v, "do": do})
+    _prepare_tma(tma)
     block_d = padded_head_dim(D)
     precision = _input_precision(q.dtype)
 
@@ -981,7 +1091,7 @@ def attention_backward(
     dq = torch.empty_like(q, memory_format=torch.contiguous_format)
     dk = torch.empty_like(k, memory_format=torch.contiguous_format)
     dv = torch.empty_like(v, memory_format=torch.contiguous_format)
-    common = dict(HEAD_DIM=D, BLOCK_D=block_d, CAUSAL=bool(causal), INPUT_PRECISION=precision)
+    common = dict(HEAD_DIM=D, BLOCK_D=block_d, CAUSAL=bool(causal), INPUT_PRECISION=precision, USE_TMA=tma)
     grid_kv = lambda META: (triton.cdiv(N, META["BLOCK_N"]), B * H_kv)
     _launch(
         _attn_bwd_dkdv_tuned, _attn_bwd_dkdv_even, grid_kv, dkdv_config,
@@ -1018,13 +1128,14 @@ class FlashAttentionFunction(torch.autograd.Function):
     """
 
     @staticmethod
-    def forward(ctx, q, k, v, causal, sm_scale, configs=None):
+    def forward(ctx, q, k, v, causal, sm_scale, configs=None, tma=False):
         configs = configs or {}
-        o, lse = attention_forward(q, k, v, causal=causal, sm_scale=sm_scale, config=configs.get("fwd"))
+        o, lse = attention_forward(q, k, v, causal=causal, sm_scale=sm_scale, config=configs.get("fwd"), tma=tma)
         ctx.save_for_backward(q, k, v, o, lse)
         ctx.causal = causal
         ctx.sm_scale = sm_scale
         ctx.configs = configs
+        ctx.tma = tma
         return o
 
     @staticmethod
@@ -1038,9 +1149,9 @@ class FlashAttentionFunction(torch.autograd.Function):
         q, k, v, o, lse = ctx.saved_tensors
         dq, dk, dv = attention_backward(
             q, k, v, o, lse, do, causal=ctx.causal, sm_scale=ctx.sm_scale,
-            dkdv_config=ctx.configs.get("dkdv"), dq_config=ctx.configs.get("dq"),
+            dkdv_config=ctx.configs.get("dkdv"), dq_config=ctx.configs.get("dq"), tma=ctx.tma,
         )  # fmt: skip
-        return dq, dk, dv, None, None, None
+        return dq, dk, dv, None, None, None, None
 
 
 def flash_attention(
@@ -1050,6 +1161,7 @@ def flash_attention(
     causal: bool = False,
     sm_scale: float | None = None,
     configs: dict[str, dict] | None = None,
+    tma: bool = False,
 ) -> torch.Tensor:
     """Differentiable flash attention. q (B, H, N, D); k, v (B, H_kv, N, D) with H % H_kv == 0 (GQA).
 
@@ -1057,6 +1169,8 @@ def flash_attention(
     repeated for GQA). Inputs whose last dim is not contiguous are copied first; everything else is validated
     before any kernel launch. ``configs`` fixes the tiles of some kernels instead of autotuning them, e.g.
     ``configs=GPU_DEFAULT_CONFIGS`` or ``{"fwd": {"BLOCK_M": 64, "BLOCK_N": 32}}`` (keys fwd, dkdv, dq).
+    ``tma=True`` streams tiles through Hopper's Tensor Memory Accelerator (``check_tma``: compute capability
+    9.0+, 16-byte aligned rows); off by default.
     """
     if configs is not None:
         if not isinstance(configs, dict) or set(configs) - set(KERNELS):
@@ -1064,10 +1178,12 @@ def flash_attention(
         validate_attention_inputs(q, k, v)
         configs = {name: check_config(name, cfg, q.shape[-1], q.dtype) for name, cfg in configs.items()}
     _check_causal_and_scale(causal, sm_scale)
+    if not isinstance(tma, bool):
+        raise TypeError(f"tma must be True or False, got {tma!r}")
     q, k, v = (
         t.contiguous() if isinstance(t, torch.Tensor) and t.dim() and t.stride(-1) != 1 else t for t in (q, k, v)
     )
-    return FlashAttentionFunction.apply(q, k, v, causal, sm_scale, configs)
+    return FlashAttentionFunction.apply(q, k, v, causal, sm_scale, configs, tma)
 
 
 # ============================================================================================ ahead of time
@@ -1081,7 +1197,7 @@ _POINTERS = {"Q", "K", "V", "O", "DO", "DK", "DV", "DQ"} | _FP32_POINTERS
 
 
 def _aot_one(kernel: str, arch: int, dtype: str, head_dim: int, causal: bool, config: dict | None,
-             even_m: bool = True) -> dict:  # fmt: skip
+             even_m: bool = True, tma: bool = False) -> dict:  # fmt: skip
     from triton.backends.compiler import GPUTarget
     from triton.compiler import ASTSource
 
@@ -1094,7 +1210,7 @@ def _aot_one(kernel: str, arch: int, dtype: str, head_dim: int, causal: bool, co
     values = {
         "HEAD_DIM": head_dim, "BLOCK_D": padded_head_dim(head_dim), "CAUSAL": bool(causal),
         "INPUT_PRECISION": "ieee" if dtype == "float32" else "tf32", "BLOCK_M": cfg["BLOCK_M"],
-        "BLOCK_N": cfg.get("BLOCK_N"), "EVEN_M": bool(even_m),
+        "BLOCK_N": cfg.get("BLOCK_N"), "EVEN_M": bool(even_m), "USE_TMA": bool(tma),
     }  # fmt: skip
     signature, constexprs, attrs = {}, {}, {}
     for i, param in enumerate(fn.params):
@@ -1115,16 +1231,20 @@ def _aot_one(kernel: str, arch: int, dtype: str, head_dim: int, causal: bool, co
     options = {"num_warps": cfg["num_warps"], "num_stages": cfg["num_stages"]}
     compiled, usage = _compile_with_ptxas_log(src, GPUTarget("cuda", arch, 32), options)
     ptx = compiled.asm["ptx"]
-    lines = [line.strip() for line in ptx.splitlines()]
+    # one instruction per line; a predicate guard (``@%p3``, ``@!%p3``) in front is dropped before matching
+    lines = [re.sub(r"^@!?%p\d+\s+", "", line.strip()) for line in ptx.splitlines()]
     count = lambda prefix: sum(line.startswith(prefix) for line in lines)  # noqa: E731
     return {
         "kernel": kernel, "arch": arch, "dtype": dtype, "head_dim": head_dim, "causal": bool(causal),
         "config": {k: cfg[k] for k in ("BLOCK_M", "BLOCK_N", "num_warps", "num_stages") if k in cfg},
         "even_m": bool(even_m),
+        "use_tma": bool(tma),
         "shared_bytes": int(compiled.metadata.shared),
+        "global_scratch_bytes": int(getattr(compiled.metadata, "global_scratch_size", 0) or 0),  # TMA descriptors
         "cp_async": count("cp.async.ca") + count("cp.async.cg"),  # Ampere-style asynchronous global->shared copies
         "cp_async_wait": count("cp.async.wait_group"),
-        "tma": count("cp.async.bulk.tensor"),  # Hopper's Tensor Memory Accelerator copies
+        "tma": count("cp.async.bulk.tensor"),  # Hopper's Tensor Memory Accelerator copies (tensor descriptors)
+        "mbarrier_waits": count("mbarrier.try_wait"),  # where a TMA copy's arrival is awaited
         "wgmma": count("wgmma.mma_async"),  # Hopper warpgroup matrix multiply
         "mma_sync": count("mma.sync"),  # Ampere warp-level tensor-core matmul
         "cubin_bytes": len(compiled.asm.get("cubin", b"")),
@@ -1177,7 +1297,8 @@ def compile_ahead_of_time(jobs: list[dict], timeout_s: float = 600) -> list[dict
 
     A job: ``{"kernel": "fwd"|"dkdv"|"dq"|"preprocess", "arch": 80|90, "dtype": "float16"|"bfloat16"|"float32",
     "head_dim": 64, "causal": True, "config": None | {"BLOCK_M": .., "BLOCK_N": .., "num_warps": .., "num_stages":
-    ..}, "even_m": True}`` (``even_m``: the dK/dV kernel's variant for lengths that are a multiple of BLOCK_M).
+    ..}, "even_m": True, "tma": False}`` (``even_m``: the dK/dV kernel's variant for lengths that are a multiple of
+    BLOCK_M; ``tma``: streamed tiles through tensor descriptors, sm_90 only).
     Under the interpreter the kernels are not compilable in this process (``TRITON_INTERPRET=1`` turned them into
     interpreted functions), so the jobs run in one child process with ``TRITON_INTERPRET=0``.
     """
@@ -1186,6 +1307,8 @@ def compile_ahead_of_time(jobs: list[dict], timeout_s: float = 600) -> list[dict
             raise ValueError(f"kernel must be one of {AOT_KERNELS}, got {job.get('kernel')!r}")
         if job.get("arch") not in (80, 86, 89, 90):
             raise ValueError(f"arch must be 80, 86, 89 or 90 (sm_XX), got {job.get('arch')!r}")
+        if job.get("tma") and job["arch"] < 90:  # Triton would quietly lower the descriptors to pointer loads
+            raise ValueError(f"tma=True needs arch 90 (TMA came with Hopper), got {job['arch']}")
     full = [{"dtype": "float16", "head_dim": 64, "causal": True, "config": None, "even_m": True, **job} for job in jobs]
     if not INTERPRET:
         return [_aot_one(**job) for job in full]

@@ -137,6 +137,7 @@ def test_lesson20_pipelining_in_the_compiled_code(load_lesson):
     more K tile + V tile of shared memory (2 x BLOCK_N x D x 2 bytes, by hand) and more cp.async instructions,
     and the kernel holds at least the Q tile (BLOCK_M x D x 2 bytes) and one K+V buffer besides."""
     out = load_lesson(CH, 20).main(head_dim=64, block_m=64, block_n=64, num_warps=4, stages=(1, 2, 3), archs=(80,))
+    assert out["tma"] == {}  # the TMA table is compiled for sm_90 only
     c = {s: out["compiled"][(80, s)] for s in (1, 2, 3)}
     one_stage, q_tile = 2 * 64 * 64 * 2, 64 * 64 * 2
     assert out["smem"] == {1: one_stage, 2: 2 * one_stage, 3: 3 * one_stage}
@@ -145,6 +146,22 @@ def test_lesson20_pipelining_in_the_compiled_code(load_lesson):
     assert c[2]["shared_bytes"] >= q_tile + one_stage
     assert all(f["tma"] == 0 and f["mma_sync"] > 0 and f["wgmma"] == 0 for f in c.values())
     assert all(0 < f["registers"] <= 255 and f["spill_stores"] >= 0 for f in c.values())  # ptxas' report, parsed
+
+
+@pytest.mark.slow
+def test_lesson20_tma_table(load_lesson, capsys):
+    """sm_90, D = 32: with tma=True every kernel's streamed tiles come by TMA copies awaited on mbarriers, the
+    forward and dQ kernels have no cp.async left (the dK/dV kernel keeps it for its L and D vectors, so fewer), each
+    program's two descriptors take 2 x 128 bytes of global scratch; the pointer builds have none of that."""
+    out = load_lesson(CH, 20).main(head_dim=32, stages=(2,), archs=(90,))
+    t = out["tma"]
+    assert set(t) == {(k, tma) for k in ("fwd", "dkdv", "dq") for tma in (False, True)}
+    for kernel in ("fwd", "dkdv", "dq"):
+        ptr, tma = t[(kernel, False)], t[(kernel, True)]
+        assert ptr["tma"] == ptr["mbarrier_waits"] == ptr["global_scratch_bytes"] == 0 and ptr["cp_async"] > 0
+        assert tma["tma"] > 0 and tma["mbarrier_waits"] > 0 and tma["global_scratch_bytes"] == 2 * 128
+        assert tma["cp_async"] < ptr["cp_async"] and (kernel == "dkdv" or tma["cp_async"] == 0)
+    assert "pointer loads vs TMA (tensor descriptors), sm_90, D=32" in capsys.readouterr().out
 
 
 def test_lesson21_correctness_and_cpu_message(load_lesson, capsys):
@@ -165,6 +182,8 @@ def test_lesson21_correctness_and_cpu_message(load_lesson, capsys):
         assert "timing needs a CUDA GPU" in capsys.readouterr().out
         with pytest.raises(RuntimeError, match="needs a CUDA GPU"):
             mod.benchmark_rows()
+        with pytest.raises(RuntimeError, match="needs a CUDA GPU"):
+            mod.tma_rows()
     assert mod.peak_tflops("NVIDIA H100 PCIe") == 756.0 and mod.peak_tflops("NVIDIA H100 80GB HBM3") == 989.4
     assert mod.peak_tflops("NVIDIA H200") == 989.4 and mod.peak_tflops("Some Other GPU") is None
 
@@ -182,6 +201,30 @@ def test_lesson21_comparison_table_reports_ratios_and_failures(load_lesson):
     assert "time limit" in lines[3]
     assert mod.TRIMMED_GRID == {"seq_lens": (1024, 4096, 16384), "head_dims": (64, 128),
                                 "dtypes": ("float16", "bfloat16"), "causal": (False, True)}  # fmt: skip
+
+
+def test_lesson21_tma_table_reports_ratios_and_failures(load_lesson):
+    mod = load_lesson(CH, 21)
+    ok = {"dtype": "bfloat16", "D": 128, "N": 4096, "B": 4, "H": 16, "causal": True, "status": "ok",
+          "ptr_fwd_tflops": 300.0, "tma_fwd_tflops": 330.0, "ptr_bwd_tflops": 200.0, "tma_bwd_tflops": 190.0,
+          "fwd_tma_vs_ptr": 1.1, "bwd_tma_vs_ptr": 0.95}  # fmt: skip
+    bad = {"dtype": "bfloat16", "D": 64, "N": 4096, "B": 4, "H": 32, "causal": False, "status": "RuntimeError: x"}
+    lines = mod.tma_table([ok, bad]).strip().splitlines()
+    assert len(lines) == 4 and all(line.count("|") == lines[0].count("|") for line in lines)
+    assert "| 300.0 | 330.0 | 1.10 | 200.0 | 190.0 | 0.95 |" in lines[2] and "RuntimeError: x" in lines[3]
+    assert "x1.10" in mod.format_tma_row(ok) and "RuntimeError: x" in mod.format_tma_row(bad)
+
+
+@pytest.mark.gpu
+def test_lesson21_tma_rows_on_gpu(load_lesson):
+    if torch.cuda.get_device_capability() < (9, 0):
+        pytest.skip("TMA needs compute capability 9.0 or newer")
+    rows = load_lesson(CH, 21).tma_rows(seq_len=1024, head_dims=(64,), causal=(True,), rep=20)
+    assert len(rows) == 1 and rows[0]["status"] == "ok", rows
+    r = rows[0]
+    assert r["tma_max_err"] <= 2 * r["ptr_max_err"] + 1e-3
+    for mode in ("fwd", "bwd"):
+        assert r[f"{mode}_tma_vs_ptr"] == pytest.approx(r[f"tma_{mode}_tflops"] / r[f"ptr_{mode}_tflops"])
 
 
 @pytest.mark.gpu
