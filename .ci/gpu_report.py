@@ -24,6 +24,11 @@ after every part, so an interrupted run still leaves one.
 imports and that every chapter function it calls exists with the parameters it passes (all calls into the
 chapters go through the small adapters below, and the dry run checks exactly those), so a renamed function
 fails CI instead of the first GPU run.
+
+``--rehearse`` needs no GPU either: it *runs* parts 1, 2 and 4-6 on the CPU at tiny sizes (``REHEARSAL_SIZES``,
+no ``torch.compile``; part 3 needs the compiled kernels and is skipped) and writes the report to
+``out/gpu_report_rehearsal``, so that a bug in this module's own code (a key error in a table, a wrong field of a
+result) shows up in CI instead of costing minutes of a GPU. Its numbers mean nothing.
 """
 
 from __future__ import annotations
@@ -58,6 +63,8 @@ if str(ROOT) not in sys.path:
 
 TOTAL_BUDGET_S = 475  # the whole run, CUDA start-up and compilation included, stays under 8 minutes
 PART_OVERHEAD_S = 1  # kept back per later part for starting and stopping its process
+# the CPU rehearsal (``--rehearse`` sets it, so the parts' processes inherit it): tiny sizes, see REHEARSAL_SIZES
+REHEARSAL = os.environ.get("GPU_REPORT_REHEARSAL") == "1"
 GPT2_CH = "pytorch_gpt2_from_scratch"
 LLAMA_CH = "pytorch_llama2_from_scratch"
 FLASH_CH = "triton_flash_attention_scratch"
@@ -402,16 +409,22 @@ def run_environment(rec: Recorder, ctx: dict) -> None:
 
     from pytorch_basis.common import cpu_model_name
 
-    if not torch.cuda.is_available():
-        raise RuntimeError("torch.cuda.is_available() is False: no CUDA GPU visible to this torch build")
     dev = report_device()
-    props = torch.cuda.get_device_properties(dev)
-    env = {
-        "gpu": torch.cuda.get_device_name(dev),
-        "gpu_count": torch.cuda.device_count(),
-        "capability": "{}.{}".format(*torch.cuda.get_device_capability(dev)),
-        "sm_count": props.multi_processor_count,
-        "memory_gib": round(props.total_memory / 2**30, 1),
+    if dev.type == "cuda" and not torch.cuda.is_available():
+        raise RuntimeError("torch.cuda.is_available() is False: no CUDA GPU visible to this torch build")
+    if dev.type == "cuda":
+        props = torch.cuda.get_device_properties(dev)
+        env = {
+            "gpu": torch.cuda.get_device_name(dev),
+            "gpu_count": torch.cuda.device_count(),
+            "capability": "{}.{}".format(*torch.cuda.get_device_capability(dev)),
+            "sm_count": props.multi_processor_count,
+            "memory_gib": round(props.total_memory / 2**30, 1),
+        }
+    else:  # the CPU rehearsal
+        env = {"gpu": f"none ({dev.type} rehearsal)", "gpu_count": 0, "capability": "-", "sm_count": "-",
+               "memory_gib": "-"}  # fmt: skip
+    env |= {
         "cuda_runtime": torch.version.cuda,
         "cudnn": torch.backends.cudnn.version(),
         "torch": torch.__version__,
@@ -780,7 +793,17 @@ def gpt2_rungs(sl) -> list[tuple[str, dict, float | None]]:
     """Lesson 11's ladder (``speed_ladder.LADDER``) without its CPU-only rung, strictly cumulative, then the Triton
     attention rung."""
     rungs = [tuple(r) for r in sl.LADDER if "keep_freed_memory" not in r[1]]
-    return rungs + [TRITON_RUNG]
+    rungs += [TRITON_RUNG]
+    if REHEARSAL:  # torch.compile's CPU warm-up would take minutes per rung
+        rungs = [
+            (f"{name} (rehearsal: not compiled)" if "compile" in change else name,
+             {k: v for k, v in change.items() if k != "compile"}, ms)
+            for name, change, ms in rungs
+        ]  # fmt: skip
+        # Triton's interpreter refuses bf16 (its bf16 tl.dot is wrong): the kernels run in fp16 there
+        name, change, _ = rungs[-1]
+        rungs[-1] = (f"{name} (rehearsal: fp16)", {**change, "amp": "fp16"}, None)
+    return rungs
 
 
 def run_gpt2_ladder(rec: Recorder, ctx: dict) -> None:
@@ -795,7 +818,8 @@ def run_gpt2_ladder(rec: Recorder, ctx: dict) -> None:
     x = torch.randint(0, config.vocab_size, (GPT2_B, GPT2_T), generator=g).to(dev)
     y = torch.randint(0, config.vocab_size, (GPT2_B, GPT2_T), generator=g).to(dev)
     flops = sl.train_flops(config=config, B=GPT2_B, T=GPT2_T)
-    rec.summary(B=GPT2_B, T=GPT2_T, flops_per_step=flops, peak_tflops=peak / 1e12, model="gpt2 (124M)")
+    model_name = "gpt2 (124M)" if GPT2_PRESET == "gpt2" else f"GPTConfig.preset({GPT2_PRESET!r})"
+    rec.summary(B=GPT2_B, T=GPT2_T, flops_per_step=flops, peak_tflops=peak / 1e12, model=model_name)
     setup = sl.StepSetup()
     for name, change, ref_ms in gpt2_rungs(sl):
         setup = dataclasses.replace(setup, **change)
@@ -917,23 +941,24 @@ def _decode_models(rec: Recorder, llama_model, loading, args, dev):
 
 
 def _decode_rows(rec: Recorder, res: dict, copy_gbps: float, only: tuple[str, ...] = ()) -> None:
-    """One row per method of a ``fast_decode.benchmark`` result, with the fraction of part 1's copy bandwidth."""
-    bpt = res["bytes_per_token"]
-    for method, samples in res["tok_s"].items():
+    """One row per method of a ``fast_decode.benchmark`` result (``res["methods"]``: {method: {"tok_s": samples,
+    "pct_of_limit": samples, "bytes_per_token", "same_tokens"}}), with the fraction of part 1's copy bandwidth."""
+    for method, r in res["methods"].items():
         if only and method not in only:
             continue
-        tps = statistics.median(samples)
+        tps, bpt = statistics.median(r["tok_s"]), r["bytes_per_token"]
+        pct = [v for v in r.get("pct_of_limit", []) if not math.isnan(v)]
         row = {
-            "method": method, "tokens_per_s": tps, "tok_s_samples": samples, "bytes_per_token": bpt,
+            "method": method, "tokens_per_s": tps, "tok_s_samples": r["tok_s"], "bytes_per_token": bpt,
             "weight_read_gbps": tps * bpt / 1e9, "bandwidth_fraction": tps * bpt / 1e9 / copy_gbps,
-            "pct_of_gemv_limit": res["pct_of_limit"][method], "same_tokens_as_ours": res["same_tokens"].get(method),
+            "pct_of_gemv_limit": statistics.median(pct) if pct else None, "same_tokens_as_ours": r.get("same_tokens"),
         }  # fmt: skip
         if method == "static + compile":
             row["compile_seconds"] = res.get("compile_seconds")
         rec.row(row)
-        print(f"{method:18s} {tps:8.1f} tok/s (samples {', '.join(f'{v:.0f}' for v in samples)})  "
+        print(f"{method:18s} {tps:8.1f} tok/s (samples {', '.join(f'{v:.0f}' for v in r['tok_s'])})  "
               f"{row['weight_read_gbps']:6.0f} GB/s read = {row['bandwidth_fraction']:.1%} of the copy bandwidth, "
-              f"{row['pct_of_gemv_limit']:.0f}% of the GEMV limit", flush=True)  # fmt: skip
+              f"{fmt(row['pct_of_gemv_limit'], '.0f')}% of the GEMV limit", flush=True)  # fmt: skip
 
 
 def run_decode(rec: Recorder, ctx: dict) -> None:
@@ -958,6 +983,9 @@ def run_decode(rec: Recorder, ctx: dict) -> None:
         )
         _decode_rows(rec, res, peaks["copy_gbps"])
         free_cuda()
+        if REHEARSAL:
+            rec.note("rehearsal: static + torch.compile left out (its CPU warm-up takes minutes)")
+            return
         res = fast.benchmark(model=ours, prompt_len=DECODE_PROMPT, new_tokens=DECODE_NEW, repeats=DECODE_REPEATS,
                              compile=True, hf_model=None)  # fmt: skip
         _decode_rows(rec, res, peaks["copy_gbps"], only=("static + compile",))
@@ -988,9 +1016,9 @@ def run_decode(rec: Recorder, ctx: dict) -> None:
                 seconds, outputs[name] = timed_s(lambda fn=fn: fn(DECODE_NEW), dev)
                 samples[name].append(DECODE_NEW / seconds)
     ref = outputs["dynamic cache"]
-    res = {"bytes_per_token": bpt, "tok_s": samples, "pct_of_limit": dict.fromkeys(samples, math.nan),
-           "same_tokens": {m: sum(a == b for a, b in zip(o, ref)) / len(ref) for m, o in outputs.items()}}  # fmt: skip
-    _decode_rows(rec, res, peaks["copy_gbps"])
+    same = {m: sum(a == b for a, b in zip(o, ref)) / len(ref) for m, o in outputs.items()}
+    rows = {m: {"tok_s": samples[m], "bytes_per_token": bpt, "same_tokens": same[m]} for m in outputs}
+    _decode_rows(rec, {"methods": rows}, peaks["copy_gbps"])
 
 
 def check_decode() -> list[str]:
@@ -1029,9 +1057,14 @@ def write_random_shards(folder: Path, fineweb) -> Path:
     return folder
 
 
+REHEARSAL_SMOKE = dict(n_layer=2, n_head=2, n_embd=64, device="cpu", dtype="fp32", compile=False)
+
+
 def smoke_overrides(data: Path, out: Path) -> dict:
-    """train_gpt2 options of the smoke run (the gpt2-124M preset, shortened: one micro-step per optimizer step)."""
-    return dict(
+    """train_gpt2 options of the smoke run (the gpt2-124M preset, shortened: one micro-step per optimizer step;
+    in the rehearsal also a 2-layer model on the CPU, ``REHEARSAL_SMOKE``)."""
+    rehearsal = {**REHEARSAL_SMOKE, "block_size": SMOKE_T} if REHEARSAL else {}
+    return rehearsal | dict(
         data=str(data),
         out=str(out),
         max_steps=SMOKE_STEPS,
@@ -1183,7 +1216,7 @@ def run_train_smoke(rec: Recorder, ctx: dict) -> None:
     rows = rec.data["rows"]
     if len(rows) >= 2 and not (rows[0]["checkpoint"] and rows[1].get("resumed")):
         rec.fail("checkpoint not written or not resumed")
-    if len(rows) >= 3 and not rows[2].get("nccl"):
+    if len(rows) >= 3 and not rows[2].get("nccl") and report_device().type == "cuda":  # CPU: gloo
         rec.fail("torchrun run: no sign of NCCL initialising (NCCL_DEBUG=INFO printed nothing)")
 
 
@@ -1245,6 +1278,25 @@ PARTS = [
          ("torch", "numpy", "tqdm", "matplotlib"), run_train_smoke, check_train_smoke),
 ]  # fmt: skip
 PART_BY_KEY = {p.key: p for p in PARTS} | {str(p.number): p for p in PARTS}
+REHEARSAL_SKIPS = {"flash": "needs CUDA: Triton compiles the kernels only for a GPU (their CPU checks are the tests)"}
+# Module constants the rehearsal replaces (set in every process, the parts' included, from $GPU_REPORT_REHEARSAL)
+REHEARSAL_SIZES = dict(
+    MATMUL_N=256, COPY_BYTES=1 << 22,
+    GPT2_PRESET="tiny", GPT2_B=2, GPT2_T=32,
+    DECODE_SHAPE=dict(dim=64, n_layers=2, n_heads=4, n_kv_heads=2, hidden_dim=128, vocab_size=256),
+    DECODE_PROMPT=4, DECODE_NEW=8, DECODE_REPEATS=1,
+    SMOKE_B=2, SMOKE_T=32,
+)  # fmt: skip
+
+
+def apply_rehearsal() -> None:
+    """Switch this process to the CPU rehearsal: tiny sizes, the CPU as the device, and the same for the parts'
+    processes and the training runs they start (environment variables)."""
+    global REHEARSAL
+    REHEARSAL = True
+    os.environ["GPU_REPORT_REHEARSAL"] = "1"
+    os.environ["GPU_REPORT_DEVICE"] = "cpu"
+    globals().update(REHEARSAL_SIZES)
 
 
 # Two parts that need no GPU, for the tests of the plumbing (a part that finishes, one that overruns its limit).
@@ -1398,6 +1450,9 @@ def markdown_report(parts: list[dict], started: str, total_s: float, budget: flo
     env = next((p.get("summary", {}).get("env") for p in parts if p["key"] == "env"), None) or {}
     peaks = next((p.get("summary", {}).get("peaks") for p in parts if p["key"] == "env"), None) or {}
     lines = ["# GPU report (`bash .ci/gpu`)", ""]
+    if REHEARSAL:
+        lines += ["**Rehearsal on the CPU** (`bash .ci/gpu --rehearse`): tiny sizes, no torch.compile, part 3 skipped. "
+                  "It shows that every part's code runs; its numbers mean nothing.", ""]  # fmt: skip
     if env:
         lines.append(
             f"{env.get('gpu')} (compute capability {env.get('capability')}, {env.get('sm_count')} SMs, "
@@ -1617,6 +1672,11 @@ def main(argv=None) -> int:
         "--budget", type=float, default=TOTAL_BUDGET_S, help="seconds for the whole run (default %(default)s)"
     )
     p.add_argument("--out", default=None, help="report folder (default: $GPU_REPORT_DIR or out/gpu_report)")
+    p.add_argument(
+        "--rehearse",
+        action="store_true",
+        help="no GPU needed: run parts 1, 2, 4-6 on the CPU at tiny sizes (report in out/gpu_report_rehearsal)",
+    )
     p.add_argument("--run-part", default=None, help=argparse.SUPPRESS)
     p.add_argument("--time-limit", type=float, default=None, help=argparse.SUPPRESS)
     p.add_argument("--part-out", default=None, help=argparse.SUPPRESS)
@@ -1639,16 +1699,20 @@ def main(argv=None) -> int:
     limits = parse_limits(args.limit)
     if args.dry_run:
         return dry_run(parts, limits, args.budget)
+    if args.rehearse:
+        apply_rehearsal()
 
     import torch
 
-    if not torch.cuda.is_available():
+    if not REHEARSAL and not torch.cuda.is_available():
         print(
-            "error: no CUDA GPU visible to torch here; `bash .ci/gpu --dry-run` checks the parts without one",
+            "error: no CUDA GPU visible to torch here; `bash .ci/gpu --dry-run` checks the parts without one, "
+            "`bash .ci/gpu --rehearse` runs them on the CPU at tiny sizes",
             file=sys.stderr,
         )
         return 2
-    report_dir = Path(args.out or os.environ.get("GPU_REPORT_DIR") or ROOT / "out" / "gpu_report").resolve()
+    default_dir = ROOT / "out" / ("gpu_report_rehearsal" if REHEARSAL else "gpu_report")
+    report_dir = Path(args.out or os.environ.get("GPU_REPORT_DIR") or default_dir).resolve()
     (report_dir / "parts").mkdir(parents=True, exist_ok=True)
     ctx_path = report_dir / "parts" / "context.json"
     ctx = {"report_dir": str(report_dir)}
@@ -1665,6 +1729,8 @@ def main(argv=None) -> int:
         missing = [m for m in part.requires if not has_module(m)]
         if missing:
             res = dict(base, status="skipped", skip_reason=f"{', '.join(missing)} not installed on this machine")
+        elif REHEARSAL and part.key in REHEARSAL_SKIPS:
+            res = dict(base, status="skipped", skip_reason=f"rehearsal: {REHEARSAL_SKIPS[part.key]}")
         elif remaining < min(15, limits[part.number]):
             res = dict(base, status="not run", skip_reason=f"the whole run's {args.budget:.0f} s were used up")
         else:
@@ -1691,6 +1757,9 @@ def main(argv=None) -> int:
     bad = [r for r in results if r["status"] in ("failed", "crashed", "timed out")]
     return 1 if bad else 0
 
+
+if REHEARSAL:  # a part's process (or a training worker) of a rehearsal: the same tiny sizes as its parent
+    apply_rehearsal()
 
 if __name__ == "__main__":
     sys.exit(main())

@@ -152,3 +152,36 @@ def test_tma_comparison_records_rows_until_time_runs_out(gpu_report, monkeypatch
     assert calls == [] and "0 of 4 rows run" in rec2.data["notes"][0] and "--only flash" in rec2.data["notes"][0]
     monkeypatch.setattr(torch.cuda, "get_device_capability", lambda *a: (8, 0))
     assert "8.0 has no Tensor Memory Accelerator" in gpu_report.tma_available(les)
+
+
+@pytest.mark.slow
+def test_rehearsal_runs_every_part_on_the_cpu(tmp_path):
+    """``bash .ci/gpu --rehearse``: parts 1, 2, 4, 5, 6 run for real on this CPU at tiny sizes, each in its own
+    process, and the report has every table (part 3 needs compiled kernels and is skipped). This is what catches a
+    bug in the report's own code before a GPU is paid for: the first rehearsal found part 5 reading a key that
+    fast_decode.benchmark does not return, and the Triton rung asking the interpreter for bf16."""
+    import json
+    import os
+
+    env = {**os.environ, "GPU_REPORT_DIR": str(tmp_path)}
+    env.pop("LLM_SCRATCH_FORBID_SKIPS", None)  # part 2's gpu tests all skip on a CPU, as they should
+    res = subprocess.run(["bash", ".ci/gpu", "--rehearse"], cwd=ROOT, capture_output=True, text=True, timeout=900,
+                         env=env)  # fmt: skip
+    assert res.returncode == 0, res.stdout[-3000:] + res.stderr[-2000:]
+    report = json.loads((tmp_path / "report.json").read_text())
+    status = {p["key"]: p["status"] for p in report["parts"]}
+    assert status == {"env": "ok", "tests": "ok", "flash": "skipped", "gpt2": "ok", "decode": "ok", "train": "ok"}
+    parts = {p["key"]: p for p in report["parts"]}
+    rungs = parts["gpt2"]["rows"]
+    assert len(rungs) == 7 and all(r["ms"] > 0 and "error" not in r for r in rungs), rungs
+    assert "triton" in rungs[-1]["setup"]["attn_impl"]
+    methods = {r["method"] for r in parts["decode"]["rows"]}
+    assert {"dynamic cache", "static cache", "HF generate"} <= methods
+    assert all(r["same_tokens_as_ours"] == 1.0 for r in parts["decode"]["rows"])  # same weights, greedy
+    train = parts["train"]["rows"]
+    assert [r["rc"] for r in train] == [0, 0, 0] and train[0]["checkpoint"] and train[1]["resumed"]
+    assert train[1]["steps_logged"][-1] == 19 and parts["train"]["targets"][0]["met"]  # the loss fell
+    md = (tmp_path / "report.md").read_text()
+    assert "**Rehearsal on the CPU**" in md
+    for heading in ("| rung | ms/step", "| method | tok/s", "| run | exit |", "| part | status |"):
+        assert heading in md, heading
