@@ -6,9 +6,13 @@ hangs or runs out of time is reported as such and the next one still starts on a
 
 1. environment: GPU, compute capability, driver, CUDA, torch, triton; a 4096^3 bf16 matmul and a 1 GiB
    device-to-device copy, timed with CUDA events: the peak and the bandwidth every later percentage uses;
-2. ``pytest -m gpu`` on the test files that hold ``gpu`` tests (the kernels' correctness on real hardware);
-3. the flash-attention benchmark of chapter 4 (lesson 21's ``bench_one``) on a trimmed grid, ours vs SDPA's
-   flash backend, with the targets forward >= 0.9x and backward >= 0.7x SDPA at N = 4096;
+2. ``pytest -m gpu`` on the test files that hold ``gpu`` tests (the kernels' correctness on real hardware), with
+   pytest-xdist workers where it is installed: most of the time is Triton compiling kernels, one at a time per
+   process;
+3. the flash-attention benchmark of chapter 4 (lesson 21's ``benchmark_rows``) on a trimmed grid, ours vs SDPA's
+   flash backend, with the targets forward >= 0.9x and backward >= 0.7x SDPA at N = 4096; every kernel the grid's
+   autotuning will ask for is first compiled by parallel processes into Triton's on-disk cache; on a Hopper GPU
+   also TMA vs pointer loads;
 4. the GPT-2 124M training-step ladder of chapter 2 (lesson 11's building blocks, ``speed_ladder.py``) at B=16,
    T=1024, plus ``attn_impl="triton"``, ms/step and MFU against the measured bf16 peak (target >= 45% on the last rung);
 5. LLaMA decode on a random ~1B-parameter model in bf16: tokens/s of our KV-cache ``generate`` (and of
@@ -473,7 +477,27 @@ def check_environment() -> list[str]:
 # ============================================================================================ part 2: gpu tests
 GPU_TESTS_FIRST = ("test_triton_flash.py",)
 GPU_MARK = re.compile(r"pytest\.mark\.gpu\b")
-RESULT_LINE = re.compile(r"^(tests/\S+::\S+) (PASSED|FAILED|ERROR|SKIPPED|XFAIL|XPASS)\b")
+OUTCOMES = "PASSED|FAILED|ERROR|SKIPPED|XFAIL|XPASS"
+RESULT_LINE = re.compile(rf"^(tests/\S+::\S+) ({OUTCOMES})\b")  # pytest -v, one process
+XDIST_RESULT_LINE = re.compile(rf"^\[gw\d+\] ({OUTCOMES}) (tests/\S+::\S+)")  # pytest -v -n N (pytest-xdist)
+
+
+def parse_result_line(line: str) -> tuple[str, str] | None:
+    """``(test id, outcome)`` of a ``pytest -v`` result line, with or without pytest-xdist, else None (the
+    short summary at the end, which repeats the failures, is not a result line)."""
+    m = RESULT_LINE.match(line)
+    if m:
+        return m.group(1), m.group(2)
+    m = XDIST_RESULT_LINE.match(line)
+    return (m.group(2), m.group(1)) if m else None
+
+
+def xdist_workers() -> int:
+    """pytest-xdist workers for part 2, 0 without the package: the tests compile their kernels in parallel (each
+    test process compiles what it runs; Triton's compiler is single-threaded), one GPU shared by all."""
+    if not has_module("xdist"):
+        return 0
+    return max(2, min(8, (os.cpu_count() or 2) // 2))
 
 
 def gpu_test_files() -> list[str]:
@@ -488,12 +512,14 @@ def gpu_test_files() -> list[str]:
 
 
 def pytest_command(junit: Path) -> list[str]:
+    workers = xdist_workers()
     return [
         sys.executable,
         "-m",
         "pytest",
         "-m",
         "gpu",
+        *(["-n", str(workers)] if workers else []),
         "-v",
         "-p",
         "no:cacheprovider",
@@ -531,10 +557,11 @@ def run_gpu_tests(rec: Recorder, ctx: dict) -> None:
     for line in proc.stdout:
         print(line, end="", flush=True)
         tail = (tail + [line.rstrip()])[-30:]
-        m = RESULT_LINE.match(line)
-        if m:
-            counts[m.group(2)] = counts.get(m.group(2), 0) + 1
-            rec.data["rows"].append({"test": m.group(1), "outcome": m.group(2)})
+        result = parse_result_line(line)
+        if result:
+            test, outcome = result
+            counts[outcome] = counts.get(outcome, 0) + 1
+            rec.data["rows"].append({"test": test, "outcome": outcome})
             if sum(counts.values()) % 10 == 0:
                 rec.summary(counts=counts)
     rc = proc.wait()
@@ -557,7 +584,9 @@ def check_gpu_tests() -> list[str]:
     if not files:
         raise CheckFailed("no test file under tests/ has a @pytest.mark.gpu test")
     n = sum(len(GPU_MARK.findall((ROOT / f).read_text())) for f in files)
-    return [f"{n} gpu-marked test functions in {len(files)} file(s): {', '.join(files)}"]
+    workers = xdist_workers()
+    how = f"pytest-xdist, {workers} workers" if workers else "one process (pytest-xdist not installed here)"
+    return [f"{n} gpu-marked test functions in {len(files)} file(s): {', '.join(files)}; {how}"]
 
 
 # ============================================================================================ part 3: flash bench
@@ -618,8 +647,10 @@ def run_flash_bench(rec: Recorder, ctx: dict) -> None:
     rows_fn, how = ch4_benchmark_rows(les)
     rec.note(how)
     no_tma = tma_available(les)
+    precompiled = precompile_flash(rec, ctx, flash_precompile_jobs(tf, les, with_tma=no_tma is None))
+    margin = FLASH_MARGIN_PRECOMPILED_S if precompiled else FLASH_MARGIN_S
     if rows_fn is not None:
-        _flash_with_benchmark_rows(rec, ctx, rows_fn, peak, dev, reserve_s=0 if no_tma else TMA_RESERVE_S)
+        _flash_with_benchmark_rows(rec, ctx, rows_fn, peak, dev, reserve_s=(0 if no_tma else TMA_RESERVE_S) + margin)
     else:
         _flash_with_bench_one(rec, les, peak, dev)
     try:
@@ -633,6 +664,108 @@ def run_flash_bench(rec: Recorder, ctx: dict) -> None:
     else:
         tma_comparison(rec, ctx, les)
     register_facts(rec, ctx, tf)
+
+
+PRECOMPILE_N = 256  # a multiple of every tile: the kernels specialise as for the grid's lengths (N % 16 == 0, EVEN_M)
+PRECOMPILE_MAX_WORKERS = 14
+PRECOMPILE_LIMIT_S = 60  # a worker still compiling after this is stopped; the grid then compiles what is left
+
+
+def _config_dict(cfg) -> dict:
+    return {"BLOCK_M": cfg.kwargs["BLOCK_M"], "BLOCK_N": cfg.kwargs["BLOCK_N"], "num_warps": cfg.num_warps,
+            "num_stages": cfg.num_stages}  # fmt: skip
+
+
+def flash_precompile_jobs(tf, les, with_tma: bool) -> list[dict]:
+    """The launches that compile every kernel part 3 will ask for: per dtype, head dim and causality of the grid,
+    the i-th config of each kernel's pruned autotuning space together (one launch compiles forward, dK/dV and dQ),
+    and the TMA rows' defaults. Shapes as the grid's (H = model width / D) but N = PRECOMPILE_N, B = 1: Triton
+    specialises on the divisibility of the lengths and strides, not on their values, so the binaries are the ones
+    the grid loads from Triton's on-disk cache."""
+    jobs = []
+    smem = tf.smem_limit_bytes()
+    for dtype in FLASH_DTYPES:
+        for D in FLASH_HEAD_DIMS:
+            spaces = {
+                k: [c for c in tf.config_space(k) if tf.config_is_valid(k, c, FLASH_TARGET_N, D, 2, smem)] or
+                   tf.config_space(k)[-1:]
+                for k in tf.KERNELS
+            }  # fmt: skip
+            for causal in (False, True):
+                for i in range(max(len(v) for v in spaces.values())):
+                    configs = {k: _config_dict(v[min(i, len(v) - 1)]) for k, v in spaces.items()}
+                    jobs.append(dict(dtype=dtype, D=D, causal=causal, H=les.MODEL_WIDTH // D, N=PRECOMPILE_N,
+                                     configs=configs, tma=False))  # fmt: skip
+    if with_tma:
+        for D, causal in TMA_CASES:
+            jobs.append(dict(dtype="bfloat16", D=D, causal=causal, H=les.MODEL_WIDTH // D, N=PRECOMPILE_N,
+                             configs=tf.GPU_DEFAULT_CONFIGS, tma=True))  # fmt: skip
+    return jobs
+
+
+def precompile_worker(jobs_path: str) -> None:
+    """``--precompile-worker``: run each job's forward and backward once (compiling its kernels into Triton's
+    on-disk cache) and print one ``PRECOMPILED {json}`` line per job."""
+    import torch
+
+    from triton_flash_attention_scratch import triton_flash as tf
+
+    dev = report_device()
+    for job in json.loads(Path(jobs_path).read_text()):
+        t0 = time.perf_counter()
+        try:
+            shape = (1, job["H"], job["N"], job["D"])
+            q, k, v = (torch.randn(shape, device=dev, dtype=getattr(torch, job["dtype"]), requires_grad=True)
+                       for _ in range(3))  # fmt: skip
+            o = tf.flash_attention(q, k, v, causal=job["causal"], configs=job["configs"], tma=job["tma"])
+            o.backward(torch.ones_like(o))
+            sync(dev)
+            status = "ok"
+        except Exception as e:  # noqa: BLE001 - e.g. a config this GPU cannot fit: the grid's autotuner skips it too
+            status = f"{type(e).__name__}: {str(e).splitlines()[0][:160] if str(e) else ''}"
+        print("PRECOMPILED " + json.dumps({**job, "status": status, "seconds": round(time.perf_counter() - t0, 2)}),
+              flush=True)  # fmt: skip
+
+
+def precompile_flash(rec: Recorder, ctx: dict, jobs: list[dict], workers: int | None = None) -> bool:
+    """Compile part 3's kernels before the grid asks for them, in parallel processes: Triton compiles one kernel
+    at a time per process (about a second each), and the grid needs about a hundred. True when every job ran."""
+    if not jobs:
+        return True
+    workers = workers or max(1, min(len(jobs), (os.cpu_count() or 2) - 2, PRECOMPILE_MAX_WORKERS))
+    left = ctx["deadline"] - time.monotonic() - 30 if "deadline" in ctx else PRECOMPILE_LIMIT_S
+    limit = min(PRECOMPILE_LIMIT_S, left)
+    if limit < 10:
+        rec.note(f"precompile: not run, {left:.0f} s of the part left")
+        return False
+    folder = Path(ctx["report_dir"]) / "parts"
+    env = {k: v for k, v in os.environ.items() if k != "TRITON_INTERPRET"}
+    t0, procs = time.perf_counter(), []
+    for i in range(workers):
+        path, log = folder / f"precompile_{i}.json", folder / f"precompile_{i}.log"
+        write_json(jobs[i::workers], path)
+        cmd = [sys.executable, str(Path(__file__).resolve()), "--precompile-worker", str(path)]
+        with open(log, "w") as f:  # a file, not a pipe: a worker that prints a lot cannot block on a full pipe
+            procs.append((subprocess.Popen(cmd, cwd=ROOT, env=env, stdout=f, stderr=subprocess.STDOUT, text=True,
+                                           start_new_session=True), log))  # fmt: skip
+    done, timed_out = [], 0
+    for proc, log in procs:
+        try:
+            proc.wait(timeout=max(1.0, limit - (time.perf_counter() - t0)))
+        except subprocess.TimeoutExpired:
+            _kill_group(proc)
+            timed_out += 1
+        marker = "PRECOMPILED "
+        done += [json.loads(line[len(marker) :]) for line in log.read_text().splitlines() if line.startswith(marker)]
+    failed = [d for d in done if d["status"] != "ok"]
+    seconds = round(time.perf_counter() - t0, 1)
+    rec.summary(precompile={"jobs": len(jobs), "done": len(done), "failed": len(failed), "workers": workers,
+                            "seconds": seconds})  # fmt: skip
+    rec.note(f"precompile: {len(done)} of {len(jobs)} launches compiled in {seconds} s by {workers} processes"
+             + (f"; {timed_out} worker(s) stopped at {limit:.0f} s" if timed_out else ""))  # fmt: skip
+    for d in failed[:5]:
+        rec.note(f"precompile: {d['dtype']} D={d['D']} causal={d['causal']} {d['configs']}: {d['status']}")
+    return len(done) == len(jobs)
 
 
 def tma_comparison(rec: Recorder, ctx: dict, les) -> None:
@@ -687,11 +820,12 @@ def register_facts(rec: Recorder, ctx: dict, tf) -> None:
 
 
 FLASH_MARGIN_S = 45  # a row started just before the time limit may still autotune and time (tens of seconds)
+FLASH_MARGIN_PRECOMPILED_S = 15  # the same with every kernel already compiled: tuning and timing only
 
 
-def _flash_with_benchmark_rows(rec: Recorder, ctx: dict, rows_fn, peak: float, dev, reserve_s: float = 0) -> None:
-    """Lesson 21's trimmed-grid benchmark, stopped (not killed) ``reserve_s`` before the part's deadline."""
-    left = ctx["deadline"] - time.monotonic() - FLASH_MARGIN_S - reserve_s if "deadline" in ctx else None
+def _flash_with_benchmark_rows(rec: Recorder, ctx: dict, rows_fn, peak: float, dev, reserve_s: float) -> None:
+    """Lesson 21's trimmed-grid benchmark: no row starts later than ``reserve_s`` before the part's deadline."""
+    left = ctx["deadline"] - time.monotonic() - reserve_s if "deadline" in ctx else None
     rows = rows_fn(seq_lens=FLASH_SEQ_LENS, head_dims=FLASH_HEAD_DIMS, dtypes=FLASH_DTYPES, causal=(False, True),
                    time_limit_s=None if left is None else max(left, 1.0), device=str(dev),
                    log=lambda line: print(line, flush=True))  # fmt: skip
@@ -776,6 +910,8 @@ def check_flash_bench() -> list[str]:
         f"lesson 21 over N={FLASH_SEQ_LENS} x D={FLASH_HEAD_DIMS} x {FLASH_DTYPES} x causal/not: "
         f"{n} cases x (triton, sdpa); B*N = {les.TOKENS} tokens; autotuning: {autotune_mode(tf)}",
         how,
+        f"first the grid's kernels compiled in parallel processes ({len(flash_precompile_jobs(tf, les, True))} "
+        f"launches, at most {PRECOMPILE_LIMIT_S} s), then the rows",
         f"on compute capability 9.0+: TMA vs pointer loads (lesson 21 tma_rows, GPU_DEFAULT_CONFIGS, N=4096, bf16) "
         f"for (D, causal) in {TMA_CASES} while {TMA_ROW_S} s per row are left ({TMA_RESERVE_S} s kept from the grid)",
         f"then ptxas' register use of GPU_DEFAULT_CONFIGS at D={FLASH_HEAD_DIMS} for this GPU, if "
@@ -1682,10 +1818,14 @@ def main(argv=None) -> int:
     p.add_argument("--part-out", default=None, help=argparse.SUPPRESS)
     p.add_argument("--context", default=None, help=argparse.SUPPRESS)
     p.add_argument("--train-worker", default=None, help=argparse.SUPPRESS)
+    p.add_argument("--precompile-worker", default=None, help=argparse.SUPPRESS)
     args = p.parse_args(argv)
 
     if args.train_worker is not None:
         train_worker(args.train_worker)
+        return 0
+    if args.precompile_worker is not None:
+        precompile_worker(args.precompile_worker)
         return 0
     if args.run_part is not None:
         return _run_part_child(PART_BY_KEY[args.run_part], Path(args.part_out), Path(args.context), args.time_limit)

@@ -185,3 +185,56 @@ def test_rehearsal_runs_every_part_on_the_cpu(tmp_path):
     assert "**Rehearsal on the CPU**" in md
     for heading in ("| rung | ms/step", "| method | tok/s", "| run | exit |", "| part | status |"):
         assert heading in md, heading
+
+
+def test_pytest_result_lines_with_and_without_xdist(gpu_report):
+    """Part 2 counts outcomes from ``pytest -v`` lines, in one process or under pytest-xdist (``-n``), and not the
+    short summary at the end, which repeats the failures."""
+    parse = gpu_report.parse_result_line
+    assert parse("tests/a/test_x.py::test_y[1-2] PASSED [ 10%]") == ("tests/a/test_x.py::test_y[1-2]", "PASSED")
+    assert parse("[gw3] FAILED tests/a/test_x.py::test_z ") == ("tests/a/test_x.py::test_z", "FAILED")
+    assert parse("[gw0] [ 50%] SKIPPED tests/a/test_x.py::test_w") is None  # not a format pytest -v prints
+    assert parse("FAILED tests/a/test_x.py::test_z - AssertionError: boom") is None
+    assert parse("tests/a/test_x.py::test_z") is None
+
+
+def test_flash_precompile_jobs_cover_the_autotuning_space(gpu_report):
+    """One launch per i-th config of each kernel's pruned small space, per dtype, D and causality of the grid,
+    plus the TMA rows' defaults; every config passes the module's own check; the first is GPU_DEFAULT_CONFIGS."""
+    tf = gpu_report.ch4_kernels()
+    les = gpu_report.ch4_lesson21()
+    jobs = gpu_report.flash_precompile_jobs(tf, les, with_tma=True)
+    grid = [j for j in jobs if not j["tma"]]
+    combos = {(j["dtype"], j["D"], j["causal"]) for j in grid}
+    assert combos == {(dt, d, c) for dt in gpu_report.FLASH_DTYPES for d in gpu_report.FLASH_HEAD_DIMS
+                      for c in (False, True)}  # fmt: skip
+    for dt, d, c in combos:
+        mine = [j["configs"] for j in grid if (j["dtype"], j["D"], j["causal"]) == (dt, d, c)]
+        assert mine[0] == tf.GPU_DEFAULT_CONFIGS
+        for kernel in tf.KERNELS:  # every kept config of the space is compiled by some launch
+            smem = tf.smem_limit_bytes()
+            space = [gpu_report._config_dict(x) for x in tf.config_space(kernel)
+                     if tf.config_is_valid(kernel, x, gpu_report.FLASH_TARGET_N, d, 2, smem)]  # fmt: skip
+            assert {str(m[kernel]) for m in mine} == {str(x) for x in space}, (kernel, d)
+            for m in mine:
+                tf.check_config(kernel, m[kernel], d, getattr(__import__("torch"), dt), smem_limit=1 << 30)
+    assert all(j["H"] == les.MODEL_WIDTH // j["D"] and j["N"] % 128 == 0 for j in jobs)
+    assert [(j["D"], j["causal"]) for j in jobs if j["tma"]] == list(gpu_report.TMA_CASES)
+
+
+@pytest.mark.slow
+def test_precompile_runs_jobs_in_parallel_processes(gpu_report, tmp_path, monkeypatch):
+    """The workers of part 3's precompile step, here under the interpreter with tiny shapes: every job reported,
+    a bad config reported as failed without stopping the others."""
+    small = {"fwd": {"BLOCK_M": 32, "BLOCK_N": 16}, "dkdv": {"BLOCK_M": 16, "BLOCK_N": 32},
+             "dq": {"BLOCK_M": 32, "BLOCK_N": 16}}  # fmt: skip
+    job = dict(dtype="float16", D=16, H=2, N=32, configs=small, tma=False)
+    bad = dict(job, configs={**small, "fwd": {"BLOCK_M": 48, "BLOCK_N": 16}})
+    jobs = [dict(job, causal=False), dict(job, causal=True), dict(job, causal=True, tma=True), dict(bad, causal=False)]
+    (tmp_path / "parts").mkdir()
+    monkeypatch.setenv("GPU_REPORT_DEVICE", "cpu")  # the workers inherit it
+    rec = gpu_report.Recorder(tmp_path / "03_flash.json")
+    assert gpu_report.precompile_flash(rec, {"report_dir": str(tmp_path)}, jobs, workers=2) is True
+    summary = rec.data["summary"]["precompile"]
+    assert summary["jobs"] == summary["done"] == 4 and summary["failed"] == 1 and summary["workers"] == 2
+    assert any("BLOCK_M=48" in n for n in rec.data["notes"]), rec.data["notes"]
