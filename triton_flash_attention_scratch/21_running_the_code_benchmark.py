@@ -143,6 +143,26 @@ def _quantiles_ms(fn, grad_to_none=None, warmup: int = 25, rep: int = 100) -> tu
     return float(q20), float(q50), float(q80)
 
 
+def _time_side_by_side(row: dict, impls: dict, q, k, v, do, warmup: int, rep: int) -> None:
+    """Forward (no grad) of every implementation, then the backward of every one, so that both see the same
+    conditions; fills ``row[f"{name}_{mode}_ms"]`` (median), ``_ms_q20``/``_ms_q80`` and ``_tflops``."""
+    B, H, N, D = q.shape
+    flops = {m: attention_flops(B, H, N, D, row["causal"], m) for m in ("fwd", "bwd")}
+    times = {}
+    for name, fn in impls.items():
+        with torch.no_grad():
+            times[(name, "fwd")] = _quantiles_ms(fn, warmup=warmup, rep=rep)
+    for name, fn in impls.items():
+        o = fn()
+        times[(name, "bwd")] = _quantiles_ms(
+            lambda o=o: o.backward(do, retain_graph=True), grad_to_none=[q, k, v], warmup=warmup, rep=rep
+        )
+    for (name, mode), (q20, q50, q80) in times.items():
+        row[f"{name}_{mode}_ms"] = q50
+        row[f"{name}_{mode}_ms_q20"], row[f"{name}_{mode}_ms_q80"] = q20, q80
+        row[f"{name}_{mode}_tflops"] = flops[mode] / q50 * 1e-9
+
+
 def _measure_pair(row: dict, dtype: torch.dtype, cfg, dev: torch.device, warmup: int, rep: int) -> None:
     """Fill ``row`` with forward and backward timings of ours and SDPA (flash backend), measured alternately."""
     from torch.nn.attention import SDPBackend, sdpa_kernel
@@ -158,23 +178,10 @@ def _measure_pair(row: dict, dtype: torch.dtype, cfg, dev: torch.device, warmup:
         with sdpa_kernel(SDPBackend.FLASH_ATTENTION):
             return F.scaled_dot_product_attention(q, k, v, is_causal=causal)
 
-    impls = (("ours", ours), ("sdpa", sdpa))
-    for _, fn in impls:  # warm-up (ours autotunes here unless configs are fixed)
+    impls = {"ours": ours, "sdpa": sdpa}
+    for fn in impls.values():  # warm-up (ours autotunes here unless configs are fixed)
         fn().backward(do)
-    flops = {m: attention_flops(B, H, N, D, causal, m) for m in ("fwd", "bwd")}
-    times = {}
-    for name, fn in impls:  # side by side, same conditions
-        with torch.no_grad():
-            times[(name, "fwd")] = _quantiles_ms(fn, warmup=warmup, rep=rep)
-    for name, fn in impls:
-        o = fn()
-        times[(name, "bwd")] = _quantiles_ms(
-            lambda o=o: o.backward(do, retain_graph=True), grad_to_none=[q, k, v], warmup=warmup, rep=rep
-        )
-    for (name, mode), (q20, q50, q80) in times.items():
-        row[f"{name}_{mode}_ms"] = q50
-        row[f"{name}_{mode}_ms_q20"], row[f"{name}_{mode}_ms_q80"] = q20, q80
-        row[f"{name}_{mode}_tflops"] = flops[mode] / q50 * 1e-9
+    _time_side_by_side(row, impls, q, k, v, do, warmup, rep)
     for mode in ("fwd", "bwd"):
         row[f"{mode}_vs_sdpa"] = row[f"ours_{mode}_tflops"] / row[f"sdpa_{mode}_tflops"]
 
@@ -259,18 +266,7 @@ def _measure_tma_pair(row: dict, dtype: torch.dtype, dev: torch.device, warmup: 
         row[f"{name}_max_err"] = max((a - b).abs().max().item() for a, b in zip((o, *grads), (ref, *ref_grads)))
     if not row["tma_max_err"] <= 2 * row["ptr_max_err"] + 1e-3:
         raise RuntimeError(f"TMA path error {row['tma_max_err']:.2e} vs pointer path {row['ptr_max_err']:.2e}")
-    flops = {m: attention_flops(B, H, N, D, causal, m) for m in ("fwd", "bwd")}
-    for name, fn in impls.items():
-        with torch.no_grad():
-            row[f"{name}_fwd_ms"] = _quantiles_ms(fn, warmup=warmup, rep=rep)[1]
-    for name, fn in impls.items():
-        o = fn()
-        row[f"{name}_bwd_ms"] = _quantiles_ms(
-            lambda o=o: o.backward(do, retain_graph=True), grad_to_none=[q, k, v], warmup=warmup, rep=rep
-        )[1]
-    for name in impls:
-        for mode in ("fwd", "bwd"):
-            row[f"{name}_{mode}_tflops"] = flops[mode] / row[f"{name}_{mode}_ms"] * 1e-9
+    _time_side_by_side(row, impls, q, k, v, do, warmup, rep)
     for mode in ("fwd", "bwd"):
         row[f"{mode}_tma_vs_ptr"] = row[f"tma_{mode}_tflops"] / row[f"ptr_{mode}_tflops"]
 

@@ -273,3 +273,31 @@ def test_lesson_cli_bad_option_is_one_line(lesson, args, code, message):
     assert message in proc.stderr and "Traceback" not in proc.stderr
     if code == 1:
         assert proc.stderr.strip().count("\n") == 0, proc.stderr
+
+
+def test_lesson21_measuring_code_fills_every_key(load_lesson, monkeypatch):
+    """Lesson 21's per-row measuring code on this CPU, with the real kernels (interpreter) and SDPA, and a stand-in
+    for the CUDA timer (``_quantiles_ms`` returns 1, 2, 3 ms): every key the GPU report reads gets filled, and the
+    throughput follows from the FLOP formula. What only a GPU can tell is the time."""
+    mod = load_lesson(CH, 21)
+    calls = []
+
+    def fake_quantiles(fn, grad_to_none=None, warmup=25, rep=100):
+        calls.append(fn())
+        return 1.0, 2.0, 3.0
+
+    monkeypatch.setattr(mod, "_quantiles_ms", fake_quantiles)
+    row = {"dtype": "float32", "D": 16, "N": 40, "B": 1, "H": 2, "causal": True}
+    mod._measure_pair(row, torch.float32, None, torch.device("cpu"), 1, 1)
+    fwd_flops = 4 * 1 * 2 * 40 * 40 * 16 * 0.5
+    for name in ("ours", "sdpa"):
+        assert (row[f"{name}_fwd_ms_q20"], row[f"{name}_fwd_ms"], row[f"{name}_bwd_ms_q80"]) == (1.0, 2.0, 3.0)
+        assert row[f"{name}_fwd_tflops"] == pytest.approx(fwd_flops / 2.0 * 1e-9)
+        assert row[f"{name}_bwd_tflops"] == pytest.approx(2.5 * fwd_flops / 2.0 * 1e-9)
+    assert row["fwd_vs_sdpa"] == row["bwd_vs_sdpa"] == 1.0 and len(calls) == 4  # 2 impls x fwd, bwd
+    assert "x1.00" in mod.format_row({**row, "status": "ok"})
+    tma = {"dtype": "float16", "D": 16, "N": 40, "B": 1, "H": 2, "causal": False}
+    mod._measure_tma_pair(tma, torch.float16, torch.device("cpu"), 1, 1)
+    assert tma["tma_max_err"] <= 2 * tma["ptr_max_err"] + 1e-3 and tma["ptr_max_err"] < 1e-2
+    assert tma["fwd_tma_vs_ptr"] == tma["bwd_tma_vs_ptr"] == 1.0 and tma["tma_fwd_ms"] == 2.0
+    assert "| 1.00 |" in mod.tma_table([{**tma, "status": "ok"}])
