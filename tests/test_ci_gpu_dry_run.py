@@ -238,3 +238,35 @@ def test_precompile_runs_jobs_in_parallel_processes(gpu_report, tmp_path, monkey
     summary = rec.data["summary"]["precompile"]
     assert summary["jobs"] == summary["done"] == 4 and summary["failed"] == 1 and summary["workers"] == 2
     assert any("BLOCK_M=48" in n for n in rec.data["notes"]), rec.data["notes"]
+
+
+def test_flash_rows_from_the_lesson_render_in_the_report(gpu_report, monkeypatch, tmp_path):
+    """Part 3 reads the rows lesson 21's measuring code writes: one real row (kernels under the interpreter, SDPA,
+    a stand-in for the CUDA timer) through the part's row handling, targets and table."""
+    import torch
+
+    les = gpu_report.ch4_lesson21()
+
+    def stand_in_timer(fn, grad_to_none=None, warmup=25, rep=100):
+        fn()
+        return 1.0, 2.0, 3.0  # 20 %, 50 %, 80 % quantiles, ms
+
+    monkeypatch.setattr(les, "_quantiles_ms", stand_in_timer)
+    row = {"dtype": "float32", "D": 16, "N": gpu_report.FLASH_TARGET_N, "B": 1, "H": 1, "causal": True}
+    small = dict(row, N=40)  # measured at N = 40 (the interpreter is slow), reported as the target length
+    les._measure_pair(small, torch.float32, None, torch.device("cpu"), 1, 1)
+    row = {**small, "N": gpu_report.FLASH_TARGET_N, "status": "ok"}
+
+    def rows_fn(**kw):
+        return [row, {**row, "D": 64, "status": "time limit"}]
+
+    rec = gpu_report.Recorder(tmp_path / "03_flash.json")
+    gpu_report._flash_with_benchmark_rows(rec, {}, rows_fn, peak=100.0, dev="cpu", reserve_s=0)
+    impls = [r["impl"] for r in rec.data["rows"]]
+    assert impls == ["triton", "sdpa"] and rec.data["rows"][0]["fwd_ms_q20"] == 1.0
+    assert rec.data["summary"]["ratios"] == [{"N": 4096, "D": 16, "dtype": "float32", "causal": True, "fwd": 1.0,
+                                              "bwd": 1.0}]  # fmt: skip
+    assert [t["met"] for t in rec.data["targets"]] == [True, True]  # ratio 1.0 >= 0.9 and >= 0.7
+    assert rec.data["failures"] == ["1 of 2 benchmark rows not run: the part's time ran out"]
+    md = "\n".join(gpu_report._part_table({"key": "flash", "rows": rec.data["rows"], **rec.data}))
+    assert "| triton | float32 | True | 16 | 4096 |" in md and "| float32 | True | 16 | 4096 | 1.00 | 1.00 |" in md
