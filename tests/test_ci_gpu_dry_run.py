@@ -174,7 +174,9 @@ def test_rehearsal_runs_every_part_on_the_cpu(tmp_path):
     parts = {p["key"]: p for p in report["parts"]}
     rungs = parts["gpt2"]["rows"]
     assert len(rungs) == 7 and all(r["ms"] > 0 and "error" not in r for r in rungs), rungs
-    assert "triton" in rungs[-1]["setup"]["attn_impl"]
+    assert [r["index"] for r in rungs] == [5, 6, 0, 1, 2, 3, 4]  # the whole recipe first, then the Triton rung
+    assert "triton" in rungs[1]["setup"]["attn_impl"] and rungs[0]["setup"]["pad_vocab_to"] == 64
+    assert parts["gpt2"]["targets"][0]["name"] == f"MFU of '{rungs[0]['rung']}'"
     methods = {r["method"] for r in parts["decode"]["rows"]}
     assert {"dynamic cache", "static cache", "HF generate"} <= methods
     assert all(r["same_tokens_as_ours"] == 1.0 for r in parts["decode"]["rows"])  # same weights, greedy
@@ -185,6 +187,8 @@ def test_rehearsal_runs_every_part_on_the_cpu(tmp_path):
     assert "**Rehearsal on the CPU**" in md
     for heading in ("| rung | ms/step", "| method | tok/s", "| run | exit |", "| part | status |"):
         assert heading in md, heading
+    ladder = [line.split(" | ")[0].lstrip("| ") for line in md.splitlines() if line.startswith(("| fp32", "| +"))]
+    assert ladder[0].startswith("fp32 baseline") and ladder[-1].startswith("+ Triton"), ladder  # ladder order
 
 
 def test_pytest_result_lines_with_and_without_xdist(gpu_report):
