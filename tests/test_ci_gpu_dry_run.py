@@ -274,3 +274,58 @@ def test_flash_rows_from_the_lesson_render_in_the_report(gpu_report, monkeypatch
     assert rec.data["failures"] == ["1 of 2 benchmark rows not run: the part's time ran out"]
     md = "\n".join(gpu_report._part_table({"key": "flash", "rows": rec.data["rows"], **rec.data}))
     assert "| triton | float32 | True | 16 | 4096 |" in md and "| float32 | True | 16 | 4096 | 1.00 | 1.00 |" in md
+
+
+@pytest.mark.slow
+def test_flash_part_runs_end_to_end_with_stand_ins(gpu_report, monkeypatch, tmp_path):
+    """Part 3's whole ``run_flash_bench`` on the CPU: the precompile workers (tiny jobs, interpreter), the grid
+    (rows from lesson 21's real measuring code with a stand-in timer), the TMA step and the register step (compiled
+    ahead of time for a faked sm_90); then the report renders. What stays for a GPU: the kernels' speed."""
+    import torch
+
+    les = gpu_report.ch4_lesson21()
+
+    def stand_in_timer(fn, grad_to_none=None, warmup=25, rep=100):
+        fn()
+        return 1.0, 2.0, 3.0
+
+    monkeypatch.setattr(les, "_quantiles_ms", stand_in_timer)
+    monkeypatch.setenv("GPU_REPORT_DEVICE", "cpu")
+    monkeypatch.setattr(torch.cuda, "get_device_capability", lambda *a: (9, 0))
+    seen = {}
+
+    def benchmark_rows(seq_lens, head_dims, dtypes, causal, time_limit_s, device, log, **kw):
+        seen["grid"] = (seq_lens, head_dims, dtypes, causal, time_limit_s)
+        row = {"dtype": "float32", "D": 16, "N": 40, "B": 1, "H": 1, "causal": True}
+        les._measure_pair(row, torch.float32, None, torch.device("cpu"), 1, 1)
+        return [{**row, "N": gpu_report.FLASH_TARGET_N, "status": "ok"}]
+
+    def tma_rows(head_dims, causal, device, log, **kw):
+        row = {"dtype": "float16", "D": 16, "N": 40, "B": 1, "H": 1, "causal": causal[0]}
+        les._measure_tma_pair(row, torch.float16, torch.device("cpu"), 1, 1)
+        return [{**row, "status": "ok"}]
+
+    monkeypatch.setattr(les, "benchmark_rows", benchmark_rows)
+    monkeypatch.setattr(les, "tma_rows", tma_rows)
+    tiny = {"fwd": {"BLOCK_M": 32, "BLOCK_N": 16}, "dkdv": {"BLOCK_M": 16, "BLOCK_N": 32},
+            "dq": {"BLOCK_M": 32, "BLOCK_N": 16}}  # fmt: skip
+    jobs = [dict(dtype="float16", D=16, H=1, N=32, causal=c, configs=tiny, tma=False) for c in (False, True)]
+    monkeypatch.setattr(gpu_report, "flash_precompile_jobs", lambda tf, les, with_tma: jobs)
+    (tmp_path / "parts").mkdir()
+    ctx = {"report_dir": str(tmp_path), "peaks": {"bf16_tflops": 100.0}, "deadline": time.monotonic() + 300}
+    rec = gpu_report.Recorder(tmp_path / "03_flash.json")
+    gpu_report.run_flash_bench(rec, ctx)
+    data = rec.data
+    assert not data.get("failures"), data.get("failures")
+    assert data["summary"]["precompile"]["done"] == 2 and data["summary"]["precompile"]["failed"] == 0
+    assert seen["grid"][:4] == (gpu_report.FLASH_SEQ_LENS, gpu_report.FLASH_HEAD_DIMS, gpu_report.FLASH_DTYPES,
+                                (False, True))  # fmt: skip
+    # the grid stops starting rows in time for the TMA rows and the row margin (precompiled: the short one)
+    assert 300 - gpu_report.TMA_RESERVE_S - gpu_report.FLASH_MARGIN_PRECOMPILED_S - 30 < seen["grid"][4] < 300
+    assert len(data["summary"]["tma_rows"]) == len(gpu_report.TMA_CASES)
+    assert len(data["summary"]["registers"]) == 3 * len(gpu_report.FLASH_HEAD_DIMS)
+    assert [t["met"] for t in data["targets"]] == [True, True]
+    md = gpu_report.markdown_report([{"number": 3, "key": "flash", "title": "flash", "status": "ok", **data}],
+                                    "2026-12-02 00:00", 1.0)  # fmt: skip
+    for text in ("TMA vs pointer loads", "| fwd ours/SDPA | bwd ours/SDPA |", "registers/thread", "precompile: 2 of 2"):
+        assert text in md, text
