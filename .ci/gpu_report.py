@@ -703,23 +703,28 @@ def flash_precompile_jobs(tf, les, with_tma: bool) -> list[dict]:
     return jobs
 
 
-def precompile_worker(jobs_path: str) -> None:
-    """``--precompile-worker``: run each job's forward and backward once (compiling its kernels into Triton's
-    on-disk cache) and print one ``PRECOMPILED {json}`` line per job."""
+def precompile_job(job: dict, dev) -> None:
+    """One precompile launch: the job's forward and backward once, at B = 1 and N = ``job["N"]``."""
     import torch
 
     from triton_flash_attention_scratch import triton_flash as tf
 
+    shape = (1, job["H"], job["N"], job["D"])
+    q, k, v = (torch.randn(shape, device=dev, dtype=getattr(torch, job["dtype"]), requires_grad=True)
+               for _ in range(3))  # fmt: skip
+    o = tf.flash_attention(q, k, v, causal=job["causal"], configs=job["configs"], tma=job["tma"])
+    o.backward(torch.ones_like(o))
+    sync(dev)
+
+
+def precompile_worker(jobs_path: str) -> None:
+    """``--precompile-worker``: run each job's forward and backward once (compiling its kernels into Triton's
+    on-disk cache) and print one ``PRECOMPILED {json}`` line per job."""
     dev = report_device()
     for job in json.loads(Path(jobs_path).read_text()):
         t0 = time.perf_counter()
         try:
-            shape = (1, job["H"], job["N"], job["D"])
-            q, k, v = (torch.randn(shape, device=dev, dtype=getattr(torch, job["dtype"]), requires_grad=True)
-                       for _ in range(3))  # fmt: skip
-            o = tf.flash_attention(q, k, v, causal=job["causal"], configs=job["configs"], tma=job["tma"])
-            o.backward(torch.ones_like(o))
-            sync(dev)
+            precompile_job(job, dev)
             status = "ok"
         except Exception as e:  # noqa: BLE001 - e.g. a config this GPU cannot fit: the grid's autotuner skips it too
             status = f"{type(e).__name__}: {str(e).splitlines()[0][:160] if str(e) else ''}"

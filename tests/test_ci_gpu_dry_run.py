@@ -276,6 +276,47 @@ def test_flash_rows_from_the_lesson_render_in_the_report(gpu_report, monkeypatch
     assert "| triton | float32 | True | 16 | 4096 |" in md and "| float32 | True | 16 | 4096 | 1.00 | 1.00 |" in md
 
 
+def _precompile_coverage(*args: str) -> tuple[int, dict]:
+    """``.ci/precompile_coverage.py --json`` in a process of its own (it installs a stand-in CUDA driver)."""
+    import json
+    import os
+
+    drop = ("TRITON_INTERPRET", "LLM_SCRATCH_AUTOTUNE", "LLM_SCRATCH_FULL_AUTOTUNE")  # the default autotuning
+    env = {k: v for k, v in os.environ.items() if k not in drop}
+    res = subprocess.run([sys.executable, ".ci/precompile_coverage.py", "--json", *args], cwd=ROOT,
+                         capture_output=True, text=True, timeout=600, env=env)  # fmt: skip
+    assert res.stdout.strip(), res.stderr[-3000:]
+    return res.returncode, json.loads(res.stdout.strip().splitlines()[-1])
+
+
+@pytest.mark.slow
+def test_precompile_asks_for_every_kernel_the_grid_asks_for(gpu_report):
+    """Part 3's precompile launches (B = 1, N = 256, explicit configs) must leave in Triton's on-disk cache every
+    kernel its benchmark grid (B·N = 16k, N up to 16k, autotuned) and TMA rows then ask for, or the grid compiles
+    them again one at a time. Both run on the CPU against a stand-in sm_90 driver; Triton's own cache hook reports
+    what each would compile (signature, constexprs, divisibility attributes, options)."""
+    rc, res = _precompile_coverage("--arch", "90")
+    assert not res["jobs_failed"] and not res["grid_row_errors"], res
+    assert res["missing"] == 0 and rc == 0, res["missing_examples"]
+    n_grid = len(gpu_report.FLASH_SEQ_LENS) * len(gpu_report.FLASH_HEAD_DIMS) * len(gpu_report.FLASH_DTYPES) * 2
+    assert res["grid_rows"] == n_grid + len(gpu_report.TMA_CASES)
+    kernels = res["per_kernel"]
+    assert set(kernels) == {"_attn_fwd", "_attn_bwd_dkdv", "_attn_bwd_dq", "_attn_bwd_preprocess"}
+    combos = len(gpu_report.FLASH_HEAD_DIMS) * len(gpu_report.FLASH_DTYPES)
+    assert kernels["_attn_bwd_preprocess"]["grid"] == combos  # specialised on dtype and head dim only
+    for name in ("_attn_fwd", "_attn_bwd_dkdv", "_attn_bwd_dq"):  # >= 2 tuned configs per (dtype, D, causal), + TMA
+        assert kernels[name]["grid"] >= 2 * 2 * combos + len(gpu_report.TMA_CASES), kernels
+
+
+@pytest.mark.slow
+def test_precompile_coverage_finds_a_length_that_specialises_differently():
+    """The check can fail: precompiled at N = 264 (not a multiple of 16, so N_CTX loses its divisibility
+    attribute), the grid's kernels are not the precompiled ones."""
+    rc, res = _precompile_coverage("--arch", "80", "--precompile-n", "264", "--seq-lens", "1024")
+    assert rc == 1 and res["missing"] > 0 and res["grid_rows"] == 8
+    assert any("differs in EVEN_M, N_CTX attributes" in m for m in res["missing_examples"]), res["missing_examples"]
+
+
 @pytest.mark.slow
 def test_flash_part_runs_end_to_end_with_stand_ins(gpu_report, monkeypatch, tmp_path):
     """Part 3's whole ``run_flash_bench`` on the CPU: the precompile workers (tiny jobs, interpreter), the grid
