@@ -663,7 +663,7 @@ def run_flash_bench(rec: Recorder, ctx: dict) -> None:
         rec.note(f"TMA vs pointer loads: not run, {no_tma}")
     else:
         tma_comparison(rec, ctx, les)
-    register_facts(rec, ctx, tf)
+    register_facts(rec, ctx, tf, les)
 
 
 PRECOMPILE_N = 256  # a multiple of every tile: the kernels specialise as for the grid's lengths (N % 16 == 0, EVEN_M)
@@ -796,9 +796,21 @@ def tma_comparison(rec: Recorder, ctx: dict, les) -> None:
 REGISTER_MARGIN_S = 15  # six compilations of a few seconds each, run only when this much of the part is left
 
 
-def register_facts(rec: Recorder, ctx: dict, tf) -> None:
+def register_jobs(tf, les, arch: int) -> list[dict]:
+    """The default configs as the benchmark's target row launches them: bf16, causal, N = FLASH_TARGET_N and
+    lesson 21's H = model width / D (Triton specialises on those sizes: a multiple of 16 is compiled differently)."""
+    jobs = []
+    for d in FLASH_HEAD_DIMS:
+        sizes = {"H": les.MODEL_WIDTH // d, "H_KV": les.MODEL_WIDTH // d, "N_CTX": FLASH_TARGET_N}
+        jobs += [{"kernel": k, "arch": arch, "dtype": "bfloat16", "head_dim": d, "causal": True,
+                  "config": tf.GPU_DEFAULT_CONFIGS[k], "sizes": sizes} for k in ("fwd", "dkdv", "dq")]  # fmt: skip
+    return jobs
+
+
+def register_facts(rec: Recorder, ctx: dict, tf, les) -> None:
     """ptxas' registers per thread and spill bytes of the default configs, compiled for this GPU with this
-    machine's Triton (its ptxas may differ from the one the chapter's table was made with)."""
+    machine's Triton (its ptxas may differ from the one the chapter's table was made with), specialised as the
+    benchmark's N = FLASH_TARGET_N rows launch them."""
     import torch
 
     aot = getattr(tf, "compile_ahead_of_time", None)
@@ -812,14 +824,13 @@ def register_facts(rec: Recorder, ctx: dict, tf) -> None:
     if left is not None and left < REGISTER_MARGIN_S:
         rec.note(f"register use: not compiled, {left:.0f} s of the part left")
         return
-    jobs = [{"kernel": k, "arch": arch, "dtype": "bfloat16", "head_dim": d, "causal": True, "config": defaults[k]}
-            for d in FLASH_HEAD_DIMS for k in ("fwd", "dkdv", "dq")]  # fmt: skip
+    jobs = register_jobs(tf, les, arch)
     try:
         facts = aot(jobs)
     except Exception as e:  # e.g. an architecture the helper does not know: report, do not fail the part
         rec.note(f"register use on sm_{arch}: not compiled ({type(e).__name__}: {str(e)[:200]})")
         return
-    keep = ("kernel", "arch", "dtype", "head_dim", "config", "registers", "spill_stores", "spill_loads",
+    keep = ("kernel", "arch", "dtype", "head_dim", "config", "sizes", "registers", "spill_stores", "spill_loads",
             "shared_bytes")  # fmt: skip
     rec.summary(registers=[{k: f.get(k) for k in keep} for f in facts])
 
@@ -1755,7 +1766,9 @@ def _part_table(p: dict) -> list[str]:
             )
     regs = p.get("summary", {}).get("registers", []) if key == "flash" else []
     if regs:
-        out += ["", "GPU_DEFAULT_CONFIGS compiled for this GPU (bf16, causal), as ptxas reports them:", "",
+        n = (regs[0].get("sizes") or {}).get("N_CTX")
+        out += ["", "GPU_DEFAULT_CONFIGS compiled for this GPU (bf16, causal" + (f", specialised as the N = {n} rows "
+                "launch them" if n else "") + "), as ptxas reports them:", "",
                 "| kernel | D | config | registers/thread | spill stores B | spill loads B | shared KiB |",
                 "|---|---:|---|---:|---:|---:|---:|"]  # fmt: skip
         for r in regs:

@@ -13,8 +13,14 @@ records both without compiling or launching anything:
   so that the grid's real code (``benchmark_rows``, ``tma_rows``, the autotuners and their pruning) runs on CPU
   tensors of the grid's real shapes.
 
-Then every specialisation of the grid must be among the precompiled ones. Exit status 0 if so, 1 with the
-missing ones listed. ``--json`` prints the counts as JSON (the test reads them).
+Then every specialisation of the grid must be among the precompiled ones. The register step's kernels
+(``register_jobs``: the defaults compiled ahead of time with ``aot_source``, whose signature and attributes are
+written by hand) must be among the grid's as well, so that its ptxas counts are those of kernels the benchmark
+runs; the same jobs with general sizes (no ``sizes``) are counted too, to show that the comparison can tell the
+difference. Last, ``launch_vs_aot`` launches the four kernels at ``LAUNCH_CASES`` (shapes that take every branch
+of Triton's specialisation of an integer) and compares what Triton asks for with ``aot_source`` for the same
+sizes. Exit status 0 if all match, 1 with the missing ones listed. ``--json`` prints the counts as JSON (the
+test reads them).
 
 Run:  python .ci/precompile_coverage.py [--arch 90|80]
 """
@@ -173,6 +179,10 @@ def coverage(arch: int, precompile_n: int | None = None, seq_lens: tuple[int, ..
                              causal=(False, True), device="cpu", log=None)  # fmt: skip
     grid = {data: name for name, data in seen}
     missing = sorted(set(grid) - set(precompiled))
+    grid_cores = {_core(_parts(data)) for data in grid}
+    register = [_core(_ast_parts(tf, job)) in grid_cores for job in gr.register_jobs(tf, les, arch)]
+    general = [_core(_ast_parts(tf, {**job, "sizes": None})) in grid_cores for job in gr.register_jobs(tf, les, arch)]
+    mismatches = launch_vs_aot(tf, arch)
     per_kernel = {}
     for data, name in grid.items():
         c = per_kernel.setdefault(name, {"grid": 0, "missing": 0})
@@ -190,6 +200,11 @@ def coverage(arch: int, precompile_n: int | None = None, seq_lens: tuple[int, ..
         "missing": len(missing),
         "per_kernel": per_kernel,
         "missing_examples": [_describe(d, list(precompiled)) for d in missing[:5]],
+        "register_jobs": len(register),
+        "register_missing": register.count(False),
+        "register_general_missing": general.count(False),
+        "launch_cases": len(LAUNCH_CASES),
+        "launch_mismatches": mismatches,
     }
 
 
@@ -202,8 +217,74 @@ def _parts(data: str) -> tuple[str, dict[str, str]]:
     parts |= {f"{names[k[0]]} attributes": str(v) for k, v in zip(obj["attrs_keys"], obj["attrs_vals"])}
     parts |= {f"{names[k[0]]}": str(v) for k, v in zip(obj["constant_keys"], obj["constant_vals"])}
     parts |= {f"option {k}": str(v) for k, v in obj["options"].items()}
-    parts["target"] = str(obj["target"])
+    if "target" in obj:  # triton 3.9 records it; 3.6 keeps it out of this data
+        parts["target"] = str(obj["target"])
     return obj["name"].rsplit(".", 1)[-1], parts
+
+
+# (dtype, D, H, H_KV, N, causal): shapes whose sizes take every branch of a launch's specialisation: general
+# values (GPT-2's 12 heads, N = 1000, so the dK/dV kernel's EVEN_M is false), a single key/value head (Triton makes
+# 1 a constant), multiples of 16, and a head dim (40) whose row stride is not one.
+LAUNCH_CASES = (
+    ("float16", 64, 12, 4, 1000, True),
+    ("bfloat16", 40, 8, 1, 64, False),
+    ("bfloat16", 128, 16, 16, 4096, True),
+)
+
+
+def launch_vs_aot(tf, arch: int) -> list[str]:
+    """Launch forward and backward of each ``LAUNCH_CASES`` shape with the default configs (the stand-in driver
+    records, compiles nothing) and compare each kernel Triton asks for with ``aot_source`` for the same sizes.
+    Returns one line per mismatch."""
+    import torch
+
+    bad = []
+    for dtype, D, H, H_KV, N, causal in LAUNCH_CASES:
+        seen: list = []
+        install_stand_in_driver(arch, seen)
+        q = torch.zeros(2, H, N, D, dtype=getattr(torch, dtype), requires_grad=True)
+        k, v = (torch.zeros(2, H_KV, N, D, dtype=q.dtype, requires_grad=True) for _ in range(2))
+        tf.flash_attention(q, k, v, causal=causal, configs=tf.GPU_DEFAULT_CONFIGS).sum().backward()
+        launched = {name: _core(_parts(data)) for name, data in seen}
+        sizes = {"H": H, "H_KV": H_KV, "N_CTX": N}
+        even_m = N % tf.GPU_DEFAULT_CONFIGS["dkdv"]["BLOCK_M"] == 0
+        for kernel, name in (("fwd", "_attn_fwd"), ("preprocess", "_attn_bwd_preprocess"),
+                             ("dkdv", "_attn_bwd_dkdv"), ("dq", "_attn_bwd_dq")):  # fmt: skip
+            job = dict(kernel=kernel, arch=arch, dtype=dtype, head_dim=D, causal=causal,
+                       config=tf.GPU_DEFAULT_CONFIGS.get(kernel), even_m=even_m, sizes=sizes)  # fmt: skip
+            variants = {"": job}
+            if all(x != 1 and x % 16 for x in sizes.values()):  # general sizes: what aot_source gives without any
+                variants[" (general sizes)"] = {**job, "sizes": None}
+            for label, j in variants.items():
+                ours = _core(_ast_parts(tf, j))
+                if launched.get(name) != ours:
+                    have, want = dict(launched.get(name, ("", ()))[1]), dict(ours[1])
+                    diff = sorted(k for k in set(have) | set(want) if have.get(k) != want.get(k))
+                    bad.append(f"{name} {dtype} D={D} H={H} H_KV={H_KV} N={N}{label}: aot_source differs in "
+                               + ", ".join(diff))  # fmt: skip
+    return bad
+
+
+def _ast_parts(tf, job: dict) -> tuple[str, dict[str, str]]:
+    """An ahead-of-time job's specialisation (``aot_source``), written as ``_parts`` writes a launch's."""
+    src, options, _ = tf.aot_source(**job)
+    names = [p.name for p in src.fn.params]
+    parts = {f"{n} type": str(t) for n, t in src.signature.items()}
+    parts |= {f"{names[k[0]]} attributes": str(v) for k, v in src.attrs.items()}
+    parts |= {f"{names[k[0]]}": str(v) for k, v in src.constants.items()}
+    parts |= {f"option {k}": str(v) for k, v in options.items()}
+    return src.fn.__name__, parts
+
+
+def _core(parts: tuple[str, dict[str, str]]) -> tuple:
+    """What both a launch and an ahead-of-time source spell out: kernel, parameter types, non-empty attributes,
+    constexpr values, warps and stages (a launch's other options are the backend's defaults; the target is the
+    stand-in driver's for both)."""
+    name, p = parts
+    empty = {k for k, v in p.items() if k.endswith(" attributes") and v == "[]"}
+    keep = {k: v for k, v in p.items() if not k.startswith("option ") and k != "target" and k not in empty}
+    keep |= {k: p[k] for k in ("option num_warps", "option num_stages")}
+    return name, tuple(sorted(keep.items()))
 
 
 def _describe(data: str, precompiled: list[str]) -> str:
@@ -236,11 +317,18 @@ def main(argv=None) -> int:
             f"sm_{res['arch']}: {res['jobs']} precompile launches ask for {res['precompiled']} kernels; "
             f"the grid ({res['grid_rows']} rows) asks for {res['grid']}; {res['missing']} of them not precompiled"
         )
+        print(
+            f"  register step: {res['register_missing']} of its {res['register_jobs']} ahead-of-time kernels are not "
+            f"among the grid's (with general sizes: {res['register_general_missing']})"
+        )
+        print(
+            f"  aot_source vs launches of {res['launch_cases']} shapes: {len(res['launch_mismatches'])} kernels differ"
+        )
         for name, c in sorted(res["per_kernel"].items()):
             print(f"  {name}: {c['grid']} kernels, {c['missing']} missing")
-        for line in res["missing_examples"] + res["jobs_failed"]:
+        for line in res["missing_examples"] + res["jobs_failed"] + res["launch_mismatches"]:
             print(f"  {line}")
-    return 1 if res["missing"] or res["jobs_failed"] else 0
+    return 1 if res["missing"] or res["jobs_failed"] or res["register_missing"] or res["launch_mismatches"] else 0
 
 
 if __name__ == "__main__":

@@ -94,8 +94,9 @@ def test_register_table_is_compiled_and_rendered(gpu_report, monkeypatch, tmp_pa
     from triton_flash_attention_scratch import triton_flash as tf
 
     monkeypatch.setattr(torch.cuda, "get_device_capability", lambda *a: (9, 0))
+    les = gpu_report.ch4_lesson21()
     rec = gpu_report.Recorder(tmp_path / "03_flash.json")
-    gpu_report.register_facts(rec, {}, tf)
+    gpu_report.register_facts(rec, {}, tf, les)
     regs = rec.data["summary"]["registers"]
     assert [(r["kernel"], r["head_dim"]) for r in regs] == [
         (k, d) for d in gpu_report.FLASH_HEAD_DIMS for k in ("fwd", "dkdv", "dq")
@@ -103,6 +104,9 @@ def test_register_table_is_compiled_and_rendered(gpu_report, monkeypatch, tmp_pa
     for r in regs:
         assert r["arch"] == 90 and r["config"] == tf.GPU_DEFAULT_CONFIGS[r["kernel"]]
         assert 0 < r["registers"] <= 255 and r["spill_stores"] >= 0 and r["spill_loads"] >= 0
+        # the benchmark's target row: N = 4096, H = model width / D heads
+        assert r["sizes"] == {"H": les.MODEL_WIDTH // r["head_dim"], "H_KV": les.MODEL_WIDTH // r["head_dim"],
+                              "N_CTX": gpu_report.FLASH_TARGET_N}  # fmt: skip
     md = "\n".join(gpu_report._part_table({"key": "flash", "rows": [], **rec.data}))
     first = regs[0]
     c = first["config"]
@@ -110,7 +114,7 @@ def test_register_table_is_compiled_and_rendered(gpu_report, monkeypatch, tmp_pa
             f"{first['registers']} | {first['spill_stores']} |") in md  # fmt: skip
     # no time left: the step says so instead of compiling
     rec2 = gpu_report.Recorder(tmp_path / "03_flash_late.json")
-    gpu_report.register_facts(rec2, {"deadline": time.monotonic() + 1}, tf)
+    gpu_report.register_facts(rec2, {"deadline": time.monotonic() + 1}, tf, les)
     assert "registers" not in rec2.data["summary"] and "not compiled" in rec2.data["notes"][0]
 
 
@@ -306,6 +310,13 @@ def test_precompile_asks_for_every_kernel_the_grid_asks_for(gpu_report):
     assert kernels["_attn_bwd_preprocess"]["grid"] == combos  # specialised on dtype and head dim only
     for name in ("_attn_fwd", "_attn_bwd_dkdv", "_attn_bwd_dq"):  # >= 2 tuned configs per (dtype, D, causal), + TMA
         assert kernels[name]["grid"] >= 2 * 2 * combos + len(gpu_report.TMA_CASES), kernels
+    # the register step compiles, ahead of time, kernels the grid runs (its N = 4096 rows), not look-alikes: with
+    # general sizes (no divisibility facts on H, N) none of them would be
+    assert res["register_jobs"] == 3 * len(gpu_report.FLASH_HEAD_DIMS) and res["register_missing"] == 0, res
+    assert res["register_general_missing"] == res["register_jobs"], res
+    # aot_source, written by hand, specialises as Triton specialises real launches (1 as a constant, multiples of
+    # 16, general values, a row stride that is not a multiple of 16)
+    assert res["launch_cases"] >= 3 and res["launch_mismatches"] == [], res["launch_mismatches"]
 
 
 @pytest.mark.slow

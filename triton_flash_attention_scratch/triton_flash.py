@@ -1189,21 +1189,69 @@ def flash_attention(
 # ============================================================================================ ahead of time
 # ``triton.compile`` with a ``GPUTarget`` builds PTX and a cubin for a given GPU without one being present (the
 # Triton wheel ships ptxas). CI uses it so that a compile error cannot wait for the first GPU run; lesson 20 uses it
-# to show what ``num_stages`` does to the compiled code. The pointers and strides are marked divisible by 16, as a
-# real launch specializes them for tensors from PyTorch's allocator (without it no load is wide enough for cp.async).
+# to show what ``num_stages`` does to the compiled code. A launch specialises each integer argument on its value
+# (native_specialize_impl in triton/runtime/jit.py): 1 becomes a compile-time constant, a multiple of 16 gets a
+# ``tt.divisibility`` attribute that lets the compiler prove wide, aligned accesses, anything else is a plain i32.
+# ``aot_source`` does the same by hand: the pointers (PyTorch's allocator aligns them) and the strides of contiguous
+# (B, H, N, D) tensors are marked from D, and H, H_KV, N_CTX either from the ``sizes`` of a concrete launch or, by
+# default, as general values that give the compiler no such fact (GPT-2's H = 12, a prompt of 1000 tokens).
 AOT_KERNELS = ("fwd", "dkdv", "dq", "preprocess")
 _FP32_POINTERS = {"LSE", "DELTA"}
 _POINTERS = {"Q", "K", "V", "O", "DO", "DK", "DV", "DQ"} | _FP32_POINTERS
 
 
-def _aot_one(kernel: str, arch: int, dtype: str, head_dim: int, causal: bool, config: dict | None,
-             even_m: bool = True, tma: bool = False) -> dict:  # fmt: skip
-    from triton.backends.compiler import GPUTarget
+_SIZE_NAMES = ("H", "H_KV", "N_CTX")
+
+
+def check_aot_sizes(sizes: dict | None) -> dict | None:
+    """``sizes`` of a launch to compile for: ``{"H": .., "H_KV": .., "N_CTX": ..}`` (query heads, key/value heads,
+    sequence length), positive ints with H a multiple of H_KV; None for general sizes."""
+    if sizes is None:
+        return None
+    if not isinstance(sizes, dict) or set(sizes) != set(_SIZE_NAMES):
+        raise ValueError(f"sizes must be None or a dict with exactly the keys {_SIZE_NAMES}, got {sizes!r}")
+    for name, value in sizes.items():
+        if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+            raise ValueError(f"sizes[{name!r}] must be a positive int, got {value!r}")
+    if sizes["H"] % sizes["H_KV"]:
+        raise ValueError(f"sizes: H={sizes['H']} is not a multiple of H_KV={sizes['H_KV']}")
+    return dict(sizes)
+
+
+def _int_spec(value: int | None) -> tuple[str, list]:
+    """How a launch passes an integer argument of this value: (type, attributes); type "constexpr" for 1. None is a
+    general value (no attribute)."""
+    if value == 1:
+        return "constexpr", []
+    kind = "i64" if value is not None and value >= 2**31 else "i32"
+    return kind, [["tt.divisibility", 16]] if value is not None and value % 16 == 0 else []
+
+
+def _stride(name: str, head_dim: int, sizes: dict | None) -> int | None:
+    """``stride_<tensor><b|h|n>`` of a contiguous (B, heads, N, D) tensor: D, N·D, heads·N·D (heads = H_KV for K, V
+    and their gradients). General sizes: a multiple of D, so of 16 if D is."""
+    tensor, dim = name[len("stride_") : -1], name[-1]
+    if dim == "n":
+        return head_dim
+    if sizes is None:
+        return 16 if head_dim % 16 == 0 else None
+    heads = sizes["H_KV"] if tensor in ("k", "v", "dk", "dv") else sizes["H"]
+    return sizes["N_CTX"] * head_dim * (heads if dim == "b" else 1)
+
+
+def aot_source(kernel: str, arch: int, dtype: str, head_dim: int, causal: bool, config: dict | None,
+               even_m: bool = True, tma: bool = False, sizes: dict | None = None):  # fmt: skip
+    """What ``triton.compile`` needs for one kernel: ``(ASTSource, options, cfg)``, specialised as a launch with
+    contiguous (B, H, N, D) tensors of this head dim (and of ``sizes``, if given) specialises it."""
     from triton.compiler import ASTSource
 
     fn = {"fwd": _attn_fwd, "dkdv": _attn_bwd_dkdv, "dq": _attn_bwd_dq, "preprocess": _attn_bwd_preprocess}[kernel]
     tdt = {"float16": "fp16", "bfloat16": "bf16", "float32": "fp32"}[dtype]
-    cfg = {"num_warps": 4, "num_stages": 2, "BLOCK_M": PREPROCESS_BLOCK_M}
+    sizes = check_aot_sizes(sizes)
+    from triton.backends.nvidia.compiler import CUDAOptions
+
+    # the preprocess kernel is launched without options: the CUDA backend's default warps and stages
+    cfg = {"num_warps": CUDAOptions.num_warps, "num_stages": CUDAOptions.num_stages, "BLOCK_M": PREPROCESS_BLOCK_M}
     if kernel != "preprocess":
         cfg = check_config(kernel, config or GPU_DEFAULT_CONFIGS[kernel], head_dim, getattr(torch, dtype),
                            smem_limit=1 << 30)  # fmt: skip
@@ -1212,23 +1260,36 @@ def _aot_one(kernel: str, arch: int, dtype: str, head_dim: int, causal: bool, co
         "INPUT_PRECISION": "ieee" if dtype == "float32" else "tf32", "BLOCK_M": cfg["BLOCK_M"],
         "BLOCK_N": cfg.get("BLOCK_N"), "EVEN_M": bool(even_m), "USE_TMA": bool(tma),
     }  # fmt: skip
+    ints = dict.fromkeys(_SIZE_NAMES) | {"N_CTX_BUCKET": 16}  # a power of two, at least 16 from N = 9 on
+    if sizes is not None:
+        ints |= sizes | {"N_CTX_BUCKET": triton.next_power_of_2(sizes["N_CTX"])}
     signature, constexprs, attrs = {}, {}, {}
     for i, param in enumerate(fn.params):
         name = param.name
         if param.is_constexpr:
             signature[name] = "constexpr"
             constexprs[(i,)] = values[name]
-        elif name in _POINTERS:
-            signature[name] = "*fp32" if name in _FP32_POINTERS else f"*{tdt}"
-            attrs[(i,)] = [["tt.divisibility", 16]]
+            continue
+        if name in _POINTERS:
+            signature[name], spec = "*fp32" if name in _FP32_POINTERS else f"*{tdt}", [["tt.divisibility", 16]]
         elif name == "sm_scale":
-            signature[name] = "fp32"
+            signature[name], spec = "fp32", []
         else:
-            signature[name] = "i32"
-            if name.startswith("stride"):
-                attrs[(i,)] = [["tt.divisibility", 16]]
+            value = _stride(name, head_dim, sizes) if name.startswith("stride") else ints[name]
+            signature[name], spec = _int_spec(value)
+            if signature[name] == "constexpr":
+                constexprs[(i,)] = 1
+        if spec:
+            attrs[(i,)] = spec
     src = ASTSource(fn=fn, signature=signature, constexprs=constexprs, attrs=attrs)
-    options = {"num_warps": cfg["num_warps"], "num_stages": cfg["num_stages"]}
+    return src, {"num_warps": cfg["num_warps"], "num_stages": cfg["num_stages"]}, cfg
+
+
+def _aot_one(kernel: str, arch: int, dtype: str, head_dim: int, causal: bool, config: dict | None,
+             even_m: bool = True, tma: bool = False, sizes: dict | None = None) -> dict:  # fmt: skip
+    from triton.backends.compiler import GPUTarget
+
+    src, options, cfg = aot_source(kernel, arch, dtype, head_dim, causal, config, even_m, tma, sizes)
     compiled, usage = _compile_with_ptxas_log(src, GPUTarget("cuda", arch, 32), options)
     ptx = compiled.asm["ptx"]
     # one instruction per line; a predicate guard (``@%p3``, ``@!%p3``) in front is dropped before matching
@@ -1239,6 +1300,7 @@ def _aot_one(kernel: str, arch: int, dtype: str, head_dim: int, causal: bool, co
         "config": {k: cfg[k] for k in ("BLOCK_M", "BLOCK_N", "num_warps", "num_stages") if k in cfg},
         "even_m": bool(even_m),
         "use_tma": bool(tma),
+        "sizes": sizes,
         "shared_bytes": int(compiled.metadata.shared),
         "global_scratch_bytes": int(getattr(compiled.metadata, "global_scratch_size", 0) or 0),  # TMA descriptors
         "cp_async": count("cp.async.ca") + count("cp.async.cg"),  # Ampere-style asynchronous global->shared copies
@@ -1297,8 +1359,10 @@ def compile_ahead_of_time(jobs: list[dict], timeout_s: float = 600) -> list[dict
 
     A job: ``{"kernel": "fwd"|"dkdv"|"dq"|"preprocess", "arch": 80|90, "dtype": "float16"|"bfloat16"|"float32",
     "head_dim": 64, "causal": True, "config": None | {"BLOCK_M": .., "BLOCK_N": .., "num_warps": .., "num_stages":
-    ..}, "even_m": True, "tma": False}`` (``even_m``: the dK/dV kernel's variant for lengths that are a multiple of
-    BLOCK_M; ``tma``: streamed tiles through tensor descriptors, sm_90 only).
+    ..}, "even_m": True, "tma": False, "sizes": None}`` (``even_m``: the dK/dV kernel's variant for lengths that are
+    a multiple of BLOCK_M; ``tma``: streamed tiles through tensor descriptors, sm_90 only; ``sizes``: compile as a
+    launch with ``{"H": .., "H_KV": .., "N_CTX": ..}`` does, e.g. ``{"H": 32, "H_KV": 32, "N_CTX": 4096}``, or
+    None for general sizes; see ``aot_source``).
     Under the interpreter the kernels are not compilable in this process (``TRITON_INTERPRET=1`` turned them into
     interpreted functions), so the jobs run in one child process with ``TRITON_INTERPRET=0``.
     """
@@ -1309,6 +1373,7 @@ def compile_ahead_of_time(jobs: list[dict], timeout_s: float = 600) -> list[dict
             raise ValueError(f"arch must be 80, 86, 89 or 90 (sm_XX), got {job.get('arch')!r}")
         if job.get("tma") and job["arch"] < 90:  # Triton would quietly lower the descriptors to pointer loads
             raise ValueError(f"tma=True needs arch 90 (TMA came with Hopper), got {job['arch']}")
+        check_aot_sizes(job.get("sizes"))
     full = [{"dtype": "float16", "head_dim": 64, "causal": True, "config": None, "even_m": True, **job} for job in jobs]
     if not INTERPRET:
         return [_aot_one(**job) for job in full]

@@ -18,13 +18,15 @@ from triton_flash_attention_scratch import triton_flash as tf
 SUBSET = [
     {"kernel": "fwd", "arch": 80, "dtype": "float16", "head_dim": 64, "causal": True},
     {"kernel": "dkdv", "arch": 80, "dtype": "bfloat16", "head_dim": 128, "causal": True, "even_m": False},
-    {"kernel": "dq", "arch": 80, "dtype": "float16", "head_dim": 128, "causal": False},
+    {"kernel": "dq", "arch": 80, "dtype": "float16", "head_dim": 128, "causal": False,
+     "sizes": {"H": 32, "H_KV": 1, "N_CTX": 1000}},  # one key/value head: Triton compiles H_KV as the constant 1
     {"kernel": "preprocess", "arch": 80, "dtype": "bfloat16", "head_dim": 64},
     {"kernel": "fwd", "arch": 90, "dtype": "bfloat16", "head_dim": 128, "causal": False},
     {"kernel": "dkdv", "arch": 90, "dtype": "float16", "head_dim": 64, "causal": False},
-    {"kernel": "dq", "arch": 90, "dtype": "bfloat16", "head_dim": 64, "causal": True},
+    {"kernel": "dq", "arch": 90, "dtype": "bfloat16", "head_dim": 64, "causal": True,
+     "sizes": {"H": 32, "H_KV": 32, "N_CTX": 4096}},  # lesson 21's N = 4096 row: every size a multiple of 16
     {"kernel": "preprocess", "arch": 90, "dtype": "float16", "head_dim": 128},
-]
+]  # fmt: skip
 SMEM = {80: 163 * 1024, 90: 227 * 1024}  # max shared memory per block (opt-in), CUDA programming guide
 
 
@@ -33,8 +35,9 @@ def test_every_kernel_compiles_for_sm80_and_sm90():
     facts = tf.compile_ahead_of_time(SUBSET)
     assert len(facts) == len(SUBSET)
     assert {(f["kernel"], f["arch"]) for f in facts} == {(k, a) for k in tf.AOT_KERNELS for a in (80, 90)}
-    for f in facts:
+    for job, f in zip(SUBSET, facts):
         what = f"{f['kernel']} sm_{f['arch']} {f['dtype']} D={f['head_dim']}"
+        assert f["sizes"] == job.get("sizes"), what
         assert f["cubin_bytes"] > 0, what
         assert 0 < f["shared_bytes"] <= SMEM[f["arch"]], what
         assert f["tma"] == 0, what  # these kernels use pointer loads, which Triton lowers to cp.async, not TMA
@@ -48,6 +51,22 @@ def test_every_kernel_compiles_for_sm80_and_sm90():
             assert f["wgmma"] > 0 and f["mma_sync"] == 0, what
         # num_stages >= 2 in every default config: the streamed tiles arrive by asynchronous copies
         assert f["config"]["num_stages"] >= 2 and f["cp_async"] > 0 and f["cp_async_wait"] > 0, what
+
+
+@pytest.mark.parametrize(
+    "sizes, msg",
+    [
+        ({"H": 32, "N_CTX": 4096}, "exactly the keys"),
+        ({"H": 32, "H_KV": 0, "N_CTX": 4096}, "sizes['H_KV'] must be a positive int"),
+        ({"H": 32, "H_KV": 8, "N_CTX": 40.0}, "sizes['N_CTX'] must be a positive int"),
+        ({"H": 12, "H_KV": 8, "N_CTX": 64}, "H=12 is not a multiple of H_KV=8"),
+        ([32, 32, 4096], "sizes must be None or a dict"),
+    ],
+)
+def test_bad_sizes_get_one_clear_line(sizes, msg):
+    with pytest.raises(ValueError, match=msg.replace("[", r"\[").replace("]", r"\]")) as e:
+        tf.compile_ahead_of_time([{"kernel": "fwd", "arch": 90, "sizes": sizes}])
+    assert "\n" not in str(e.value)
 
 
 # What ptxas -v prints for one kernel (the dK/dV kernel with 4 warps and bounds masks at D = 128 for sm_90a,
