@@ -58,6 +58,8 @@ if not torch.cuda.is_available():  # must happen before `import triton` defines 
 import triton
 import triton.language as tl
 
+from triton_flash_attention_scratch.triton_intro import check_interpreter
+
 INTERPRET = os.environ.get("TRITON_INTERPRET", "0") == "1"
 LOG2E = 1.4426950408889634  # log2(e):  exp(x) = exp2(x * LOG2E)
 LN2 = 0.6931471805599453  # ln(2):     log(x) = log2(x) * LN2
@@ -817,6 +819,7 @@ def validate_attention_inputs(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor)
     A bad launch does not raise: compiled it reads out of bounds or produces garbage; under the interpreter it
     can crash the whole Python process. So device, dtype, shapes, head dim and strides are all checked here.
     """
+    check_interpreter()
     for name, t in (("q", q), ("k", k), ("v", v)):
         _check_tensor(name, t)
         if t.dim() != 4:

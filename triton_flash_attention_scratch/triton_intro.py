@@ -26,8 +26,39 @@ import triton.language as tl
 INTERPRET = os.environ.get("TRITON_INTERPRET", "0") == "1"
 
 
+def _major_minor(version: str) -> tuple[int, int]:
+    major, minor = (version.split("+")[0].split(".") + ["0"])[:2]
+    return int(major), int("".join(ch for ch in minor if ch.isdigit()) or 0)
+
+
+def interpreter_problem(triton_version: str | None = None, numpy_version: str | None = None) -> str | None:
+    """Why Triton's interpreter cannot run kernels with this Triton and NumPy, or None (default: the installed ones).
+
+    Triton 3.6's interpreter keeps ``tl.program_id`` as a 1-element NumPy array and calls ``int()`` on values
+    derived from it (a loop bound, an index); NumPy deprecated that conversion in 1.25 and refuses it from 2.4 on
+    ("only 0-dimensional arrays can be converted to Python scalars"). Measured: triton 3.6.0 runs these kernels
+    with NumPy 2.3.5 and fails with 2.4.6; triton 3.7.1, 3.8.0 and 3.9.0 run them with 2.4.6."""
+    import numpy as np
+
+    tv, nv = triton_version or triton.__version__, numpy_version or np.__version__
+    if _major_minor(tv) < (3, 7) and _major_minor(nv) >= (2, 4):
+        return (f"Triton {tv}'s CPU interpreter does not work with NumPy {nv}: "
+                "pip install 'numpy<2.4' or 'triton>=3.7' (or run on a CUDA GPU)")  # fmt: skip
+    return None
+
+
+def check_interpreter() -> None:
+    """Under ``TRITON_INTERPRET=1``: one clear error, before any launch, if the interpreter cannot run here (an
+    ImportError, as for a missing package: the installed packages do not work together, and the lessons' command
+    line prints it as one line)."""
+    problem = interpreter_problem() if INTERPRET else None
+    if problem:
+        raise ImportError(problem)
+
+
 def _check_device(*tensors: torch.Tensor) -> None:
     """Compiled kernels need CUDA tensors; the interpreter needs CPU tensors. Say so instead of crashing."""
+    check_interpreter()
     for t in tensors:
         if not isinstance(t, torch.Tensor):
             raise TypeError(f"expected a torch.Tensor, got {type(t).__name__}")

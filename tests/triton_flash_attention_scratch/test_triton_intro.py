@@ -69,3 +69,39 @@ def test_bad_inputs_raise_clear_errors():
         matmul(torch.randn(3, 4, device=DEV), torch.randn(4, 6, device=DEV), block_k=8)
     with pytest.raises(ValueError, match="needs (cpu|cuda) tensors"):
         vector_add(torch.empty(3, device="meta"), torch.empty(3, device="meta"))
+
+
+@pytest.mark.parametrize(
+    "triton_version, numpy_version, broken",
+    [
+        ("3.6.0", "2.4.6", True),  # measured: "only 0-dimensional arrays can be converted to Python scalars"
+        ("3.6.0", "2.4.0rc1", True),
+        ("3.6.0", "2.3.5", False),  # measured: runs
+        ("3.7.1", "2.4.6", False),  # measured: runs
+        ("3.9.0+git1234", "2.4.6", False),
+    ],
+)
+def test_interpreter_problem_names_the_versions_and_the_fix(triton_version, numpy_version, broken):
+    from triton_flash_attention_scratch.triton_intro import interpreter_problem
+
+    problem = interpreter_problem(triton_version, numpy_version)
+    if broken:
+        assert triton_version in problem and numpy_version in problem and "numpy<2.4" in problem, problem
+        assert "\n" not in problem
+    else:
+        assert problem is None
+
+
+@pytest.mark.skipif(torch.cuda.is_available(), reason="the check is for the CPU interpreter")
+def test_an_unusable_interpreter_stops_every_launch_with_one_line(monkeypatch):
+    """Lesson 14's kernels and the flash-attention kernels check before they launch (instead of an
+    InterpreterError traceback from inside the kernel)."""
+    from triton_flash_attention_scratch import triton_flash as tf
+    from triton_flash_attention_scratch import triton_intro
+
+    monkeypatch.setattr(triton_intro, "interpreter_problem", lambda: "Triton 3.6.0's CPU interpreter ...")
+    x = torch.randn(4, 16)
+    for call in (lambda: vector_add(x, x), lambda: softmax(x), lambda: matmul(x, x.T),
+                 lambda: tf.flash_attention(*(torch.randn(1, 2, 16, 16) for _ in range(3)))):  # fmt: skip
+        with pytest.raises(ImportError, match="Triton 3.6.0's CPU interpreter"):
+            call()
