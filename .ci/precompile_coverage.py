@@ -136,6 +136,11 @@ def patch_cuda(arch: int, tf, les, smem: int) -> None:
 
     tf.torch = ZeroedTorch()  # so that the TMA rows' error check compares like with like
 
+    class ZeroInputsTorch(ZeroedTorch):  # the grid's inputs: their values never reach a kernel, only their shapes
+        randn, randn_like = staticmethod(torch.zeros), staticmethod(torch.zeros_like)
+
+    les.torch = ZeroInputsTorch()  # (filling 64 MB tensors with random numbers was half of this script's time)
+
     def one_call(fn, grad_to_none=None, warmup=25, rep=100):
         fn()
         return 1.0, 1.0, 1.0
