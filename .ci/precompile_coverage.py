@@ -185,9 +185,11 @@ def coverage(arch: int, precompile_n: int | None = None, seq_lens: tuple[int, ..
     grid = {data: name for name, data in seen}
     missing = sorted(set(grid) - set(precompiled))
     grid_cores = {_core(_parts(data)) for data in grid}
-    register = [_core(_ast_parts(tf, job)) in grid_cores for job in gr.register_jobs(tf, les, arch)]
-    general = [_core(_ast_parts(tf, {**job, "sizes": None})) in grid_cores for job in gr.register_jobs(tf, les, arch)]
-    mismatches = launch_vs_aot(tf, arch)
+    register_jobs = gr.register_jobs(tf, les, arch)
+    register = [_core(_ast_parts(tf, job)) in grid_cores for job in register_jobs]
+    general = [_core(_ast_parts(tf, {**job, "sizes": None})) in grid_cores for job in register_jobs]
+    seen.clear()
+    mismatches = launch_vs_aot(tf, arch, seen)
     per_kernel = {}
     for data, name in grid.items():
         c = per_kernel.setdefault(name, {"grid": 0, "missing": 0})
@@ -237,16 +239,15 @@ LAUNCH_CASES = (
 )
 
 
-def launch_vs_aot(tf, arch: int) -> list[str]:
+def launch_vs_aot(tf, arch: int, seen: list) -> list[str]:
     """Launch forward and backward of each ``LAUNCH_CASES`` shape with the default configs (the stand-in driver
-    records, compiles nothing) and compare each kernel Triton asks for with ``aot_source`` for the same sizes.
-    Returns one line per mismatch."""
+    records into ``seen``, compiles nothing) and compare each kernel Triton asks for with ``aot_source`` for the
+    same sizes. Returns one line per mismatch."""
     import torch
 
     bad = []
     for dtype, D, H, H_KV, N, causal in LAUNCH_CASES:
-        seen: list = []
-        install_stand_in_driver(arch, seen)
+        seen.clear()
         q = torch.zeros(2, H, N, D, dtype=getattr(torch, dtype), requires_grad=True)
         k, v = (torch.zeros(2, H_KV, N, D, dtype=q.dtype, requires_grad=True) for _ in range(2))
         tf.flash_attention(q, k, v, causal=causal, configs=tf.GPU_DEFAULT_CONFIGS).sum().backward()
@@ -263,8 +264,7 @@ def launch_vs_aot(tf, arch: int) -> list[str]:
             for label, j in variants.items():
                 ours = _core(_ast_parts(tf, j))
                 if launched.get(name) != ours:
-                    have, want = dict(launched.get(name, ("", ()))[1]), dict(ours[1])
-                    diff = sorted(k for k in set(have) | set(want) if have.get(k) != want.get(k))
+                    diff = _differing(dict(launched.get(name, ("", ()))[1]), dict(ours[1]))
                     bad.append(f"{name} {dtype} D={D} H={H} H_KV={H_KV} N={N}{label}: aot_source differs in "
                                + ", ".join(diff))  # fmt: skip
     return bad
@@ -292,6 +292,11 @@ def _core(parts: tuple[str, dict[str, str]]) -> tuple:
     return name, tuple(sorted(keep.items()))
 
 
+def _differing(a: dict, b: dict) -> list[str]:
+    """The keys on which two specialisations (``_parts`` dicts) differ, sorted."""
+    return sorted(k for k in set(a) | set(b) if a.get(k) != b.get(k))
+
+
 def _describe(data: str, precompiled: list[str]) -> str:
     """A missing kernel and how the closest precompiled one of the same name differs from it."""
     name, want = _parts(data)
@@ -300,7 +305,7 @@ def _describe(data: str, precompiled: list[str]) -> str:
     for other in precompiled:
         other_name, have = _parts(other)
         if other_name == name:
-            diff = sorted(k for k in set(want) | set(have) if want.get(k) != have.get(k))
+            diff = _differing(want, have)
             best = diff if best is None or len(diff) < len(best) else best
     how = "no precompiled kernel of that name" if best is None else "the closest precompiled one differs in " + (
         ", ".join(best[:6]))  # fmt: skip

@@ -1246,13 +1246,12 @@ def aot_source(kernel: str, arch: int, dtype: str, head_dim: int, causal: bool, 
                even_m: bool = True, tma: bool = False, sizes: dict | None = None):  # fmt: skip
     """What ``triton.compile`` needs for one kernel: ``(ASTSource, options, cfg)``, specialised as a launch with
     contiguous (B, H, N, D) tensors of this head dim (and of ``sizes``, if given) specialises it."""
+    from triton.backends.nvidia.compiler import CUDAOptions
     from triton.compiler import ASTSource
 
     fn = {"fwd": _attn_fwd, "dkdv": _attn_bwd_dkdv, "dq": _attn_bwd_dq, "preprocess": _attn_bwd_preprocess}[kernel]
     tdt = {"float16": "fp16", "bfloat16": "bf16", "float32": "fp32"}[dtype]
     sizes = check_aot_sizes(sizes)
-    from triton.backends.nvidia.compiler import CUDAOptions
-
     # the preprocess kernel is launched without options: the CUDA backend's default warps and stages
     cfg = {"num_warps": CUDAOptions.num_warps, "num_stages": CUDAOptions.num_stages, "BLOCK_M": PREPROCESS_BLOCK_M}
     if kernel != "preprocess":
