@@ -622,6 +622,8 @@ def flash_targets(rec: Recorder, ratios: list[dict]) -> None:
 TMA_RESERVE_S = 25  # kept back from the main grid on a Hopper GPU for the first TMA-vs-pointer row
 TMA_ROW_S = 25  # a TMA row compiles three kernels and times two load paths: started only with this much left
 TMA_CASES = ((128, True), (64, False), (128, False), (64, True))  # (D, causal), most telling first
+GQA_RESERVE_S = 15  # kept back from the main grid for the first GQA row (its kernels are precompiled)
+GQA_ROW_S = 15  # a GQA row checks and times three backward paths: started only with this much left
 
 
 def tma_available(les) -> str | None:
@@ -650,7 +652,8 @@ def run_flash_bench(rec: Recorder, ctx: dict) -> None:
     precompiled = precompile_flash(rec, ctx, flash_precompile_jobs(tf, les, with_tma=no_tma is None))
     margin = FLASH_MARGIN_PRECOMPILED_S if precompiled else FLASH_MARGIN_S
     if rows_fn is not None:
-        _flash_with_benchmark_rows(rec, ctx, rows_fn, peak, dev, reserve_s=(0 if no_tma else TMA_RESERVE_S) + margin)
+        reserve = (0 if no_tma else TMA_RESERVE_S) + (GQA_RESERVE_S if hasattr(les, "gqa_rows") else 0) + margin
+        _flash_with_benchmark_rows(rec, ctx, rows_fn, peak, dev, reserve_s=reserve)
     else:
         _flash_with_bench_one(rec, les, peak, dev)
     try:
@@ -663,6 +666,7 @@ def run_flash_bench(rec: Recorder, ctx: dict) -> None:
         rec.note(f"TMA vs pointer loads: not run, {no_tma}")
     else:
         tma_comparison(rec, ctx, les)
+    gqa_comparison(rec, ctx, les)
     register_facts(rec, ctx, tf, les)
 
 
@@ -700,6 +704,11 @@ def flash_precompile_jobs(tf, les, with_tma: bool) -> list[dict]:
         for D, causal in TMA_CASES:
             jobs.append(dict(dtype="bfloat16", D=D, causal=causal, H=les.MODEL_WIDTH // D, N=PRECOMPILE_N,
                              configs=tf.GPU_DEFAULT_CONFIGS, tma=True))  # fmt: skip
+    g = getattr(les, "GQA_GRID", None)
+    for _, H, H_kv in g["heads"] if g else ():  # the GQA rows: each split, K/V heads as theirs (1 is a constant)
+        for split in (1, H // H_kv):
+            jobs.append(dict(dtype=g["dtype"], D=g["head_dim"], causal=g["causal"], H=H, H_kv=H_kv, split=split,
+                             N=PRECOMPILE_N, configs=tf.GPU_DEFAULT_CONFIGS, tma=False))  # fmt: skip
     return jobs
 
 
@@ -709,10 +718,12 @@ def precompile_job(job: dict, dev) -> None:
 
     from triton_flash_attention_scratch import triton_flash as tf
 
-    shape = (1, job["H"], job["N"], job["D"])
-    q, k, v = (torch.randn(shape, device=dev, dtype=getattr(torch, job["dtype"]), requires_grad=True)
-               for _ in range(3))  # fmt: skip
-    o = tf.flash_attention(q, k, v, causal=job["causal"], configs=job["configs"], tma=job["tma"])
+    dtype = getattr(torch, job["dtype"])
+    q = torch.randn(1, job["H"], job["N"], job["D"], device=dev, dtype=dtype, requires_grad=True)
+    k, v = (torch.randn(1, job.get("H_kv", job["H"]), job["N"], job["D"], device=dev, dtype=dtype, requires_grad=True)
+            for _ in range(2))  # fmt: skip
+    o = tf.flash_attention(q, k, v, causal=job["causal"], configs=job["configs"], tma=job["tma"],
+                           dkdv_split=job.get("split", 1))  # fmt: skip
     o.backward(torch.ones_like(o))
     sync(dev)
 
@@ -791,6 +802,28 @@ def tma_comparison(rec: Recorder, ctx: dict, les) -> None:
         rec.summary(tma_rows=done)
         if row.get("status") != "ok":
             rec.fail(f"TMA row D={D} causal={causal}: {row.get('status')}")
+
+
+def gqa_comparison(rec: Recorder, ctx: dict, les) -> None:
+    """Lesson 21's ``gqa_rows``, one shape at a time while time is left: the GQA backward with the group in one
+    dK/dV program and split among H / H_kv, and SDPA, GPU_DEFAULT_CONFIGS, N = 4096, D = 128, bf16, causal."""
+    if not hasattr(les, "gqa_rows"):
+        rec.note("GQA backward: not run, lesson 21 has no gqa_rows")
+        return
+    shapes, done = les.GQA_GRID["heads"], []
+    for shape in shapes:
+        left = ctx["deadline"] - time.monotonic() - REGISTER_MARGIN_S if "deadline" in ctx else None
+        if left is not None and left < GQA_ROW_S:
+            rec.note(
+                f"GQA backward: {len(done)} of {len(shapes)} rows run, {left:.0f} s of the part left; "
+                "`bash .ci/gpu --only flash --limit 3=400` gives them the time"
+            )
+            break
+        (row,) = les.gqa_rows(heads=(shape,), device=str(report_device()), log=lambda line: print(line, flush=True))
+        done.append(row)
+        rec.summary(gqa_rows=done)
+        if row.get("status") != "ok":
+            rec.fail(f"GQA row {shape[0]} H={shape[1]} H_kv={shape[2]}: {row.get('status')}")
 
 
 REGISTER_MARGIN_S = 15  # six compilations of a few seconds each, run only when this much of the part is left
@@ -921,6 +954,9 @@ def check_flash_bench() -> list[str]:
     require(tf, "compile_ahead_of_time", ("jobs",))
     require(tf, "GPU_DEFAULT_CONFIGS")
     require(les, "tma_rows", ("head_dims", "causal", "device", "log"))
+    require(les, "gqa_rows", ("heads", "device", "log"))
+    require(les, "GQA_GRID")
+    require(tf, "flash_attention", ("dkdv_split",))
     n = len(FLASH_SEQ_LENS) * len(FLASH_HEAD_DIMS) * len(FLASH_DTYPES) * 2
     return [
         f"lesson 21 over N={FLASH_SEQ_LENS} x D={FLASH_HEAD_DIMS} x {FLASH_DTYPES} x causal/not: "
@@ -930,6 +966,9 @@ def check_flash_bench() -> list[str]:
         f"launches, at most {PRECOMPILE_LIMIT_S} s), then the rows",
         f"on compute capability 9.0+: TMA vs pointer loads (lesson 21 tma_rows, GPU_DEFAULT_CONFIGS, N=4096, bf16) "
         f"for (D, causal) in {TMA_CASES} while {TMA_ROW_S} s per row are left ({TMA_RESERVE_S} s kept from the grid)",
+        f"then the GQA backward, the group in one dK/dV program vs split (lesson 21 gqa_rows, H/H_kv in "
+        f"{[(h, kv) for _, h, kv in les.GQA_GRID['heads']]}, N={les.GQA_GRID['seq_len']}) while {GQA_ROW_S} s per "
+        f"row are left ({GQA_RESERVE_S} s kept from the grid)",
         f"then ptxas' register use of GPU_DEFAULT_CONFIGS at D={FLASH_HEAD_DIMS} for this GPU, if "
         f"{REGISTER_MARGIN_S} s of the part are left",
     ]
@@ -1763,6 +1802,23 @@ def _part_table(p: dict) -> list[str]:
                 f"{head} {r['ptr_fwd_tflops']:.0f} | {r['tma_fwd_tflops']:.0f} | {r['fwd_tma_vs_ptr']:.2f} | "
                 f"{r['ptr_bwd_tflops']:.0f} | {r['tma_bwd_tflops']:.0f} | {r['bwd_tma_vs_ptr']:.2f} | "
                 f"{r['ptr_max_err']:.1e} / {r['tma_max_err']:.1e} |"
+            )
+    gqa = p.get("summary", {}).get("gqa_rows", []) if key == "flash" else []
+    if gqa:
+        out += ["", "GQA backward, the group of H / H_kv query heads in one dK/dV program (split 1) or one program "
+                "per query head (split H / H_kv), GPU_DEFAULT_CONFIGS, bf16, causal, D = 128, TFLOP/s:", "",
+                "| shape | B×H/H_kv | N | bwd split 1 | bwd split H/H_kv | split / 1 | bwd SDPA | best / SDPA | "
+                "fwd ours/SDPA | max error vs SDPA (split 1 / split) | SDPA GQA by |",
+                "|---|---|---:|---:|---:|---:|---:|---:|---:|---|---|"]  # fmt: skip
+        for r in gqa:
+            head = f"| {r['shape']} | {r['B']}×{r['H']}/{r['H_kv']} | {r['N']} |"
+            if r.get("status") != "ok":
+                out.append(f"{head} {r.get('status')} |||||||")
+                continue
+            out.append(
+                f"{head} {r['s1_bwd_tflops']:.0f} | {r['sg_bwd_tflops']:.0f} | {r['bwd_split_vs_1']:.2f} | "
+                f"{r['sdpa_bwd_tflops']:.0f} | {r['bwd_best_vs_sdpa']:.2f} | {r['fwd_vs_sdpa']:.2f} | "
+                f"{r['s1_max_err']:.1e} / {r['sg_max_err']:.1e} | {r['sdpa_gqa']} |"
             )
     regs = p.get("summary", {}).get("registers", []) if key == "flash" else []
     if regs:

@@ -182,6 +182,7 @@ def coverage(arch: int, precompile_n: int | None = None, seq_lens: tuple[int, ..
     if tma:
         rows += les.tma_rows(head_dims=tuple(sorted({d for d, _ in gr.TMA_CASES})),
                              causal=(False, True), device="cpu", log=None)  # fmt: skip
+    rows += les.gqa_rows(device="cpu", log=None)
     grid = {data: name for name, data in seen}
     missing = sorted(set(grid) - set(precompiled))
     grid_cores = {_core(_parts(data)) for data in grid}
@@ -229,13 +230,15 @@ def _parts(data: str) -> tuple[str, dict[str, str]]:
     return obj["name"].rsplit(".", 1)[-1], parts
 
 
-# (dtype, D, H, H_KV, N, causal): shapes whose sizes take every branch of a launch's specialisation: general
-# values (GPT-2's 12 heads, N = 1000, so the dK/dV kernel's EVEN_M is false), a single key/value head (Triton makes
-# 1 a constant), multiples of 16, and a head dim (40) whose row stride is not one.
+# (dtype, D, H, H_KV, N, causal, dkdv_split): shapes whose sizes take every branch of a launch's specialisation:
+# general values (GPT-2's 12 heads, N = 1000, so the dK/dV kernel's EVEN_M is false), a single key/value head
+# (Triton makes 1 a constant), multiples of 16, a head dim (40) whose row stride is not one, and a dK/dV kernel
+# whose GQA group is split among 3 programs (a general KV_SPLIT, fp32 partial dK/dV).
 LAUNCH_CASES = (
-    ("float16", 64, 12, 4, 1000, True),
-    ("bfloat16", 40, 8, 1, 64, False),
-    ("bfloat16", 128, 16, 16, 4096, True),
+    ("float16", 64, 12, 4, 1000, True, 1),
+    ("bfloat16", 40, 8, 1, 64, False, 1),
+    ("bfloat16", 128, 16, 16, 4096, True, 1),
+    ("float16", 64, 12, 4, 1000, True, 3),
 )
 
 
@@ -246,18 +249,19 @@ def launch_vs_aot(tf, arch: int, seen: list) -> list[str]:
     import torch
 
     bad = []
-    for dtype, D, H, H_KV, N, causal in LAUNCH_CASES:
+    for dtype, D, H, H_KV, N, causal, split in LAUNCH_CASES:
         seen.clear()
         q = torch.zeros(2, H, N, D, dtype=getattr(torch, dtype), requires_grad=True)
         k, v = (torch.zeros(2, H_KV, N, D, dtype=q.dtype, requires_grad=True) for _ in range(2))
-        tf.flash_attention(q, k, v, causal=causal, configs=tf.GPU_DEFAULT_CONFIGS).sum().backward()
+        tf.flash_attention(q, k, v, causal=causal, configs=tf.GPU_DEFAULT_CONFIGS, dkdv_split=split).sum().backward()
         launched = {name: _core(_parts(data)) for name, data in seen}
         sizes = {"H": H, "H_KV": H_KV, "N_CTX": N}
         even_m = N % tf.GPU_DEFAULT_CONFIGS["dkdv"]["BLOCK_M"] == 0
         for kernel, name in (("fwd", "_attn_fwd"), ("preprocess", "_attn_bwd_preprocess"),
                              ("dkdv", "_attn_bwd_dkdv"), ("dq", "_attn_bwd_dq")):  # fmt: skip
             job = dict(kernel=kernel, arch=arch, dtype=dtype, head_dim=D, causal=causal,
-                       config=tf.GPU_DEFAULT_CONFIGS.get(kernel), even_m=even_m, sizes=sizes)  # fmt: skip
+                       config=tf.GPU_DEFAULT_CONFIGS.get(kernel), even_m=even_m, sizes=sizes,
+                       kv_split=split if kernel == "dkdv" else 1)  # fmt: skip
             variants = {"": job}
             if all(x != 1 and x % 16 for x in sizes.values()):  # general sizes: what aot_source gives without any
                 variants[" (general sizes)"] = {**job, "sizes": None}
@@ -265,8 +269,8 @@ def launch_vs_aot(tf, arch: int, seen: list) -> list[str]:
                 ours = _core(_ast_parts(tf, j))
                 if launched.get(name) != ours:
                     diff = _differing(dict(launched.get(name, ("", ()))[1]), dict(ours[1]))
-                    bad.append(f"{name} {dtype} D={D} H={H} H_KV={H_KV} N={N}{label}: aot_source differs in "
-                               + ", ".join(diff))  # fmt: skip
+                    bad.append(f"{name} {dtype} D={D} H={H} H_KV={H_KV} N={N} split={split}{label}: "
+                               "aot_source differs in " + ", ".join(diff))  # fmt: skip
     return bad
 
 

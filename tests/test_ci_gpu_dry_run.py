@@ -158,6 +158,44 @@ def test_tma_comparison_records_rows_until_time_runs_out(gpu_report, monkeypatch
     assert "8.0 has no Tensor Memory Accelerator" in gpu_report.tma_available(les)
 
 
+def test_gqa_comparison_records_rows_until_time_runs_out(gpu_report, monkeypatch, tmp_path):
+    """Part 3's GQA step with lesson 21's ``gqa_rows`` faked (timing needs a GPU): one row per shape, a failing
+    row reported, no row started too close to the deadline, the table in report.md."""
+    import types
+
+    calls = []
+
+    def gqa_rows(heads, device, log):
+        ((name, H, H_kv),) = heads
+        calls.append((H, H_kv))
+        row = {"shape": name, "dtype": "bfloat16", "D": 128, "N": 4096, "B": 1, "H": H, "H_kv": H_kv,
+               "causal": True, "split": H // H_kv}  # fmt: skip
+        if len(calls) == 2:
+            return [{**row, "status": "RuntimeError: dkdv_split error"}]
+        return [{**row, "status": "ok", "s1_bwd_tflops": 100.0, "sg_bwd_tflops": 300.0, "bwd_split_vs_1": 3.0,
+                 "sdpa_bwd_tflops": 400.0, "bwd_best_vs_sdpa": 0.75, "fwd_vs_sdpa": 0.9, "s1_max_err": 1e-2,
+                 "sg_max_err": 1e-2, "sdpa_gqa": "enable_gqa"}]  # fmt: skip
+
+    grid = {"heads": (("one K/V head", 8, 1), ("Llama-3-8B", 32, 8))}
+    les = types.SimpleNamespace(gqa_rows=gqa_rows, GQA_GRID=grid)
+    monkeypatch.setattr(gpu_report, "report_device", lambda: "cuda")
+    rec = gpu_report.Recorder(tmp_path / "03_flash.json")
+    gpu_report.gqa_comparison(rec, {}, les)  # no deadline: every shape
+    assert calls == [(8, 1), (32, 8)] and len(rec.data["summary"]["gqa_rows"]) == 2
+    assert rec.data["failures"] == ["GQA row Llama-3-8B H=32 H_kv=8: RuntimeError: dkdv_split error"]
+    md = "\n".join(gpu_report._part_table({"key": "flash", "rows": [], **rec.data}))
+    row = "| one K/V head | 1×8/1 | 4096 | 100 | 300 | 3.00 | 400 | 0.75 | 0.90 | 1.0e-02 / 1.0e-02 | enable_gqa |"
+    assert row in md
+    assert "| Llama-3-8B | 1×32/8 | 4096 | RuntimeError: dkdv_split error |" in md
+    calls.clear()
+    rec2 = gpu_report.Recorder(tmp_path / "03_flash_late.json")
+    gpu_report.gqa_comparison(rec2, {"deadline": time.monotonic() + 5}, les)
+    assert calls == [] and "0 of 2 rows run" in rec2.data["notes"][0] and "--only flash" in rec2.data["notes"][0]
+    rec3 = gpu_report.Recorder(tmp_path / "03_flash_old.json")
+    gpu_report.gqa_comparison(rec3, {}, types.SimpleNamespace())
+    assert "has no gqa_rows" in rec3.data["notes"][0]
+
+
 @pytest.mark.slow
 def test_rehearsal_runs_every_part_on_the_cpu(tmp_path):
     """``bash .ci/gpu --rehearse``: parts 1, 2, 4, 5, 6 run for real on this CPU at tiny sizes, each in its own
@@ -212,7 +250,8 @@ def test_flash_precompile_jobs_cover_the_autotuning_space(gpu_report):
     tf = gpu_report.ch4_kernels()
     les = gpu_report.ch4_lesson21()
     jobs = gpu_report.flash_precompile_jobs(tf, les, with_tma=True)
-    grid = [j for j in jobs if not j["tma"]]
+    gqa = [j for j in jobs if "H_kv" in j]
+    grid = [j for j in jobs if not j["tma"] and "H_kv" not in j]
     combos = {(j["dtype"], j["D"], j["causal"]) for j in grid}
     assert combos == {(dt, d, c) for dt in gpu_report.FLASH_DTYPES for d in gpu_report.FLASH_HEAD_DIMS
                       for c in (False, True)}  # fmt: skip
@@ -226,8 +265,13 @@ def test_flash_precompile_jobs_cover_the_autotuning_space(gpu_report):
             assert {str(m[kernel]) for m in mine} == {str(x) for x in space}, (kernel, d)
             for m in mine:
                 tf.check_config(kernel, m[kernel], d, getattr(__import__("torch"), dt), smem_limit=1 << 30)
-    assert all(j["H"] == les.MODEL_WIDTH // j["D"] and j["N"] % 128 == 0 for j in jobs)
+    assert all(j["H"] == les.MODEL_WIDTH // j["D"] for j in jobs if j not in gqa)
+    assert all(j["N"] % 128 == 0 for j in jobs)
     assert [(j["D"], j["causal"]) for j in jobs if j["tma"]] == list(gpu_report.TMA_CASES)
+    # the GQA rows: their K/V heads, both splits, the defaults
+    want = [(h, kv, s) for _, h, kv in les.GQA_GRID["heads"] for s in (1, h // kv)]
+    assert [(j["H"], j["H_kv"], j["split"]) for j in gqa] == want == [(8, 1, 1), (8, 1, 8), (32, 8, 1), (32, 8, 4)]
+    assert all(j["configs"] == tf.GPU_DEFAULT_CONFIGS and not j["tma"] for j in gqa)
 
 
 @pytest.mark.slow
@@ -303,11 +347,12 @@ def test_precompile_asks_for_every_kernel_the_grid_asks_for(gpu_report):
     assert not res["jobs_failed"] and not res["grid_row_errors"], res
     assert res["missing"] == 0 and rc == 0, res["missing_examples"]
     n_grid = len(gpu_report.FLASH_SEQ_LENS) * len(gpu_report.FLASH_HEAD_DIMS) * len(gpu_report.FLASH_DTYPES) * 2
-    assert res["grid_rows"] == n_grid + len(gpu_report.TMA_CASES)
+    assert res["grid_rows"] == n_grid + len(gpu_report.TMA_CASES) + len(gpu_report.ch4_lesson21().GQA_GRID["heads"])
     kernels = res["per_kernel"]
     assert set(kernels) == {"_attn_fwd", "_attn_bwd_dkdv", "_attn_bwd_dq", "_attn_bwd_preprocess"}
     combos = len(gpu_report.FLASH_HEAD_DIMS) * len(gpu_report.FLASH_DTYPES)
-    assert kernels["_attn_bwd_preprocess"]["grid"] == combos  # specialised on dtype and head dim only
+    # specialised on dtype and head dim, and on H only where it is not a multiple of 16: the GQA row with H = 8
+    assert kernels["_attn_bwd_preprocess"]["grid"] == combos + 1
     for name in ("_attn_fwd", "_attn_bwd_dkdv", "_attn_bwd_dq"):  # >= 2 tuned configs per (dtype, D, causal), + TMA
         assert kernels[name]["grid"] >= 2 * 2 * combos + len(gpu_report.TMA_CASES), kernels
     # the register step compiles, ahead of time, kernels the grid runs (its N = 4096 rows), not look-alikes: with
@@ -320,11 +365,11 @@ def test_precompile_asks_for_every_kernel_the_grid_asks_for(gpu_report):
 
 
 @pytest.mark.slow
-def test_precompile_coverage_finds_a_length_that_specialises_differently():
+def test_precompile_coverage_finds_a_length_that_specialises_differently(gpu_report):
     """The check can fail: precompiled at N = 264 (not a multiple of 16, so N_CTX loses its divisibility
     attribute), the grid's kernels are not the precompiled ones."""
     rc, res = _precompile_coverage("--arch", "80", "--precompile-n", "264", "--seq-lens", "1024")
-    assert rc == 1 and res["missing"] > 0 and res["grid_rows"] == 8
+    assert rc == 1 and res["missing"] > 0 and res["grid_rows"] == 8 + len(gpu_report.ch4_lesson21().GQA_GRID["heads"])
     assert any("differs in EVEN_M, N_CTX attributes" in m for m in res["missing_examples"]), res["missing_examples"]
 
 
@@ -357,8 +402,16 @@ def test_flash_part_runs_end_to_end_with_stand_ins(gpu_report, monkeypatch, tmp_
         les._measure_tma_pair(row, torch.float16, torch.device("cpu"), 1, 1)
         return [{**row, "status": "ok"}]
 
+    def gqa_rows(heads, device, log, **kw):
+        ((name, H, H_kv),) = heads
+        row = {"shape": name, "dtype": "float32", "D": 16, "N": 40, "B": 1, "H": 4, "H_kv": 1, "causal": True,
+               "split": 4}  # fmt: skip
+        les._measure_gqa(row, torch.float32, torch.device("cpu"), 1, 1)
+        return [{**row, "status": "ok"}]
+
     monkeypatch.setattr(les, "benchmark_rows", benchmark_rows)
     monkeypatch.setattr(les, "tma_rows", tma_rows)
+    monkeypatch.setattr(les, "gqa_rows", gqa_rows)
     tiny = {"fwd": {"BLOCK_M": 32, "BLOCK_N": 16}, "dkdv": {"BLOCK_M": 16, "BLOCK_N": 32},
             "dq": {"BLOCK_M": 32, "BLOCK_N": 16}}  # fmt: skip
     jobs = [dict(dtype="float16", D=16, H=1, N=32, causal=c, configs=tiny, tma=False) for c in (False, True)]
@@ -372,12 +425,21 @@ def test_flash_part_runs_end_to_end_with_stand_ins(gpu_report, monkeypatch, tmp_
     assert data["summary"]["precompile"]["done"] == 2 and data["summary"]["precompile"]["failed"] == 0
     assert seen["grid"][:4] == (gpu_report.FLASH_SEQ_LENS, gpu_report.FLASH_HEAD_DIMS, gpu_report.FLASH_DTYPES,
                                 (False, True))  # fmt: skip
-    # the grid stops starting rows in time for the TMA rows and the row margin (precompiled: the short one)
-    assert 300 - gpu_report.TMA_RESERVE_S - gpu_report.FLASH_MARGIN_PRECOMPILED_S - 30 < seen["grid"][4] < 300
+    # the grid stops starting rows in time for the TMA and GQA rows and the row margin (precompiled: the short one)
+    reserve = gpu_report.TMA_RESERVE_S + gpu_report.GQA_RESERVE_S + gpu_report.FLASH_MARGIN_PRECOMPILED_S
+    assert 300 - reserve - 30 < seen["grid"][4] < 300 - reserve
     assert len(data["summary"]["tma_rows"]) == len(gpu_report.TMA_CASES)
+    assert [r["status"] for r in data["summary"]["gqa_rows"]] == ["ok"] * len(les.GQA_GRID["heads"])
     assert len(data["summary"]["registers"]) == 3 * len(gpu_report.FLASH_HEAD_DIMS)
     assert [t["met"] for t in data["targets"]] == [True, True]
     md = gpu_report.markdown_report([{"number": 3, "key": "flash", "title": "flash", "status": "ok", **data}],
                                     "2026-12-02 00:00", 1.0)  # fmt: skip
-    for text in ("TMA vs pointer loads", "| fwd ours/SDPA | bwd ours/SDPA |", "registers/thread", "precompile: 2 of 2"):
+    for text in (
+        "TMA vs pointer loads",
+        "| fwd ours/SDPA | bwd ours/SDPA |",
+        "registers/thread",
+        "precompile: 2 of 2",
+        "GQA backward",
+        "| 1×4/1 | 40 |",
+    ):
         assert text in md, text

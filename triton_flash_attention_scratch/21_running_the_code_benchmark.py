@@ -27,6 +27,12 @@ What this step adds: the check-then-measure routine for the whole kernel.
    the pointer loads, both with ``GPU_DEFAULT_CONFIGS`` so that only the load path differs, at N = 4096 in bf16;
    ``tma_rows()`` from other scripts. Each row first checks both outputs against SDPA.
 
+4. ``--gqa``: grouped-query heads, the backward with the group shared among ``dkdv_split = H / H_kv`` dK/dV
+   programs against the plain loop over the group (lesson 18 counts where that can matter), and SDPA's flash
+   backend with ``enable_gqa=True`` (or, where this PyTorch's flash backend refuses GQA, on K/V repeated per
+   query head), all with ``GPU_DEFAULT_CONFIGS``, N = 4096, D = 128, bf16, causal, one sequence;
+   ``gqa_rows()`` from other scripts.
+
 Without CUDA the lesson says that timing needs a GPU: the interpreter emulates each program with NumPy.
 
 Run:  python triton_flash_attention_scratch/21_running_the_code_benchmark.py [--seq-lens 1024 4096]
@@ -304,6 +310,116 @@ def tma_rows(
     return rows
 
 
+# (name, H, H_kv): lesson 18's shapes where splitting the group should matter (one K/V head: its bound drops 4x)
+# and where it should not (Llama-3-8B's 32/8 heads), at one sequence of GQA_GRID["seq_len"] tokens
+GQA_GRID = {"seq_len": 4096, "head_dim": 128, "dtype": "bfloat16", "causal": True, "batch": 1,
+            "heads": (("Llama-3-70B over 8 GPUs", 8, 1), ("Llama-3-8B", 32, 8))}  # fmt: skip
+
+
+def _sdpa_gqa_fn(q, k, v, causal: bool):
+    """SDPA's flash backend on GQA heads: ``enable_gqa=True`` where this PyTorch's flash kernel takes it, else on
+    K/V repeated per query head (what a model without it does; the repeat is timed too). Returns (fn, how)."""
+    from torch.nn.attention import SDPBackend, sdpa_kernel
+
+    def native():
+        with sdpa_kernel(SDPBackend.FLASH_ATTENTION):
+            return F.scaled_dot_product_attention(q, k, v, is_causal=causal, enable_gqa=True)
+
+    def repeated():
+        rep = q.shape[1] // k.shape[1]
+        with sdpa_kernel(SDPBackend.FLASH_ATTENTION):
+            return F.scaled_dot_product_attention(q, k.repeat_interleave(rep, 1), v.repeat_interleave(rep, 1),
+                                                  is_causal=causal)  # fmt: skip
+
+    try:
+        native()
+        return native, "enable_gqa"
+    except RuntimeError:  # "No available kernel": this flash backend has no GQA
+        return repeated, "repeat_interleave"
+
+
+def _measure_gqa(row: dict, dtype: torch.dtype, dev: torch.device, warmup: int, rep: int) -> None:
+    """Fill ``row`` with forward and backward timings of ours with ``dkdv_split`` 1 (``s1_``) and H / H_kv
+    (``sg_``) and SDPA (``sdpa_``), measured alternately; first the worst error of each against SDPA."""
+    B, H, H_kv, N, D, causal = row["B"], row["H"], row["H_kv"], row["N"], row["D"], row["causal"]
+    q = torch.randn(B, H, N, D, device=dev, dtype=dtype, requires_grad=True)
+    k, v = (torch.randn(B, H_kv, N, D, device=dev, dtype=dtype, requires_grad=True) for _ in range(2))
+    do = torch.randn(B, H, N, D, device=dev, dtype=dtype)
+    sdpa, row["sdpa_gqa"] = _sdpa_gqa_fn(q, k, v, causal)
+    impls = {
+        name: (lambda s=s: flash_attention(q, k, v, causal=causal, configs=GPU_DEFAULT_CONFIGS, dkdv_split=s))
+        for name, s in (("s1", 1), ("sg", H // H_kv))
+    }
+    ref = sdpa()
+    ref_grads = torch.autograd.grad(ref, (q, k, v), do)
+    for name, fn in impls.items():  # compiles here; the check doubles as the warm-up
+        o = fn()
+        grads = torch.autograd.grad(o, (q, k, v), do)
+        row[f"{name}_max_err"] = max((a - b).abs().max().item() for a, b in zip((o, *grads), (ref, *ref_grads)))
+    if not row["sg_max_err"] <= 2 * row["s1_max_err"] + 1e-3:
+        raise RuntimeError(f"dkdv_split={H // H_kv} error {row['sg_max_err']:.2e} vs {row['s1_max_err']:.2e}")
+    _time_side_by_side(row, {**impls, "sdpa": sdpa}, q, k, v, do, warmup, rep)
+    row["bwd_split_vs_1"] = row["sg_bwd_tflops"] / row["s1_bwd_tflops"]
+    best = max(row["s1_bwd_tflops"], row["sg_bwd_tflops"])
+    row["bwd_best_vs_sdpa"] = best / row["sdpa_bwd_tflops"]
+    row["fwd_vs_sdpa"] = row["s1_fwd_tflops"] / row["sdpa_fwd_tflops"]
+
+
+def gqa_rows(
+    seq_len: int = GQA_GRID["seq_len"],
+    heads: tuple = GQA_GRID["heads"],
+    head_dim: int = GQA_GRID["head_dim"],
+    dtype: str = GQA_GRID["dtype"],
+    causal: bool = GQA_GRID["causal"],
+    batch: int = GQA_GRID["batch"],
+    time_limit_s: float | None = None,
+    warmup: int = 25,
+    rep: int = 100,
+    device: str = "cuda",
+    log=print,
+) -> list[dict]:
+    """GQA backward with and without the split, one row per ``(name, H, H_kv)`` of ``heads``: ``s1_``/``sg_``/
+    ``sdpa_`` + ``fwd_ms, bwd_ms, fwd_tflops, bwd_tflops`` (and q20/q80), ``s1_max_err``/``sg_max_err``,
+    ``bwd_split_vs_1``, ``bwd_best_vs_sdpa``, ``fwd_vs_sdpa``, ``sdpa_gqa`` (how SDPA got the heads), ``status``."""
+    if INTERPRET or not torch.cuda.is_available():
+        raise RuntimeError("gqa_rows needs a CUDA GPU (the interpreter's timings mean nothing)")
+    dev = torch.device(device)
+    deadline = None if time_limit_s is None else time.monotonic() + time_limit_s
+    rows = []
+    for name, H, H_kv in heads:
+        rows.append({"shape": name, "dtype": dtype, "D": head_dim, "N": seq_len, "B": batch, "H": H, "H_kv": H_kv,
+                     "causal": causal, "split": H // H_kv})  # fmt: skip
+        measure = lambda row: _measure_gqa(row, getattr(torch, dtype), dev, warmup, rep)  # noqa: E731
+        _run_row(rows[-1], measure, deadline, log, format_gqa_row)
+    return rows
+
+
+def format_gqa_row(row: dict) -> str:
+    """One line of ``gqa_rows``: backward TFLOP/s without and with the split, and SDPA."""
+    head = f"{row['shape']:<24} H={row['H']:<2} H_kv={row['H_kv']:<2} N={row['N']:<5}"
+    if row.get("status") != "ok":
+        return f"   {head} {row.get('status')}"
+    return (f"   {head} bwd split 1 {row['s1_bwd_tflops']:6.1f}  split {row['split']} {row['sg_bwd_tflops']:6.1f} "
+            f"(x{row['bwd_split_vs_1']:.2f})  SDPA {row['sdpa_bwd_tflops']:6.1f} TFLOP/s")  # fmt: skip
+
+
+def gqa_table(rows: list[dict]) -> str:
+    """Markdown: GQA backward TFLOP/s without and with the split, SDPA, and the ratios."""
+    head = ("| shape | B×H/H_kv | N | bwd split 1 | bwd split H/H_kv | split / 1 | bwd SDPA | best / SDPA "
+            "| SDPA GQA by |")  # fmt: skip
+    lines = [head, "|" + "---|" * (head.count("|") - 1)]
+    for r in rows:
+        start = f"| {r['shape']} | {r['B']}×{r['H']}/{r['H_kv']} | {r['N']} |"
+        if r.get("status") != "ok":
+            lines.append(start + f" {r.get('status')} |" + " |" * (head.count("|") - 5))
+            continue
+        lines.append(
+            f"{start} {r['s1_bwd_tflops']:.1f} | {r['sg_bwd_tflops']:.1f} (s={r['split']}) | "
+            f"{r['bwd_split_vs_1']:.2f} | {r['sdpa_bwd_tflops']:.1f} | {r['bwd_best_vs_sdpa']:.2f} | {r['sdpa_gqa']} |"
+        )
+    return "\n".join(lines) + "\n"
+
+
 def format_tma_row(row: dict) -> str:
     """One line of ``tma_rows``: pointer and TMA TFLOP/s, forward and backward, and TMA / pointer."""
     return _format_pair(row, "ptr", "tma", "tma_vs_ptr")
@@ -386,7 +502,7 @@ def markdown_table(rows: list[dict], peak: float | None) -> str:
     return "\n".join(lines) + "\n"
 
 
-def run_benchmark(seq_lens, head_dims, dtypes, impls, part1_max_n, configs, dev, tma=False) -> dict:
+def run_benchmark(seq_lens, head_dims, dtypes, impls, part1_max_n, configs, dev, tma=False, gqa=False) -> dict:
     """GPU only: ours vs SDPA (and part 1's loops) over the grid; writes benchmark.md / .json and returns rows."""
     out: dict = {"rows": []}
     name = torch.cuda.get_device_name(dev)
@@ -418,6 +534,10 @@ def run_benchmark(seq_lens, head_dims, dtypes, impls, part1_max_n, configs, dev,
         report += "\nTMA vs pointer loads (GPU_DEFAULT_CONFIGS, TFLOP/s)\n\n" + tma_table(out["tma_rows"])
     elif tma:
         print("\n3. TMA: this GPU has no Tensor Memory Accelerator (compute capability 9.0+ needed)")
+    if gqa:
+        print("\n4. GQA backward: the group in one dK/dV program or split among H / H_kv, GPU_DEFAULT_CONFIGS")
+        out["gqa_rows"] = gqa_rows(device=str(dev))
+        report += "\nGQA backward (GPU_DEFAULT_CONFIGS, TFLOP/s)\n\n" + gqa_table(out["gqa_rows"])
     folder = out_dir("triton_flash_attention")
     atomic_write_text(report, folder / "benchmark.md")
     atomic_write_text(json.dumps({"meta": meta, **out}, indent=1, default=str), folder / "benchmark.json")
@@ -436,6 +556,7 @@ def main(
     configs: str | None = None,
     bench: bool = True,
     tma: bool = False,
+    gqa: bool = False,
     device: str = "auto",
     seed: int = 0,
 ) -> dict:
@@ -455,7 +576,7 @@ def main(
               f"{'OK' if r['ok'] else 'MISMATCH'}")  # fmt: skip
     out = {"checks": checks, "rows": []}
     if bench and dev.type == "cuda":
-        out.update(run_benchmark(seq_lens, head_dims, dtypes, impls, part1_max_n, configs, dev, tma=tma))
+        out.update(run_benchmark(seq_lens, head_dims, dtypes, impls, part1_max_n, configs, dev, tma=tma, gqa=gqa))
     elif bench:
         print("\n2. benchmark: timing needs a CUDA GPU (the interpreter emulates every program with NumPy on the CPU)")
     return out
@@ -479,6 +600,7 @@ def parse_args():
     )
     p.add_argument("--no-bench", dest="bench", action="store_false", help="only the correctness check")
     p.add_argument("--tma", action="store_true", help="also time TMA vs pointer loads (Hopper GPUs, N = 4096, bf16)")
+    p.add_argument("--gqa", action="store_true", help="also time the GQA backward with and without dkdv_split")
     p.add_argument("--seed", type=int, default=0)
     add_device_argument(p)
     args = p.parse_args()

@@ -29,7 +29,9 @@ Backward (three kernels), with ``dO`` the incoming gradient and ``P_ij = exp(S_i
     dQ_i = sm_scale · Σ_j dS_ij K_j    (dQ kernel: one program per query block, loops over key blocks)
 
 Grouped-query attention: query head ``h`` reads K/V head ``h // (H / H_kv)``; the dK/dV program of a K/V head
-loops over the ``H / H_kv`` query heads of its group, so gradients are summed without atomics.
+loops over the ``H / H_kv`` query heads of its group, so gradients are summed without atomics. ``dkdv_split=s``
+shares a group among s programs instead (s times the programs when B · H_kv · N / BLOCK_N is small next to the
+GPU's multiprocessors), each writing a partial sum in fp32 that one ``sum`` adds up afterwards.
 
 Causal attention runs in two stages: the blocks strictly left of the diagonal need no mask; only the diagonal
 block is masked; blocks right of the diagonal are never visited. Loads and stores are masked where a block can
@@ -387,6 +389,7 @@ def _attn_bwd_dkdv(
     H_KV,
     N_CTX,
     N_CTX_BUCKET,  # next power of two of N_CTX: only the autotuning key (unused in the body)
+    KV_SPLIT,  # programs per (batch, K/V head, key block); each takes group / KV_SPLIT query heads
     sm_scale,
     HEAD_DIM: tl.constexpr,
     BLOCK_D: tl.constexpr,
@@ -399,14 +402,20 @@ def _attn_bwd_dkdv(
 ):
     """One program = BLOCK_N keys of one (batch, K/V head); loops over the query heads of its GQA group.
 
+    With ``KV_SPLIT`` = s > 1 the group's query heads are shared among s programs, and program ``j`` of a K/V
+    head writes its partial sums to row ``off_hkv · s + j`` of DK/DV, which then have ``H_KV · s`` heads (fp32,
+    summed over s by the caller). s = 1 (the default, a compile-time 1 for Triton) writes dK, dV directly.
+
     Its loop keeps the bounds mask on every query block unless every block is whole (``EVEN_M``): splitting off
     a masked tail, as the forward and dQ loops do, would put a third loop copy inside the loop over the group,
     and that spills registers (NOTES.md, "Registers")."""
     start_n = tl.program_id(0) * BLOCK_N
-    off_bhkv = tl.program_id(1)
-    off_b = off_bhkv // H_KV
-    off_hkv = off_bhkv % H_KV
-    group = H // H_KV
+    off_bpart = tl.program_id(1)  # over B · H_KV · KV_SPLIT
+    off_b = off_bpart // (H_KV * KV_SPLIT)
+    off_part = off_bpart % (H_KV * KV_SPLIT)  # the row of DK/DV this program writes
+    off_hkv = off_part // KV_SPLIT
+    heads = (H // H_KV) // KV_SPLIT  # query heads per program
+    first_h = off_hkv * (H // H_KV) + (off_part % KV_SPLIT) * heads
 
     offs_n = start_n + tl.arange(0, BLOCK_N)
     offs_d = tl.arange(0, BLOCK_D)
@@ -427,8 +436,8 @@ def _attn_bwd_dkdv(
 
     PAD_D = HEAD_DIM != BLOCK_D  # a constexpr: both sides are
     CHECK_M = not EVEN_M
-    for g in range(group):
-        off_h = off_hkv * group + g
+    for g in range(heads):
+        off_h = first_h + g
         q_src = _streamed_source(Q + off_b * stride_qb + off_h * stride_qh, stride_qn, N_CTX, HEAD_DIM, BLOCK_M,
                                  BLOCK_D, USE_TMA)  # fmt: skip
         do_src = _streamed_source(DO + off_b * stride_dob + off_h * stride_doh, stride_don, N_CTX, HEAD_DIM,
@@ -455,8 +464,8 @@ def _attn_bwd_dkdv(
             )  # fmt: skip
 
     dk = dk * sm_scale  # S = sm_scale · Q Kᵀ, so dK picks up the scale once here
-    dk_ptrs = DK + off_b * stride_dkb + off_hkv * stride_dkh + offs_n[:, None] * stride_dkn + offs_d[None, :]
-    dv_ptrs = DV + off_b * stride_dvb + off_hkv * stride_dvh + offs_n[:, None] * stride_dvn + offs_d[None, :]
+    dk_ptrs = DK + off_b * stride_dkb + off_part * stride_dkh + offs_n[:, None] * stride_dkn + offs_d[None, :]
+    dv_ptrs = DV + off_b * stride_dvb + off_part * stride_dvh + offs_n[:, None] * stride_dvn + offs_d[None, :]
     tl.store(dk_ptrs, dk.to(DK.dtype.element_ty), mask=kv_mask)
     tl.store(dv_ptrs, dv.to(DV.dtype.element_ty), mask=kv_mask)
 
@@ -999,6 +1008,31 @@ def _check_causal_and_scale(causal: object, sm_scale: object) -> None:
             raise ValueError(f"sm_scale must be finite and non-zero, got {sm_scale!r}")
 
 
+def dkdv_grid(B: int, H_kv: int, N: int, block_n: int, split: int = 1) -> tuple[int, int]:
+    """The dK/dV kernel's launch grid: (key blocks, B · H_kv · split) programs."""
+    return triton.cdiv(N, block_n), B * H_kv * split
+
+
+def check_dkdv_split(split: object, heads: int, kv_heads: int) -> int:
+    """``dkdv_split``: how many dK/dV programs share the query heads of one K/V head's group; returns it.
+
+    It must be a positive int that divides the group size ``heads / kv_heads``. 1 (the default) is one program per
+    (batch, K/V head, key block), which loops over the whole group; ``heads // kv_heads`` is one program per query
+    head, as FlashAttention-2 does for GQA: ``split`` times the programs, each with a ``split``-th of the serial
+    work, at the cost of fp32 partial dK/dV (``split`` x the size of K and V, as fp32) summed afterwards.
+    """
+    if isinstance(split, bool) or not isinstance(split, int):
+        raise TypeError(f"dkdv_split must be an int, got {split!r}")
+    group = heads // kv_heads
+    if split < 1 or group % split:
+        divisors = [d for d in range(1, group + 1) if group % d == 0]
+        raise ValueError(
+            f"dkdv_split must divide the GQA group size {group} (H={heads} query heads, H_kv={kv_heads} K/V heads): "
+            f"one of {divisors}, got {split}"
+        )
+    return split
+
+
 # ============================================================================================ Python entry points
 def attention_forward(
     q: torch.Tensor,
@@ -1052,15 +1086,17 @@ def attention_backward(
     dkdv_config: dict | None = None,
     dq_config: dict | None = None,
     tma: bool = False,
+    dkdv_split: int = 1,
 ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     """Flash-attention backward from the saved ``o`` and ``lse``: returns ``(dq, dk, dv)`` in the input dtype.
 
     ``tma=True``: the streamed tiles (Q and dO in the dK/dV kernel, K and V in the dQ kernel) come through tensor
-    descriptors, as in ``attention_forward``."""
+    descriptors, as in ``attention_forward``. ``dkdv_split``: dK/dV programs per K/V head (``check_dkdv_split``)."""
     validate_attention_inputs(q, k, v)
     _check_causal_and_scale(causal, sm_scale)
     B, H, N, D = q.shape
     H_kv = k.shape[1]
+    split = check_dkdv_split(dkdv_split, H, H_kv)
     for name, t in (("o", o), ("do", do)):
         _check_tensor(name, t)
         if t.shape != q.shape or t.dtype != q.dtype or t.device != q.device:
@@ -1092,10 +1128,14 @@ def attention_backward(
     )  # fmt: skip
 
     dq = torch.empty_like(q, memory_format=torch.contiguous_format)
-    dk = torch.empty_like(k, memory_format=torch.contiguous_format)
-    dv = torch.empty_like(v, memory_format=torch.contiguous_format)
+    if split == 1:
+        dk = torch.empty_like(k, memory_format=torch.contiguous_format)
+        dv = torch.empty_like(v, memory_format=torch.contiguous_format)
+    else:  # fp32 partial sums, one row per program of a K/V head: (B, H_kv · split, N, D)
+        dk = torch.empty((B, H_kv * split, N, D), device=q.device, dtype=torch.float32)
+        dv = torch.empty_like(dk)
     common = dict(HEAD_DIM=D, BLOCK_D=block_d, CAUSAL=bool(causal), INPUT_PRECISION=precision, USE_TMA=tma)
-    grid_kv = lambda META: (triton.cdiv(N, META["BLOCK_N"]), B * H_kv)
+    grid_kv = lambda META: dkdv_grid(B, H_kv, N, META["BLOCK_N"], split)
     _launch(
         _attn_bwd_dkdv_tuned, _attn_bwd_dkdv_even, grid_kv, dkdv_config,
         q, k, v, do, lse, delta, dk, dv,
@@ -1105,8 +1145,11 @@ def attention_backward(
         do.stride(0), do.stride(1), do.stride(2),
         dk.stride(0), dk.stride(1), dk.stride(2),
         dv.stride(0), dv.stride(1), dv.stride(2),
-        H, H_kv, N, triton.next_power_of_2(N), sm_scale, **common,
+        H, H_kv, N, triton.next_power_of_2(N), split, sm_scale, **common,
     )  # fmt: skip
+    if split > 1:  # (B, H_kv · split, N, D) -> (B, H_kv, split, N, D), summed over the split
+        dk = dk.view(B, H_kv, split, N, D).sum(2).to(k.dtype)
+        dv = dv.view(B, H_kv, split, N, D).sum(2).to(v.dtype)
     grid_q = lambda META: (triton.cdiv(N, META["BLOCK_M"]), B * H)
     _launch(
         _attn_bwd_dq_tuned, _attn_bwd_dq, grid_q, dq_config,
@@ -1131,7 +1174,7 @@ class FlashAttentionFunction(torch.autograd.Function):
     """
 
     @staticmethod
-    def forward(ctx, q, k, v, causal, sm_scale, configs=None, tma=False):
+    def forward(ctx, q, k, v, causal, sm_scale, configs=None, tma=False, dkdv_split=1):
         configs = configs or {}
         o, lse = attention_forward(q, k, v, causal=causal, sm_scale=sm_scale, config=configs.get("fwd"), tma=tma)
         ctx.save_for_backward(q, k, v, o, lse)
@@ -1139,6 +1182,7 @@ class FlashAttentionFunction(torch.autograd.Function):
         ctx.sm_scale = sm_scale
         ctx.configs = configs
         ctx.tma = tma
+        ctx.dkdv_split = dkdv_split
         return o
 
     @staticmethod
@@ -1153,8 +1197,9 @@ class FlashAttentionFunction(torch.autograd.Function):
         dq, dk, dv = attention_backward(
             q, k, v, o, lse, do, causal=ctx.causal, sm_scale=ctx.sm_scale,
             dkdv_config=ctx.configs.get("dkdv"), dq_config=ctx.configs.get("dq"), tma=ctx.tma,
+            dkdv_split=ctx.dkdv_split,
         )  # fmt: skip
-        return dq, dk, dv, None, None, None, None
+        return dq, dk, dv, None, None, None, None, None
 
 
 def flash_attention(
@@ -1165,6 +1210,7 @@ def flash_attention(
     sm_scale: float | None = None,
     configs: dict[str, dict] | None = None,
     tma: bool = False,
+    dkdv_split: int = 1,
 ) -> torch.Tensor:
     """Differentiable flash attention. q (B, H, N, D); k, v (B, H_kv, N, D) with H % H_kv == 0 (GQA).
 
@@ -1173,7 +1219,8 @@ def flash_attention(
     before any kernel launch. ``configs`` fixes the tiles of some kernels instead of autotuning them, e.g.
     ``configs=GPU_DEFAULT_CONFIGS`` or ``{"fwd": {"BLOCK_M": 64, "BLOCK_N": 32}}`` (keys fwd, dkdv, dq).
     ``tma=True`` streams tiles through Hopper's Tensor Memory Accelerator (``check_tma``: compute capability
-    9.0+, 16-byte aligned rows); off by default.
+    9.0+, 16-byte aligned rows); off by default. ``dkdv_split`` (GQA): how many backward programs share the query
+    heads of one K/V head, 1 to ``H // H_kv`` (``check_dkdv_split``).
     """
     if configs is not None:
         if not isinstance(configs, dict) or set(configs) - set(KERNELS):
@@ -1183,10 +1230,13 @@ def flash_attention(
     _check_causal_and_scale(causal, sm_scale)
     if not isinstance(tma, bool):
         raise TypeError(f"tma must be True or False, got {tma!r}")
+    if type(dkdv_split) is not int or dkdv_split != 1:  # checked before the forward runs, not in the backward
+        validate_attention_inputs(q, k, v)
+        check_dkdv_split(dkdv_split, q.shape[1], k.shape[1])
     q, k, v = (
         t.contiguous() if isinstance(t, torch.Tensor) and t.dim() and t.stride(-1) != 1 else t for t in (q, k, v)
     )
-    return FlashAttentionFunction.apply(q, k, v, causal, sm_scale, configs, tma)
+    return FlashAttentionFunction.apply(q, k, v, causal, sm_scale, configs, tma, dkdv_split)
 
 
 # ============================================================================================ ahead of time
@@ -1221,6 +1271,11 @@ def check_aot_sizes(sizes: dict | None) -> dict | None:
     return dict(sizes)
 
 
+def _check_aot_kv_split(kv_split: object) -> None:
+    if isinstance(kv_split, bool) or not isinstance(kv_split, int) or kv_split < 1:
+        raise ValueError(f"kv_split must be a positive int, got {kv_split!r}")
+
+
 def _int_spec(value: int | None) -> tuple[str, list]:
     """How a launch passes an integer argument of this value: (type, attributes); type "constexpr" for 1. None is a
     general value (no attribute)."""
@@ -1243,9 +1298,10 @@ def _stride(name: str, head_dim: int, sizes: dict | None) -> int | None:
 
 
 def aot_source(kernel: str, arch: int, dtype: str, head_dim: int, causal: bool, config: dict | None,
-               even_m: bool = True, tma: bool = False, sizes: dict | None = None):  # fmt: skip
+               even_m: bool = True, tma: bool = False, sizes: dict | None = None, kv_split: int = 1):  # fmt: skip
     """What ``triton.compile`` needs for one kernel: ``(ASTSource, options, cfg)``, specialised as a launch with
-    contiguous (B, H, N, D) tensors of this head dim (and of ``sizes``, if given) specialises it."""
+    contiguous (B, H, N, D) tensors of this head dim (and of ``sizes``, if given) specialises it; ``kv_split``
+    is the dK/dV kernel's ``dkdv_split`` (1: a compile-time constant; other values: a general int)."""
     from triton.backends.nvidia.compiler import CUDAOptions
     from triton.compiler import ASTSource
 
@@ -1262,7 +1318,8 @@ def aot_source(kernel: str, arch: int, dtype: str, head_dim: int, causal: bool, 
         "INPUT_PRECISION": "ieee" if dtype == "float32" else "tf32", "BLOCK_M": cfg["BLOCK_M"],
         "BLOCK_N": cfg.get("BLOCK_N"), "EVEN_M": bool(even_m), "USE_TMA": bool(tma),
     }  # fmt: skip
-    ints = dict.fromkeys(_SIZE_NAMES) | {"N_CTX_BUCKET": 16}  # a power of two, at least 16 from N = 9 on
+    _check_aot_kv_split(kv_split)
+    ints = dict.fromkeys(_SIZE_NAMES) | {"N_CTX_BUCKET": 16, "KV_SPLIT": kv_split}  # bucket: 16 from N = 9 on
     if sizes is not None:
         ints |= sizes | {"N_CTX_BUCKET": triton.next_power_of_2(sizes["N_CTX"])}
     signature, constexprs, attrs = {}, {}, {}
@@ -1273,7 +1330,8 @@ def aot_source(kernel: str, arch: int, dtype: str, head_dim: int, causal: bool, 
             constexprs[(i,)] = values[name]
             continue
         if name in _POINTERS:
-            signature[name], spec = "*fp32" if name in _FP32_POINTERS else f"*{tdt}", [["tt.divisibility", 16]]
+            fp32 = name in _FP32_POINTERS or (kv_split > 1 and name in ("DK", "DV"))  # partial sums are fp32
+            signature[name], spec = "*fp32" if fp32 else f"*{tdt}", [["tt.divisibility", 16]]
         elif name == "sm_scale":
             signature[name], spec = "fp32", []
         else:
@@ -1288,10 +1346,10 @@ def aot_source(kernel: str, arch: int, dtype: str, head_dim: int, causal: bool, 
 
 
 def _aot_one(kernel: str, arch: int, dtype: str, head_dim: int, causal: bool, config: dict | None,
-             even_m: bool = True, tma: bool = False, sizes: dict | None = None) -> dict:  # fmt: skip
+             even_m: bool = True, tma: bool = False, sizes: dict | None = None, kv_split: int = 1) -> dict:  # fmt: skip
     from triton.backends.compiler import GPUTarget
 
-    src, options, cfg = aot_source(kernel, arch, dtype, head_dim, causal, config, even_m, tma, sizes)
+    src, options, cfg = aot_source(kernel, arch, dtype, head_dim, causal, config, even_m, tma, sizes, kv_split)
     compiled, usage = _compile_with_ptxas_log(src, GPUTarget("cuda", arch, 32), options)
     ptx = compiled.asm["ptx"]
     # one instruction per line; a predicate guard (``@%p3``, ``@!%p3``) in front is dropped before matching
@@ -1303,6 +1361,7 @@ def _aot_one(kernel: str, arch: int, dtype: str, head_dim: int, causal: bool, co
         "even_m": bool(even_m),
         "use_tma": bool(tma),
         "sizes": sizes,
+        "kv_split": kv_split,
         "shared_bytes": int(compiled.metadata.shared),
         "global_scratch_bytes": int(getattr(compiled.metadata, "global_scratch_size", 0) or 0),  # TMA descriptors
         "cp_async": count("cp.async.ca") + count("cp.async.cg"),  # Ampere-style asynchronous global->shared copies
@@ -1364,7 +1423,7 @@ def compile_ahead_of_time(jobs: list[dict], timeout_s: float = 600) -> list[dict
     ..}, "even_m": True, "tma": False, "sizes": None}`` (``even_m``: the dK/dV kernel's variant for lengths that are
     a multiple of BLOCK_M; ``tma``: streamed tiles through tensor descriptors, sm_90 only; ``sizes``: compile as a
     launch with ``{"H": .., "H_KV": .., "N_CTX": ..}`` does, e.g. ``{"H": 32, "H_KV": 32, "N_CTX": 4096}``, or
-    None for general sizes; see ``aot_source``).
+    None for general sizes; ``kv_split``: the dK/dV kernel's ``dkdv_split``, 1 by default; see ``aot_source``).
     Under the interpreter the kernels are not compilable in this process (``TRITON_INTERPRET=1`` turned them into
     interpreted functions), so the jobs run in one child process with ``TRITON_INTERPRET=0``.
     """
@@ -1376,6 +1435,7 @@ def compile_ahead_of_time(jobs: list[dict], timeout_s: float = 600) -> list[dict
         if job.get("tma") and job["arch"] < 90:  # Triton would quietly lower the descriptors to pointer loads
             raise ValueError(f"tma=True needs arch 90 (TMA came with Hopper), got {job['arch']}")
         check_aot_sizes(job.get("sizes"))
+        _check_aot_kv_split(job.get("kv_split", 1))
     full = [{"dtype": "float16", "head_dim": 64, "causal": True, "config": None, "even_m": True, **job} for job in jobs]
     if not INTERPRET:
         return [_aot_one(**job) for job in full]

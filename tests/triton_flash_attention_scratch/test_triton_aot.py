@@ -28,6 +28,8 @@ SUBSET = [
     {"kernel": "dq", "arch": 90, "dtype": "bfloat16", "head_dim": 64, "causal": True,
      "sizes": {"H": 32, "H_KV": 32, "N_CTX": 4096}},  # lesson 21's N = 4096 row: every size a multiple of 16
     {"kernel": "preprocess", "arch": 90, "dtype": "float16", "head_dim": 128},
+    {"kernel": "dkdv", "arch": 90, "dtype": "bfloat16", "head_dim": 128, "causal": True, "kv_split": 4,
+     "sizes": {"H": 32, "H_KV": 8, "N_CTX": 4096}},  # Llama-3-8B's heads, the GQA group shared by 4 programs
 ]  # fmt: skip
 SMEM = {80: 163 * 1024, 90: 227 * 1024}  # max shared memory per block (opt-in), CUDA programming guide
 
@@ -39,7 +41,7 @@ def test_every_kernel_compiles_for_sm80_and_sm90():
     assert {(f["kernel"], f["arch"]) for f in facts} == {(k, a) for k in tf.AOT_KERNELS for a in (80, 90)}
     for job, f in zip(SUBSET, facts):
         what = f"{f['kernel']} sm_{f['arch']} {f['dtype']} D={f['head_dim']}"
-        assert f["sizes"] == job.get("sizes"), what
+        assert f["sizes"] == job.get("sizes") and f["kv_split"] == job.get("kv_split", 1), what
         assert f["cubin_bytes"] > 0, what
         assert 0 < f["shared_bytes"] <= SMEM[f["arch"]], what
         assert f["tma"] == 0, what  # these kernels use pointer loads, which Triton lowers to cp.async, not TMA
@@ -68,6 +70,13 @@ def test_every_kernel_compiles_for_sm80_and_sm90():
 def test_bad_sizes_get_one_clear_line(sizes, msg):
     with pytest.raises(ValueError, match=re.escape(msg)) as e:
         tf.compile_ahead_of_time([{"kernel": "fwd", "arch": 90, "sizes": sizes}])
+    assert "\n" not in str(e.value)
+
+
+@pytest.mark.parametrize("kv_split", [0, 2.0, True, "4"])
+def test_bad_kv_split_gets_one_clear_line(kv_split):
+    with pytest.raises(ValueError, match=re.escape(f"kv_split must be a positive int, got {kv_split!r}")) as e:
+        tf.compile_ahead_of_time([{"kernel": "dkdv", "arch": 90, "kv_split": kv_split}])
     assert "\n" not in str(e.value)
 
 

@@ -134,6 +134,50 @@ def test_forward_and_backward_match_references(case):
         check(f"{name} vs part 1", got, want, r32)
 
 
+# (B, H, H_kv, N, D, causal, dtype, dkdv_split): the GQA group shared among several dK/dV programs, each writing
+# fp32 partial sums: every divisor of a group of 4 (N = 45: a partial key block), a group of 3 (fp16, non-causal)
+SPLIT_CASES = [
+    (2, 4, 1, 45, 32, True, torch.float32, 2),
+    (2, 4, 1, 45, 32, True, torch.float32, 4),
+    (1, 6, 2, 33, 16, False, torch.float16, 3),
+]
+
+
+@pytest.mark.parametrize(
+    "case",
+    [pytest.param(c, marks=pytest.mark.parity) if i == 1 else c for i, c in enumerate(SPLIT_CASES)],
+    ids=[f"{_ids(c[:7])}-split{c[7]}" for c in SPLIT_CASES],
+)
+def test_split_gqa_backward_matches_references(case):
+    """``dkdv_split``: the same dK, dV (in the input dtype) as the float64 reference, however the group is split;
+    dQ and the forward are untouched by it."""
+    B, H, H_kv, N, D, causal, dtype, split = case
+    q, k, v, do = _inputs(B, H, H_kv, N, D, dtype)
+    o, lse = tf.attention_forward(q, k, v, causal=causal)
+    dq, dk, dv = tf.attention_backward(q, k, v, o, lse, do, causal=causal, dkdv_split=split)
+    assert dk.dtype == dv.dtype == dtype and dk.shape == dv.shape == k.shape
+    ref64 = _naive_with_grads(q, k, v, do, causal, torch.float64)
+    ref32 = _naive_with_grads(q, k, v, do, causal, torch.float32)
+    for name, got, r64, r32 in zip(("dQ", "dK", "dV"), (dq, dk, dv), ref64[1:], ref32[1:]):
+        check(f"{name} (dkdv_split={split}) vs naive", got, r64, r32)
+
+
+def test_split_gqa_through_autograd_matches_sdpa():
+    """``flash_attention(..., dkdv_split=H // H_kv)`` (one dK/dV program per query head) under autograd vs
+    ``F.scaled_dot_product_attention(enable_gqa=True)`` in float64."""
+    B, H, H_kv, N, D = 1, 4, 2, 37, 16
+    q, k, v, do = _inputs(B, H, H_kv, N, D, torch.float32)
+    leaves = [t.clone().requires_grad_() for t in (q, k, v)]
+    o = tf.flash_attention(*leaves, causal=True, dkdv_split=2)
+    grads = torch.autograd.grad(o, leaves, do)
+    ref_leaves = [t.double().requires_grad_() for t in (q, k, v)]
+    ref = F.scaled_dot_product_attention(*ref_leaves, is_causal=True, enable_gqa=True)
+    ref_grads = torch.autograd.grad(ref, ref_leaves, do.double())
+    ref32 = _naive_with_grads(q, k, v, do, True, torch.float32)
+    for name, got, r64, r32 in zip(("O", "dQ", "dK", "dV"), (o, *grads), (ref, *ref_grads), ref32):
+        check(f"{name} vs SDPA", got, r64, r32)
+
+
 @pytest.mark.parity
 def test_autograd_function_matches_sdpa_with_gqa_and_strided_inputs():
     """flash_attention() through autograd, inputs as GPT-2 makes them: (B, N, H, D) transposed to (B, H, N, D)."""

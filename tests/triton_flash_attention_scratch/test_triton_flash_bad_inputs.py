@@ -141,6 +141,11 @@ ERROR_CASES = [
         "BLOCK_N % BLOCK_M == 0",
     ),
     ("bwd-causal-int", lambda: _bwd({}, causal=1), TypeError, "causal must be True or False"),
+    ("dkdv_split-0", lambda: _fa(*_qkv(H=4, H_kv=2), dkdv_split=0), ValueError, "divide the GQA group size 2"),
+    ("dkdv_split-3-of-4", lambda: _fa(*_qkv(H=4, H_kv=1), dkdv_split=3), ValueError, r"one of \[1, 2, 4\], got 3"),
+    ("dkdv_split-bool", lambda: _fa(*_qkv(H=4, H_kv=2), dkdv_split=True), TypeError, "dkdv_split must be an int"),
+    ("dkdv_split-float", lambda: _fa(*_qkv(H=4, H_kv=2), dkdv_split=2.0), TypeError, "dkdv_split must be an int"),
+    ("bwd-dkdv_split-no-gqa", lambda: _bwd({}, dkdv_split=2), ValueError, "group size 1 .*got 2"),
 ]
 if tf.INTERPRET:
     ERROR_CASES.append(

@@ -107,6 +107,33 @@ def test_lesson18_validation_and_gqa(load_lesson):
         r32 = _naive(t["q"], t["k"], t["v"], r["causal"], torch.float32, t["do"])
         for name, got, a, b in zip(("O", "dQ", "dK", "dV"), (t["o"], *t["grads"]), r64, r32):
             _check(f"{name} causal={r['causal']}", got, a, b)
+    assert [r["split"] for r in out["split"]] == [1, 2]  # every divisor of the group of 2
+    for r in out["split"]:
+        t = r["tensors"]
+        r64 = _naive(t["q"], t["k"], t["v"], True, torch.float64, t["do"])
+        r32 = _naive(t["q"], t["k"], t["v"], True, torch.float32, t["do"])
+        for name, got, a, b in zip(("dQ", "dK", "dV"), t["grads"], r64[1:], r32[1:]):
+            _check(f"{name} dkdv_split={r['split']}", got, a, b)
+
+
+@pytest.mark.parametrize("causal", [True, False])
+@pytest.mark.parametrize("B,H,H_kv,N,split", [(1, 8, 1, 1000, 1), (1, 8, 1, 1000, 8), (2, 6, 2, 256, 3)])
+def test_lesson18_dkdv_work_counts_the_tiles(load_lesson, B, H, H_kv, N, split, causal):
+    """dkdv_work against a count of every (program, query head, query block, key block) the kernel visits, with
+    the visibility rule written out: a query block is visited if it is not wholly before the key block."""
+    mod = load_lesson(CH, 18)
+    bm, bn, sms = 32, 64, 132
+    got = mod.dkdv_work(B, H, H_kv, N, bm, bn, split, causal, sms)
+    work = {}
+    for b in range(B):
+        for part in range(H_kv * split):
+            for j in range(-(-N // bn)):
+                heads = range(H // H_kv // split)
+                visits = sum(1 for _ in heads for i in range(-(-N // bm)) if not causal or (i + 1) * bm > j * bn)
+                work[(b, part, j)] = visits
+    assert got["programs"] == len(work)
+    assert got["total"] == sum(work.values()) and got["longest"] == max(work.values())
+    assert got["bound"] == max(sum(work.values()) / sms, max(work.values()))
 
 
 def test_lesson19_autotuning_counts(load_lesson):
@@ -184,6 +211,8 @@ def test_lesson21_correctness_and_cpu_message(load_lesson, capsys):
             mod.benchmark_rows()
         with pytest.raises(RuntimeError, match="needs a CUDA GPU"):
             mod.tma_rows()
+        with pytest.raises(RuntimeError, match="needs a CUDA GPU"):
+            mod.gqa_rows()
     assert mod.peak_tflops("NVIDIA H100 PCIe") == 756.0 and mod.peak_tflops("NVIDIA H100 80GB HBM3") == 989.4
     assert mod.peak_tflops("NVIDIA H200") == 989.4 and mod.peak_tflops("Some Other GPU") is None
 
@@ -213,6 +242,54 @@ def test_lesson21_tma_table_reports_ratios_and_failures(load_lesson):
     assert len(lines) == 4 and all(line.count("|") == lines[0].count("|") for line in lines)
     assert "| 300.0 | 330.0 | 1.10 | 200.0 | 190.0 | 0.95 |" in lines[2] and "RuntimeError: x" in lines[3]
     assert "x1.10" in mod.format_tma_row(ok) and "RuntimeError: x" in mod.format_tma_row(bad)
+
+
+def test_lesson21_gqa_table_reports_ratios_and_failures(load_lesson):
+    mod = load_lesson(CH, 21)
+    ok = {"shape": "Llama-3-70B over 8 GPUs", "B": 1, "H": 8, "H_kv": 1, "N": 4096, "split": 8, "status": "ok",
+          "s1_bwd_tflops": 100.0, "sg_bwd_tflops": 250.0, "sdpa_bwd_tflops": 400.0, "bwd_split_vs_1": 2.5,
+          "bwd_best_vs_sdpa": 0.625, "sdpa_gqa": "enable_gqa"}  # fmt: skip
+    bad = {"shape": "Llama-3-8B", "B": 1, "H": 32, "H_kv": 8, "N": 4096, "split": 4, "status": "time limit"}
+    lines = mod.gqa_table([ok, bad]).strip().splitlines()
+    assert len(lines) == 4 and all(line.count("|") == lines[0].count("|") for line in lines)
+    assert "| 1×8/1 | 4096 | 100.0 | 250.0 (s=8) | 2.50 | 400.0 | 0.62 | enable_gqa |" in lines[2]
+    assert "time limit" in lines[3]
+    assert "(x2.50)" in mod.format_gqa_row(ok) and "time limit" in mod.format_gqa_row(bad)
+    # the rows lesson 18 singles out: one K/V head (split to 8) and Llama-3-8B's 32/8 heads
+    assert [(h, kv) for _, h, kv in mod.GQA_GRID["heads"]] == [(8, 1), (32, 8)]
+
+
+def test_lesson21_gqa_measurement_runs_on_the_cpu(load_lesson, monkeypatch):
+    """``_measure_gqa``'s plumbing (the checks against SDPA, the side-by-side timing, the ratios) with a stand-in
+    timer that runs each function once: timing needs a GPU, the code around it does not."""
+    mod = load_lesson(CH, 21)
+    calls = []
+
+    def once(fn, grad_to_none=None, warmup=0, rep=0):
+        calls.append(fn())
+        return 1.0, 2.0, 3.0
+
+    monkeypatch.setattr(mod, "_quantiles_ms", once)
+    row = {"shape": "test", "dtype": "float32", "D": 16, "N": 70, "B": 1, "H": 4, "H_kv": 1, "causal": True,
+           "split": 4}  # fmt: skip
+    mod._measure_gqa(row, torch.float32, torch.device("cpu"), warmup=0, rep=0)
+    assert len(calls) == 6  # forward and backward of split 1, split 4 and SDPA
+    assert row["s1_max_err"] < 1e-4 and row["sg_max_err"] < 1e-4, row
+    assert row["sdpa_gqa"] in ("enable_gqa", "repeat_interleave")
+    flops = 2.5 * 4 * 1 * 4 * 70**2 * 16 * 0.5  # backward: 2.5 x the causal forward, 4 B H N^2 D / 2
+    assert row["sg_bwd_tflops"] == pytest.approx(flops / 2.0 * 1e-9) and row["bwd_split_vs_1"] == 1.0
+    assert row["sdpa_bwd_ms_q20"] == 1.0 and row["bwd_best_vs_sdpa"] == 1.0
+
+
+@pytest.mark.gpu
+def test_lesson21_gqa_rows_on_gpu(load_lesson):
+    # the shape of the first GQA row of `.ci/gpu` part 3 (D = 128, bf16, causal, one K/V head), shorter: the
+    # same compiled kernels, so that part finds them in Triton's cache
+    rows = load_lesson(CH, 21).gqa_rows(seq_len=1024, heads=(("test", 8, 1),), rep=20)
+    assert len(rows) == 1 and rows[0]["status"] == "ok", rows
+    r = rows[0]
+    assert r["sg_max_err"] <= 2 * r["s1_max_err"] + 1e-3 and r["sdpa_gqa"] in ("enable_gqa", "repeat_interleave")
+    assert r["bwd_split_vs_1"] == pytest.approx(r["sg_bwd_tflops"] / r["s1_bwd_tflops"])
 
 
 @pytest.mark.gpu
