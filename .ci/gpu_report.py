@@ -1701,6 +1701,20 @@ def markdown_report(parts: list[dict], started: str, total_s: float, budget: flo
     return "\n".join(lines) + "\n"
 
 
+def _status_rows(rows: list[dict], head: str, start, cells) -> list[str]:
+    """Markdown rows under ``head``: ``start(r)`` (the leading cells) then ``cells(r)``, or the row's status where it
+    is not "ok", padded to the header's columns."""
+    width = head.count("|") - 1
+    out = []
+    for r in rows:
+        lead = start(r)
+        if r.get("status") != "ok":
+            out.append(f"{lead} {r.get('status')} |" + " |" * (width - lead.count("|")))
+        else:
+            out.append(f"{lead} {cells(r)}")
+    return out
+
+
 def _part_table(p: dict) -> list[str]:
     rows, key = p.get("rows", []), p["key"]
     out = [""]
@@ -1793,16 +1807,12 @@ def _part_table(p: dict) -> list[str]:
                 "| dtype | causal | D | N | fwd pointer | fwd TMA | fwd TMA/pointer | bwd pointer | bwd TMA | "
                 "bwd TMA/pointer | max error vs SDPA (pointer / TMA) |",
                 "|---|---|---:|---:|---:|---:|---:|---:|---:|---:|---|"]  # fmt: skip
-        for r in tma:
-            head = f"| {r['dtype']} | {r['causal']} | {r['D']} | {r['N']} |"
-            if r.get("status") != "ok":
-                out.append(f"{head} {r.get('status')} ||||||")
-                continue
-            out.append(
-                f"{head} {r['ptr_fwd_tflops']:.0f} | {r['tma_fwd_tflops']:.0f} | {r['fwd_tma_vs_ptr']:.2f} | "
-                f"{r['ptr_bwd_tflops']:.0f} | {r['tma_bwd_tflops']:.0f} | {r['bwd_tma_vs_ptr']:.2f} | "
-                f"{r['ptr_max_err']:.1e} / {r['tma_max_err']:.1e} |"
-            )
+        out += _status_rows(
+            tma, out[-2], lambda r: f"| {r['dtype']} | {r['causal']} | {r['D']} | {r['N']} |",
+            lambda r: f"{r['ptr_fwd_tflops']:.0f} | {r['tma_fwd_tflops']:.0f} | {r['fwd_tma_vs_ptr']:.2f} | "
+                      f"{r['ptr_bwd_tflops']:.0f} | {r['tma_bwd_tflops']:.0f} | {r['bwd_tma_vs_ptr']:.2f} | "
+                      f"{r['ptr_max_err']:.1e} / {r['tma_max_err']:.1e} |",
+        )  # fmt: skip
     gqa = p.get("summary", {}).get("gqa_rows", []) if key == "flash" else []
     if gqa:
         out += ["", "GQA backward, the group of H / H_kv query heads in one dK/dV program (split 1) or one program "
@@ -1810,16 +1820,12 @@ def _part_table(p: dict) -> list[str]:
                 "| shape | B×H/H_kv | N | bwd split 1 | bwd split H/H_kv | split / 1 | bwd SDPA | best / SDPA | "
                 "fwd ours/SDPA | max error vs SDPA (split 1 / split) | SDPA GQA by |",
                 "|---|---|---:|---:|---:|---:|---:|---:|---:|---|---|"]  # fmt: skip
-        for r in gqa:
-            head = f"| {r['shape']} | {r['B']}×{r['H']}/{r['H_kv']} | {r['N']} |"
-            if r.get("status") != "ok":
-                out.append(f"{head} {r.get('status')} |||||||")
-                continue
-            out.append(
-                f"{head} {r['s1_bwd_tflops']:.0f} | {r['sg_bwd_tflops']:.0f} | {r['bwd_split_vs_1']:.2f} | "
-                f"{r['sdpa_bwd_tflops']:.0f} | {r['bwd_best_vs_sdpa']:.2f} | {r['fwd_vs_sdpa']:.2f} | "
-                f"{r['s1_max_err']:.1e} / {r['sg_max_err']:.1e} | {r['sdpa_gqa']} |"
-            )
+        out += _status_rows(
+            gqa, out[-2], lambda r: f"| {r['shape']} | {r['B']}×{r['H']}/{r['H_kv']} | {r['N']} |",
+            lambda r: f"{r['s1_bwd_tflops']:.0f} | {r['sg_bwd_tflops']:.0f} | {r['bwd_split_vs_1']:.2f} | "
+                      f"{r['sdpa_bwd_tflops']:.0f} | {r['bwd_best_vs_sdpa']:.2f} | {r['fwd_vs_sdpa']:.2f} | "
+                      f"{r['s1_max_err']:.1e} / {r['sg_max_err']:.1e} | {r['sdpa_gqa']} |",
+        )  # fmt: skip
     regs = p.get("summary", {}).get("registers", []) if key == "flash" else []
     if regs:
         n = (regs[0].get("sizes") or {}).get("N_CTX")

@@ -251,6 +251,16 @@ def benchmark_rows(
 TMA_GRID = {"seq_len": 4096, "head_dims": (64, 128), "dtype": "bfloat16", "causal": (False, True)}
 
 
+def _check_against(row: dict, impls: dict, ref, q, k, v, do) -> None:
+    """``row[f"{name}_max_err"]``: the worst of |O|, |dQ|, |dK|, |dV| minus the reference's, for each implementation
+    (their first call compiles: the check doubles as the warm-up)."""
+    ref_grads = torch.autograd.grad(ref, (q, k, v), do)
+    for name, fn in impls.items():
+        o = fn()
+        grads = torch.autograd.grad(o, (q, k, v), do)
+        row[f"{name}_max_err"] = max((a - b).abs().max().item() for a, b in zip((o, *grads), (ref, *ref_grads)))
+
+
 def _measure_tma_pair(row: dict, dtype: torch.dtype, dev: torch.device, warmup: int, rep: int) -> None:
     """Fill ``row`` with forward and backward timings of the pointer (``ptr_``) and TMA (``tma_``) load paths,
     same tiles (``GPU_DEFAULT_CONFIGS``), measured alternately; first their worst error against SDPA."""
@@ -265,11 +275,7 @@ def _measure_tma_pair(row: dict, dtype: torch.dtype, dev: torch.device, warmup: 
     }
     with sdpa_kernel(SDPBackend.FLASH_ATTENTION):
         ref = F.scaled_dot_product_attention(q, k, v, is_causal=causal)
-    ref_grads = torch.autograd.grad(ref, (q, k, v), do)
-    for name, fn in impls.items():  # compiles here; the check doubles as the warm-up
-        o = fn()
-        grads = torch.autograd.grad(o, (q, k, v), do)
-        row[f"{name}_max_err"] = max((a - b).abs().max().item() for a, b in zip((o, *grads), (ref, *ref_grads)))
+    _check_against(row, impls, ref, q, k, v, do)
     if not row["tma_max_err"] <= 2 * row["ptr_max_err"] + 1e-3:
         raise RuntimeError(f"TMA path error {row['tma_max_err']:.2e} vs pointer path {row['ptr_max_err']:.2e}")
     _time_side_by_side(row, impls, q, k, v, do, warmup, rep)
@@ -351,11 +357,7 @@ def _measure_gqa(row: dict, dtype: torch.dtype, dev: torch.device, warmup: int, 
         for name, s in (("s1", 1), ("sg", H // H_kv))
     }
     ref = sdpa()
-    ref_grads = torch.autograd.grad(ref, (q, k, v), do)
-    for name, fn in impls.items():  # compiles here; the check doubles as the warm-up
-        o = fn()
-        grads = torch.autograd.grad(o, (q, k, v), do)
-        row[f"{name}_max_err"] = max((a - b).abs().max().item() for a, b in zip((o, *grads), (ref, *ref_grads)))
+    _check_against(row, impls, ref, q, k, v, do)
     if not row["sg_max_err"] <= 2 * row["s1_max_err"] + 1e-3:
         raise RuntimeError(f"dkdv_split={H // H_kv} error {row['sg_max_err']:.2e} vs {row['s1_max_err']:.2e}")
     _time_side_by_side(row, {**impls, "sdpa": sdpa}, q, k, v, do, warmup, rep)
@@ -407,16 +409,22 @@ def gqa_table(rows: list[dict]) -> str:
     """Markdown: GQA backward TFLOP/s without and with the split, SDPA, and the ratios."""
     head = ("| shape | B×H/H_kv | N | bwd split 1 | bwd split H/H_kv | split / 1 | bwd SDPA | best / SDPA "
             "| SDPA GQA by |")  # fmt: skip
-    lines = [head, "|" + "---|" * (head.count("|") - 1)]
+    return _status_table(
+        head, rows, lambda r: f"| {r['shape']} | {r['B']}×{r['H']}/{r['H_kv']} | {r['N']} |",
+        lambda r: f"{r['s1_bwd_tflops']:.1f} | {r['sg_bwd_tflops']:.1f} (s={r['split']}) | {r['bwd_split_vs_1']:.2f} | "
+                  f"{r['sdpa_bwd_tflops']:.1f} | {r['bwd_best_vs_sdpa']:.2f} | {r['sdpa_gqa']} |",
+    )  # fmt: skip
+
+
+def _status_table(head: str, rows: list[dict], start, cells) -> str:
+    """Markdown table: ``head``, then per row ``start(row)`` (its leading cells) and ``cells(row)``, or the row's
+    status where it is not "ok", padded to the header's columns."""
+    width = head.count("|") - 1
+    lines = [head, "|" + "---|" * width]
     for r in rows:
-        start = f"| {r['shape']} | {r['B']}×{r['H']}/{r['H_kv']} | {r['N']} |"
-        if r.get("status") != "ok":
-            lines.append(start + f" {r.get('status')} |" + " |" * (head.count("|") - 5))
-            continue
-        lines.append(
-            f"{start} {r['s1_bwd_tflops']:.1f} | {r['sg_bwd_tflops']:.1f} (s={r['split']}) | "
-            f"{r['bwd_split_vs_1']:.2f} | {r['sdpa_bwd_tflops']:.1f} | {r['bwd_best_vs_sdpa']:.2f} | {r['sdpa_gqa']} |"
-        )
+        lead = start(r)
+        ok = r.get("status") == "ok"
+        lines.append(f"{lead} {cells(r)}" if ok else f"{lead} {r.get('status')} |" + " |" * (width - lead.count("|")))
     return "\n".join(lines) + "\n"
 
 
@@ -431,17 +439,15 @@ def tma_table(rows: list[dict]) -> str:
         "| dtype | causal | D | N | B×H | fwd pointer | fwd TMA | fwd TMA/pointer | bwd pointer | bwd TMA "
         "| bwd TMA/pointer |"
     )
-    lines = [head, "|" + "---|" * (head.count("|") - 1)]
-    for r in rows:
-        start = f"| {r['dtype']} | {r['causal']} | {r['D']} | {r['N']} | {r['B']}×{r['H']} |"
-        if r.get("status") != "ok":
-            lines.append(start + f" {r.get('status')} |" + " |" * (head.count("|") - 7))
-            continue
-        lines.append(
-            f"{start} {r['ptr_fwd_tflops']:.1f} | {r['tma_fwd_tflops']:.1f} | {r['fwd_tma_vs_ptr']:.2f} | "
-            f"{r['ptr_bwd_tflops']:.1f} | {r['tma_bwd_tflops']:.1f} | {r['bwd_tma_vs_ptr']:.2f} |"
-        )
-    return "\n".join(lines) + "\n"
+    return _status_table(
+        head, rows, _shape_cells,
+        lambda r: f"{r['ptr_fwd_tflops']:.1f} | {r['tma_fwd_tflops']:.1f} | {r['fwd_tma_vs_ptr']:.2f} | "
+                  f"{r['ptr_bwd_tflops']:.1f} | {r['tma_bwd_tflops']:.1f} | {r['bwd_tma_vs_ptr']:.2f} |",
+    )  # fmt: skip
+
+
+def _shape_cells(r: dict) -> str:
+    return f"| {r['dtype']} | {r['causal']} | {r['D']} | {r['N']} | {r['B']}×{r['H']} |"
 
 
 def _format_pair(row: dict, first: str, second: str, ratio: str) -> str:
@@ -469,21 +475,17 @@ def comparison_table(rows: list[dict], peak: float | None) -> str:
     if peak:
         head += " fwd ours % peak |"
     head += " fwd ours p20–p80 ms |"
-    lines = [head, "|" + "---|" * (head.count("|") - 1)]
-    for r in rows:
-        start = f"| {r['dtype']} | {r['causal']} | {r['D']} | {r['N']} | {r['B']}×{r['H']} |"
-        if r.get("status") != "ok":
-            lines.append(start + f" {r.get('status')} |" + " |" * (head.count("|") - 7))
-            continue
+
+    def cells(r: dict) -> str:
         line = (
-            f"{start} {r['ours_fwd_tflops']:.1f} | {r['sdpa_fwd_tflops']:.1f} | {r['fwd_vs_sdpa']:.2f} | "
+            f"{r['ours_fwd_tflops']:.1f} | {r['sdpa_fwd_tflops']:.1f} | {r['fwd_vs_sdpa']:.2f} | "
             f"{r['ours_bwd_tflops']:.1f} | {r['sdpa_bwd_tflops']:.1f} | {r['bwd_vs_sdpa']:.2f} |"
         )
         if peak:
             line += f" {100 * r['ours_fwd_tflops'] / peak:.0f}% |"
-        line += f" {r['ours_fwd_ms_q20']:.3f}–{r['ours_fwd_ms_q80']:.3f} |"
-        lines.append(line)
-    return "\n".join(lines) + "\n"
+        return line + f" {r['ours_fwd_ms_q20']:.3f}–{r['ours_fwd_ms_q80']:.3f} |"
+
+    return _status_table(head, rows, _shape_cells, cells)
 
 
 def markdown_table(rows: list[dict], peak: float | None) -> str:
