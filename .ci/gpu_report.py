@@ -784,24 +784,37 @@ def precompile_flash(rec: Recorder, ctx: dict, jobs: list[dict], workers: int | 
     return len(done) == len(jobs)
 
 
-def tma_comparison(rec: Recorder, ctx: dict, les) -> None:
-    """Lesson 21's ``tma_rows``, one (D, causal) at a time while time is left: the same kernels and tiles
-    (``GPU_DEFAULT_CONFIGS``) with their streamed tiles loaded by TMA or by pointer arithmetic, N = 4096, bf16."""
+def _rows_while_time_left(rec: Recorder, ctx: dict, what: str, key: str, cases, row_s: float, run, name) -> None:
+    """``run(case)`` (one lesson-21 row) per case while ``row_s`` seconds of the part are left: the rows so far go
+    to the summary under ``key`` after each, a failing row becomes a failure named ``name(case)``, and the cases
+    left over a note with the command that gives them the time."""
     done = []
-    for D, causal in TMA_CASES:
+    for case in cases:
         left = ctx["deadline"] - time.monotonic() - REGISTER_MARGIN_S if "deadline" in ctx else None
-        if left is not None and left < TMA_ROW_S:
+        if left is not None and left < row_s:
             rec.note(
-                f"TMA vs pointer loads: {len(done)} of {len(TMA_CASES)} rows run, {left:.0f} s of the part left; "
+                f"{what}: {len(done)} of {len(cases)} rows run, {left:.0f} s of the part left; "
                 "`bash .ci/gpu --only flash --limit 3=400` gives them the time"
             )
             break
-        (row,) = les.tma_rows(head_dims=(D,), causal=(causal,), device=str(report_device()),
-                              log=lambda line: print(line, flush=True))  # fmt: skip
-        done.append(row)
-        rec.summary(tma_rows=done)
-        if row.get("status") != "ok":
-            rec.fail(f"TMA row D={D} causal={causal}: {row.get('status')}")
+        done.append(run(case))
+        rec.summary(**{key: done})
+        if done[-1].get("status") != "ok":
+            rec.fail(f"{name(case)}: {done[-1].get('status')}")
+
+
+def _print_line(line: str) -> None:
+    print(line, flush=True)
+
+
+def tma_comparison(rec: Recorder, ctx: dict, les) -> None:
+    """Lesson 21's ``tma_rows``, one (D, causal) at a time while time is left: the same kernels and tiles
+    (``GPU_DEFAULT_CONFIGS``) with their streamed tiles loaded by TMA or by pointer arithmetic, N = 4096, bf16."""
+    _rows_while_time_left(
+        rec, ctx, "TMA vs pointer loads", "tma_rows", TMA_CASES, TMA_ROW_S,
+        lambda c: les.tma_rows(head_dims=(c[0],), causal=(c[1],), device=str(report_device()), log=_print_line)[0],
+        lambda c: f"TMA row D={c[0]} causal={c[1]}",
+    )  # fmt: skip
 
 
 def gqa_comparison(rec: Recorder, ctx: dict, les) -> None:
@@ -810,20 +823,11 @@ def gqa_comparison(rec: Recorder, ctx: dict, les) -> None:
     if not hasattr(les, "gqa_rows"):
         rec.note("GQA backward: not run, lesson 21 has no gqa_rows")
         return
-    shapes, done = les.GQA_GRID["heads"], []
-    for shape in shapes:
-        left = ctx["deadline"] - time.monotonic() - REGISTER_MARGIN_S if "deadline" in ctx else None
-        if left is not None and left < GQA_ROW_S:
-            rec.note(
-                f"GQA backward: {len(done)} of {len(shapes)} rows run, {left:.0f} s of the part left; "
-                "`bash .ci/gpu --only flash --limit 3=400` gives them the time"
-            )
-            break
-        (row,) = les.gqa_rows(heads=(shape,), device=str(report_device()), log=lambda line: print(line, flush=True))
-        done.append(row)
-        rec.summary(gqa_rows=done)
-        if row.get("status") != "ok":
-            rec.fail(f"GQA row {shape[0]} H={shape[1]} H_kv={shape[2]}: {row.get('status')}")
+    _rows_while_time_left(
+        rec, ctx, "GQA backward", "gqa_rows", les.GQA_GRID["heads"], GQA_ROW_S,
+        lambda c: les.gqa_rows(heads=(c,), device=str(report_device()), log=_print_line)[0],
+        lambda c: f"GQA row {c[0]} H={c[1]} H_kv={c[2]}",
+    )  # fmt: skip
 
 
 REGISTER_MARGIN_S = 15  # six compilations of a few seconds each, run only when this much of the part is left

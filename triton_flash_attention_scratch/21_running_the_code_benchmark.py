@@ -252,8 +252,8 @@ TMA_GRID = {"seq_len": 4096, "head_dims": (64, 128), "dtype": "bfloat16", "causa
 
 
 def _check_against(row: dict, impls: dict, ref, q, k, v, do) -> None:
-    """``row[f"{name}_max_err"]``: the worst of |O|, |dQ|, |dK|, |dV| minus the reference's, for each implementation
-    (their first call compiles: the check doubles as the warm-up)."""
+    """``row[f"{name}_max_err"]``: the largest |difference| of O, dQ, dK, dV from the reference's, for each
+    implementation (their first call compiles: the check doubles as the warm-up)."""
     ref_grads = torch.autograd.grad(ref, (q, k, v), do)
     for name, fn in impls.items():
         o = fn()
@@ -324,7 +324,8 @@ GQA_GRID = {"seq_len": 4096, "head_dim": 128, "dtype": "bfloat16", "causal": Tru
 
 def _sdpa_gqa_fn(q, k, v, causal: bool):
     """SDPA's flash backend on GQA heads: ``enable_gqa=True`` where this PyTorch's flash kernel takes it, else on
-    K/V repeated per query head (what a model without it does; the repeat is timed too). Returns (fn, how)."""
+    K/V repeated per query head (what a model without it does; the repeat is timed too). Returns (fn, how, output
+    of the call that decided)."""
     from torch.nn.attention import SDPBackend, sdpa_kernel
 
     def native():
@@ -338,10 +339,9 @@ def _sdpa_gqa_fn(q, k, v, causal: bool):
                                                   is_causal=causal)  # fmt: skip
 
     try:
-        native()
-        return native, "enable_gqa"
+        return native, "enable_gqa", native()
     except RuntimeError:  # "No available kernel": this flash backend has no GQA
-        return repeated, "repeat_interleave"
+        return repeated, "repeat_interleave", repeated()
 
 
 def _measure_gqa(row: dict, dtype: torch.dtype, dev: torch.device, warmup: int, rep: int) -> None:
@@ -351,12 +351,11 @@ def _measure_gqa(row: dict, dtype: torch.dtype, dev: torch.device, warmup: int, 
     q = torch.randn(B, H, N, D, device=dev, dtype=dtype, requires_grad=True)
     k, v = (torch.randn(B, H_kv, N, D, device=dev, dtype=dtype, requires_grad=True) for _ in range(2))
     do = torch.randn(B, H, N, D, device=dev, dtype=dtype)
-    sdpa, row["sdpa_gqa"] = _sdpa_gqa_fn(q, k, v, causal)
+    sdpa, row["sdpa_gqa"], ref = _sdpa_gqa_fn(q, k, v, causal)
     impls = {
         name: (lambda s=s: flash_attention(q, k, v, causal=causal, configs=GPU_DEFAULT_CONFIGS, dkdv_split=s))
         for name, s in (("s1", 1), ("sg", H // H_kv))
     }
-    ref = sdpa()
     _check_against(row, impls, ref, q, k, v, do)
     if not row["sg_max_err"] <= 2 * row["s1_max_err"] + 1e-3:
         raise RuntimeError(f"dkdv_split={H // H_kv} error {row['sg_max_err']:.2e} vs {row['s1_max_err']:.2e}")

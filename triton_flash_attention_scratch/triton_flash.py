@@ -1301,7 +1301,7 @@ def aot_source(kernel: str, arch: int, dtype: str, head_dim: int, causal: bool, 
                even_m: bool = True, tma: bool = False, sizes: dict | None = None, kv_split: int = 1):  # fmt: skip
     """What ``triton.compile`` needs for one kernel: ``(ASTSource, options, cfg)``, specialised as a launch with
     contiguous (B, H, N, D) tensors of this head dim (and of ``sizes``, if given) specialises it; ``kv_split``
-    is the dK/dV kernel's ``dkdv_split`` (1: a compile-time constant; other values: a general int)."""
+    is the dK/dV kernel's ``dkdv_split``, specialised as a launch does (1 becomes a compile-time constant)."""
     from triton.backends.nvidia.compiler import CUDAOptions
     from triton.compiler import ASTSource
 
