@@ -37,7 +37,7 @@ from pytorch_llama2_from_scratch.families import PUBLISHED, args_for, decode_tok
 from pytorch_llama2_from_scratch.model import Transformer, kv_cache_bytes
 
 GIB = 2**30
-LICENCE = {"Llama 3.2": "accept Meta's licence on the model page, then `huggingface-cli login`"}
+LICENCE = {"Llama 3.2": "accept Meta's licence on the model page, then `hf auth login`"}
 
 
 def requirements(context: int = 4096) -> list[dict]:
@@ -126,7 +126,7 @@ def main(
     for r in rows:
         local = "models/" + r["hf_id"].split("/")[-1]
         note = f"   # {LICENCE[r['family']]}" if r["family"] in LICENCE else ""
-        print(f"  huggingface-cli download {r['hf_id']} --local-dir {local}{note}")
+        print(f"  hf download {r['hf_id']} --local-dir {local}{note}")
     print("  python pytorch_llama2_from_scratch/chat.py --checkpoint models/SmolLM2-135M-Instruct")
     result: dict = {"rows": rows}
     if memory:

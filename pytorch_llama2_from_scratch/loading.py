@@ -18,7 +18,7 @@ Two layouts exist for the same weights:
   along its feature dim (dim 1); norms are replicated. ``rope.freqs`` (old checkpoints) is ignored.
 
 Nothing is ever downloaded here: pass a directory you fetched yourself (for example with
-``huggingface-cli download meta-llama/Llama-2-7b-hf --local-dir ...`` after accepting Meta's licence).
+``hf download meta-llama/Llama-2-7b-hf --local-dir ...`` after accepting Meta's licence).
 """
 
 from __future__ import annotations

@@ -78,18 +78,38 @@ PROCESS_WORDS = [
 ABSOLUTE_PATH = re.compile(r"(?<![\w.~])/(work|root|home|tmp|Users|mnt|opt|srv|scratch)/\S*")
 
 
-@pytest.mark.parametrize("path", MARKDOWN, ids=lambda p: str(p.relative_to(ROOT)))
-def test_markdown_has_no_process_words_or_absolute_paths(path):
-    problems = []
-    for n, line in enumerate(path.read_text(encoding="utf-8").splitlines(), start=1):
-        for pattern in PROCESS_WORDS:
-            m = re.search(pattern, line, flags=re.IGNORECASE)
-            if m:
-                problems.append(f"line {n}: {m.group(0)!r}: {line.strip()[:100]}")
+GENERATED_FENCE = "```generated"  # a block of a model's sampled text, quoted as it came out
+
+
+def hygiene_problems(text: str) -> list[str]:
+    """Process words and absolute paths, line by line. A model's sampled text (a ```generated block) is quoted
+    verbatim, so process words are not looked for there (a Shakespeare sample may say "issue"); paths still are."""
+    problems, generated = [], False
+    for n, line in enumerate(text.splitlines(), start=1):
+        if line.startswith("```"):
+            generated = line.strip() == GENERATED_FENCE if not generated else False
+        elif not generated:
+            for pattern in PROCESS_WORDS:
+                m = re.search(pattern, line, flags=re.IGNORECASE)
+                if m:
+                    problems.append(f"line {n}: {m.group(0)!r}: {line.strip()[:100]}")
         m = ABSOLUTE_PATH.search(line)
         if m:
             problems.append(f"line {n}: absolute path {m.group(0)!r}")
+    return problems
+
+
+@pytest.mark.parametrize("path", MARKDOWN, ids=lambda p: str(p.relative_to(ROOT)))
+def test_markdown_has_no_process_words_or_absolute_paths(path):
+    problems = hygiene_problems(path.read_text(encoding="utf-8"))
     assert not problems, f"{path.relative_to(ROOT)}:\n" + "\n".join(problems)
+
+
+def test_only_generated_blocks_may_hold_process_words():
+    assert hygiene_problems("```generated\nAnd thou hast these issue of my lord?\n```\n") == []
+    assert hygiene_problems("```generated\nsaved in /tmp/x\n```\n")  # paths: everywhere
+    assert hygiene_problems("```\nthis session ran\n```\n")  # a plain code block is prose to this check
+    assert hygiene_problems("```generated\nROMEO: I\n```\nthe issue was\n")  # the block ends at its fence
 
 
 def test_the_checks_catch_what_they_are_for(tmp_path):
