@@ -22,7 +22,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # repo root: impor
 import torch
 
 from pytorch_basis.autograd_utils import lesson_parser, section
-from pytorch_basis.common import resolve_device, seed_everything
+from pytorch_basis.common import finite_float, positive_int, resolve_device, run_cli, seed_everything
 
 
 def sigmoid_derivative(x: torch.Tensor) -> torch.Tensor:
@@ -96,10 +96,10 @@ def main(x: float = 0.5, n_points: int = 7, device: str = "cpu", seed: int = 0) 
 
 def parse_args():
     parser = lesson_parser(__doc__)
-    parser.add_argument("--x", type=float, default=0.5, help="the point at which to differentiate sigmoid")
-    parser.add_argument("--n-points", type=int, default=7, help="points for the elementwise derivative")
+    parser.add_argument("--x", type=finite_float, default=0.5, help="the point at which to differentiate sigmoid")
+    parser.add_argument("--n-points", type=positive_int, default=7, help="points for the elementwise derivative")
     return parser.parse_args()
 
 
 if __name__ == "__main__":
-    main(**vars(parse_args()))
+    run_cli(lambda: main(**vars(parse_args())))

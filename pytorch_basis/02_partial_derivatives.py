@@ -25,7 +25,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # repo root: impor
 import torch
 
 from pytorch_basis.autograd_utils import lesson_parser, section
-from pytorch_basis.common import resolve_device, seed_everything
+from pytorch_basis.common import finite_float, resolve_device, run_cli, seed_everything
 
 
 def f(x: torch.Tensor, y: torch.Tensor, z: torch.Tensor) -> torch.Tensor:
@@ -98,11 +98,11 @@ def main(x: float = 0.5, y: float = -1.0, z: float = 2.0, device: str = "cpu", s
 
 def parse_args():
     parser = lesson_parser(__doc__)
-    parser.add_argument("--x", type=float, default=0.5)
-    parser.add_argument("--y", type=float, default=-1.0)
-    parser.add_argument("--z", type=float, default=2.0)
+    parser.add_argument("--x", type=finite_float, default=0.5)
+    parser.add_argument("--y", type=finite_float, default=-1.0)
+    parser.add_argument("--z", type=finite_float, default=2.0)
     return parser.parse_args()
 
 
 if __name__ == "__main__":
-    main(**vars(parse_args()))
+    run_cli(lambda: main(**vars(parse_args())))

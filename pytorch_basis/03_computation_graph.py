@@ -27,7 +27,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # repo root: impor
 import torch
 
 from pytorch_basis.autograd_utils import capture_error, capture_warnings, lesson_parser, section
-from pytorch_basis.common import resolve_device, seed_everything
+from pytorch_basis.common import finite_float, positive_int, resolve_device, run_cli, seed_everything
 
 
 def saved_attributes(node) -> dict[str, object]:
@@ -145,10 +145,10 @@ def main(dim: int = 3, target: float = 0.0, device: str = "cpu", seed: int = 0) 
 
 def parse_args():
     parser = lesson_parser(__doc__)
-    parser.add_argument("--dim", type=int, default=3, help="number of inputs of the neuron")
-    parser.add_argument("--target", type=float, default=0.0, help="the target t in L = (y - t)^2")
+    parser.add_argument("--dim", type=positive_int, default=3, help="number of inputs of the neuron")
+    parser.add_argument("--target", type=finite_float, default=0.0, help="the target t in L = (y - t)^2")
     return parser.parse_args()
 
 
 if __name__ == "__main__":
-    main(**vars(parse_args()))
+    run_cli(lambda: main(**vars(parse_args())))

@@ -36,6 +36,7 @@ from pytorch_basis.autograd_utils import (
     mlp_forward,
     section,
 )
+from pytorch_basis.common import run_cli
 
 
 def main(
@@ -120,4 +121,4 @@ def parse_args():
 
 
 if __name__ == "__main__":
-    main(**vars(parse_args()))
+    run_cli(lambda: main(**vars(parse_args())))

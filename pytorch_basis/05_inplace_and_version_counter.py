@@ -29,7 +29,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # repo root: impor
 import torch
 
 from pytorch_basis.autograd_utils import capture_error, lesson_parser, section
-from pytorch_basis.common import resolve_device, seed_everything
+from pytorch_basis.common import resolve_device, run_cli, seed_everything
 
 
 def leaf_inplace(w: torch.Tensor) -> None:
@@ -120,4 +120,4 @@ def parse_args():
 
 
 if __name__ == "__main__":
-    main(**vars(parse_args()))
+    run_cli(lambda: main(**vars(parse_args())))

@@ -28,7 +28,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # repo root: impor
 import torch
 
 from pytorch_basis.autograd_utils import capture_error, lesson_parser, section
-from pytorch_basis.common import resolve_device, seed_everything
+from pytorch_basis.common import positive_int, resolve_device, run_cli, seed_everything
 
 
 def backward_twice(x: torch.Tensor) -> None:
@@ -103,9 +103,9 @@ def main(n: int = 4, device: str = "cpu", seed: int = 0) -> dict:
 
 def parse_args():
     parser = lesson_parser(__doc__)
-    parser.add_argument("--n", type=int, default=4, help="number of elements of x")
+    parser.add_argument("--n", type=positive_int, default=4, help="number of elements of x")
     return parser.parse_args()
 
 
 if __name__ == "__main__":
-    main(**vars(parse_args()))
+    run_cli(lambda: main(**vars(parse_args())))

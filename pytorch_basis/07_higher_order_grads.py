@@ -25,7 +25,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # repo root: impor
 import torch
 
 from pytorch_basis.autograd_utils import capture_error, lesson_parser, section
-from pytorch_basis.common import resolve_device, seed_everything
+from pytorch_basis.common import finite_float, positive_int, resolve_device, run_cli, seed_everything
 
 
 def nth_derivatives(fn, x: torch.Tensor, n: int) -> list[torch.Tensor]:
@@ -98,10 +98,10 @@ def main(x: float = 1.5, dim: int = 5, device: str = "cpu", seed: int = 0) -> di
 
 def parse_args():
     parser = lesson_parser(__doc__)
-    parser.add_argument("--x", type=float, default=1.5, help="the point for the derivatives of x^3")
-    parser.add_argument("--dim", type=int, default=5, help="size of w for the Hessian-vector product")
+    parser.add_argument("--x", type=finite_float, default=1.5, help="the point for the derivatives of x^3")
+    parser.add_argument("--dim", type=positive_int, default=5, help="size of w for the Hessian-vector product")
     return parser.parse_args()
 
 
 if __name__ == "__main__":
-    main(**vars(parse_args()))
+    run_cli(lambda: main(**vars(parse_args())))

@@ -29,7 +29,7 @@ from torch.autograd.functional import hessian, jacobian
 from torch.func import functional_call, grad, jacfwd, jacrev, vmap
 
 from pytorch_basis.autograd_utils import lesson_parser, section
-from pytorch_basis.common import resolve_device, seed_everything
+from pytorch_basis.common import positive_int, resolve_device, run_cli, seed_everything
 
 
 def jacobian_by_rows(fn, w: torch.Tensor) -> torch.Tensor:
@@ -144,12 +144,12 @@ def main(dim: int = 3, n_out: int = 4, n_classes: int = 5, batch: int = 8, devic
 
 def parse_args():
     parser = lesson_parser(__doc__)
-    parser.add_argument("--dim", type=int, default=3, help="input size D")
-    parser.add_argument("--n-out", type=int, default=4, help="output size M of tanh(A w)")
-    parser.add_argument("--n-classes", type=int, default=5, help="size of the softmax")
-    parser.add_argument("--batch", type=int, default=8, help="examples for the per-sample gradients")
+    parser.add_argument("--dim", type=positive_int, default=3, help="input size D")
+    parser.add_argument("--n-out", type=positive_int, default=4, help="output size M of tanh(A w)")
+    parser.add_argument("--n-classes", type=positive_int, default=5, help="size of the softmax")
+    parser.add_argument("--batch", type=positive_int, default=8, help="examples for the per-sample gradients")
     return parser.parse_args()
 
 
 if __name__ == "__main__":
-    main(**vars(parse_args()))
+    run_cli(lambda: main(**vars(parse_args())))

@@ -26,7 +26,7 @@ import torch
 from torch.autograd import Function, gradcheck, gradgradcheck
 
 from pytorch_basis.autograd_utils import capture_error, capture_warnings, lesson_parser, section
-from pytorch_basis.common import resolve_device, seed_everything
+from pytorch_basis.common import positive_int, resolve_device, run_cli, seed_everything
 
 
 class SiLUFunction(Function):
@@ -129,9 +129,9 @@ def main(n: int = 6, device: str = "cpu", seed: int = 0) -> dict:
 
 def parse_args():
     parser = lesson_parser(__doc__)
-    parser.add_argument("--n", type=int, default=6, help="number of inputs to check")
+    parser.add_argument("--n", type=positive_int, default=6, help="number of inputs to check")
     return parser.parse_args()
 
 
 if __name__ == "__main__":
-    main(**vars(parse_args()))
+    run_cli(lambda: main(**vars(parse_args())))

@@ -32,7 +32,7 @@ import torch
 from torch import nn
 
 from pytorch_basis.autograd_utils import capture_error, lesson_parser, section
-from pytorch_basis.common import resolve_device, seed_everything
+from pytorch_basis.common import positive_int, resolve_device, run_cli, seed_everything
 
 
 def make_model(d_in: int = 4, d_hidden: int = 8, p_drop: float = 0.5) -> nn.Sequential:
@@ -149,10 +149,10 @@ def main(d_in: int = 4, batch: int = 5, device: str = "cpu", seed: int = 0) -> d
 
 def parse_args():
     parser = lesson_parser(__doc__)
-    parser.add_argument("--d-in", type=int, default=4)
-    parser.add_argument("--batch", type=int, default=5)
+    parser.add_argument("--d-in", type=positive_int, default=4)
+    parser.add_argument("--batch", type=positive_int, default=5)
     return parser.parse_args()
 
 
 if __name__ == "__main__":
-    main(**vars(parse_args()))
+    run_cli(lambda: main(**vars(parse_args())))

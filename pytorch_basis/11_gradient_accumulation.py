@@ -33,6 +33,7 @@ from pytorch_basis.autograd_utils import (
     mlp_forward,
     section,
 )
+from pytorch_basis.common import positive_int, run_cli
 
 
 def accumulated_grads(
@@ -135,9 +136,9 @@ def main(
 def parse_args():
     parser = lesson_parser(__doc__)
     add_mlp_arguments(parser, batch=24, steps=5)
-    parser.add_argument("--micro-batch", type=int, default=8, help="micro-batch size (default: %(default)s)")
+    parser.add_argument("--micro-batch", type=positive_int, default=8, help="micro-batch size (default: %(default)s)")
     return parser.parse_args()
 
 
 if __name__ == "__main__":
-    main(**vars(parse_args()))
+    run_cli(lambda: main(**vars(parse_args())))

@@ -34,7 +34,14 @@ from dataclasses import dataclass
 import torch
 import torch.nn.functional as F
 
-from pytorch_basis.common import add_device_argument, resolve_device, seed_everything
+from pytorch_basis.common import (
+    add_device_argument,
+    positive_float,
+    positive_int,
+    resolve_device,
+    seed_everything,
+    seed_int,
+)
 
 MLP_PARAMS = ("W1", "b1", "W2", "b2")
 
@@ -70,7 +77,7 @@ def lesson_parser(description: str | None) -> argparse.ArgumentParser:
     """The parser every lesson starts from: ``--device`` (default cpu: these tensors are tiny) and ``--seed``."""
     parser = argparse.ArgumentParser(description=(description or "").strip().splitlines()[0])
     add_device_argument(parser, default="cpu")
-    parser.add_argument("--seed", type=int, default=0, help="random seed (default: %(default)s)")
+    parser.add_argument("--seed", type=seed_int, default=0, help="random seed (default: %(default)s)")
     return parser
 
 
@@ -160,9 +167,9 @@ def make_mlp_problem(
 
 def add_mlp_arguments(parser: argparse.ArgumentParser, batch: int, steps: int, lr: float = 0.5) -> None:
     """The command-line options of the MLP lessons (sizes, steps, learning rate)."""
-    parser.add_argument("--batch", type=int, default=batch, help="batch size B (default: %(default)s)")
-    parser.add_argument("--d-in", type=int, default=4, help="input features D (default: %(default)s)")
-    parser.add_argument("--d-hidden", type=int, default=16, help="hidden units H (default: %(default)s)")
-    parser.add_argument("--n-classes", type=int, default=3, help="classes C (default: %(default)s)")
-    parser.add_argument("--steps", type=int, default=steps, help="SGD steps (default: %(default)s)")
-    parser.add_argument("--lr", type=float, default=lr, help="learning rate (default: %(default)s)")
+    parser.add_argument("--batch", type=positive_int, default=batch, help="batch size B (default: %(default)s)")
+    parser.add_argument("--d-in", type=positive_int, default=4, help="input features D (default: %(default)s)")
+    parser.add_argument("--d-hidden", type=positive_int, default=16, help="hidden units H (default: %(default)s)")
+    parser.add_argument("--n-classes", type=positive_int, default=3, help="classes C (default: %(default)s)")
+    parser.add_argument("--steps", type=positive_int, default=steps, help="SGD steps (default: %(default)s)")
+    parser.add_argument("--lr", type=positive_float, default=lr, help="learning rate (default: %(default)s)")

@@ -77,6 +77,66 @@ def add_device_argument(parser: argparse.ArgumentParser, default: str = "auto") 
     )
 
 
+def int_at_least(low: int) -> Callable[[str], int]:
+    """An argparse ``type``: an integer ``>= low``; anything else is refused by argparse with one line, e.g.
+    ``error: argument --dim: expected an integer >= 1, got '0'`` (before any work starts)."""
+
+    def parse(text: str) -> int:
+        try:
+            value = int(text)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"expected an integer >= {low}, got {text!r}") from None
+        if value < low:
+            raise argparse.ArgumentTypeError(f"expected an integer >= {low}, got {text!r}")
+        return value
+
+    parse.__name__ = f"integer >= {low}"  # what argparse names in its message for a value that does not parse
+    return parse
+
+
+positive_int = int_at_least(1)
+nonnegative_int = int_at_least(0)
+SEED_MAX = 2**32 - 1  # np.random.seed takes [0, 2**32 - 1]
+
+
+def seed_int(text: str) -> int:
+    """An argparse ``type`` for ``--seed``: an integer in [0, 2**32 - 1], NumPy's range."""
+    value = nonnegative_int(text)
+    if value > SEED_MAX:
+        raise argparse.ArgumentTypeError(f"expected an integer in [0, 2**32 - 1], got {text!r}")
+    return value
+
+
+def positive_float(text: str) -> float:
+    """An argparse ``type``: a finite number ``> 0`` (refuses 0, negatives, nan and inf with one line)."""
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a number > 0, got {text!r}") from None
+    if not (value > 0 and value != float("inf")):
+        raise argparse.ArgumentTypeError(f"expected a finite number > 0, got {text!r}")
+    return value
+
+
+def nonnegative_float(text: str) -> float:
+    """An argparse ``type``: a finite number ``>= 0`` (0 often means "off", e.g. no gradient clipping)."""
+    value = finite_float(text)
+    if value < 0:
+        raise argparse.ArgumentTypeError(f"expected a number >= 0, got {text!r}")
+    return value
+
+
+def finite_float(text: str) -> float:
+    """An argparse ``type``: any finite number (refuses nan and inf, which would only print nan further on)."""
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a number, got {text!r}") from None
+    if value != value or value in (float("inf"), float("-inf")):
+        raise argparse.ArgumentTypeError(f"expected a finite number, got {text!r}")
+    return value
+
+
 def seed_everything(seed: int) -> torch.Generator:
     """Seed Python, NumPy and PyTorch (all devices); return a CPU ``torch.Generator`` seeded the same way."""
     random.seed(seed)

@@ -29,7 +29,7 @@ matplotlib.use("Agg")
 import matplotlib.pyplot as plt
 import torch
 
-from pytorch_basis.common import out_dir, run_cli
+from pytorch_basis.common import nonnegative_int, out_dir, run_cli
 from pytorch_gpt2_from_scratch.cli import add_model_arguments, resolve_model
 from pytorch_gpt2_from_scratch.model import load_hf_checkpoint
 
@@ -92,7 +92,7 @@ def main(model: str = "gpt2", random_init: bool = False, show: int = 0) -> dict:
 def parse_args(argv=None):
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     add_model_arguments(p)
-    p.add_argument("--show", type=int, default=0, help="list only the first N tensors (default: all)")
+    p.add_argument("--show", type=nonnegative_int, default=0, help="list only the first N tensors (default: all)")
     return p.parse_args(argv)
 
 

@@ -25,7 +25,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # repo root: impor
 
 import torch
 
-from pytorch_basis.common import seed_everything
+from pytorch_basis.common import positive_int, run_cli, seed_everything, seed_int
 from pytorch_gpt2_from_scratch.model import GPT, PRESET_NAMES, GPTConfig
 
 
@@ -55,12 +55,12 @@ def main(preset: str = "gpt2", B: int = 2, T: int = 8, print_modules: bool = Fal
 def parse_args(argv=None):
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--preset", default="gpt2", choices=PRESET_NAMES)
-    p.add_argument("--B", type=int, default=2, help="batch size of the demo forward pass")
-    p.add_argument("--T", type=int, default=8, help="sequence length of the demo forward pass")
+    p.add_argument("--B", type=positive_int, default=2, help="batch size of the demo forward pass")
+    p.add_argument("--T", type=positive_int, default=8, help="sequence length of the demo forward pass")
     p.add_argument("--print-modules", action="store_true", help="print the whole module tree")
-    p.add_argument("--seed", type=int, default=1337)
+    p.add_argument("--seed", type=seed_int, default=1337)
     return p.parse_args(argv)
 
 
 if __name__ == "__main__":
-    main(**vars(parse_args()))
+    run_cli(lambda: main(**vars(parse_args())))

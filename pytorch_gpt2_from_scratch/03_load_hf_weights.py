@@ -27,7 +27,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # repo root: impor
 
 import torch
 
-from pytorch_basis.common import run_cli, seed_everything
+from pytorch_basis.common import positive_int, run_cli, seed_everything, seed_int
 from pytorch_gpt2_from_scratch.cli import add_model_arguments, resolve_model
 from pytorch_gpt2_from_scratch.model import GPT, GPTConfig, load_hf_checkpoint
 
@@ -64,9 +64,9 @@ def main(model: str = "gpt2", random_init: bool = False, B: int = 2, T: int = 16
 def parse_args(argv=None):
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     add_model_arguments(p)
-    p.add_argument("--B", type=int, default=2)
-    p.add_argument("--T", type=int, default=16)
-    p.add_argument("--seed", type=int, default=1337)
+    p.add_argument("--B", type=positive_int, default=2)
+    p.add_argument("--T", type=positive_int, default=16)
+    p.add_argument("--seed", type=seed_int, default=1337)
     return p.parse_args(argv)
 
 

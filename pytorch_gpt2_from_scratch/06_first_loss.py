@@ -23,7 +23,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # repo root: import the chapter modules
 
-from pytorch_basis.common import add_device_argument, resolve_device, run_cli, seed_everything
+from pytorch_basis.common import add_device_argument, positive_int, resolve_device, run_cli, seed_everything, seed_int
 from pytorch_gpt2_from_scratch.data import load_tinyshakespeare_tokens
 from pytorch_gpt2_from_scratch.model import GPT, PRESET_NAMES, GPTConfig
 
@@ -47,10 +47,10 @@ def main(preset: str = "gpt2", B: int = 4, T: int = 32, device: str = "auto", se
 def parse_args(argv=None):
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--preset", default="gpt2", choices=PRESET_NAMES)
-    p.add_argument("--B", type=int, default=4)
-    p.add_argument("--T", type=int, default=32)
+    p.add_argument("--B", type=positive_int, default=4)
+    p.add_argument("--T", type=positive_int, default=32)
     add_device_argument(p)
-    p.add_argument("--seed", type=int, default=1337)
+    p.add_argument("--seed", type=seed_int, default=1337)
     return p.parse_args(argv)
 
 

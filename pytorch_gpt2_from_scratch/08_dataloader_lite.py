@@ -20,7 +20,15 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # repo root: impor
 
 import torch
 
-from pytorch_basis.common import add_device_argument, resolve_device, run_cli, seed_everything
+from pytorch_basis.common import (
+    add_device_argument,
+    positive_float,
+    positive_int,
+    resolve_device,
+    run_cli,
+    seed_everything,
+    seed_int,
+)
 from pytorch_gpt2_from_scratch.basic_training import train_steps
 from pytorch_gpt2_from_scratch.data import DataLoaderLite, gpt2_encoding, load_tinyshakespeare_tokens
 from pytorch_gpt2_from_scratch.model import GPT, PRESET_NAMES, GPTConfig
@@ -55,12 +63,12 @@ def main(
 def parse_args(argv=None):
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--preset", default="cpu-small", choices=PRESET_NAMES)
-    p.add_argument("--B", type=int, default=4)
-    p.add_argument("--T", type=int, default=32)
-    p.add_argument("--steps", type=int, default=30)
-    p.add_argument("--lr", type=float, default=3e-4)
+    p.add_argument("--B", type=positive_int, default=4)
+    p.add_argument("--T", type=positive_int, default=32)
+    p.add_argument("--steps", type=positive_int, default=30)
+    p.add_argument("--lr", type=positive_float, default=3e-4)
     add_device_argument(p)
-    p.add_argument("--seed", type=int, default=1337)
+    p.add_argument("--seed", type=seed_int, default=1337)
     return p.parse_args(argv)
 
 

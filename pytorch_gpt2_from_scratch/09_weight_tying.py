@@ -23,7 +23,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # repo root: impor
 
 import torch
 
-from pytorch_basis.common import seed_everything
+from pytorch_basis.common import run_cli, seed_everything, seed_int
 from pytorch_gpt2_from_scratch.model import GPT, PRESET_NAMES, GPTConfig
 
 
@@ -60,9 +60,9 @@ def main(preset: str = "gpt2", seed: int = 1337) -> dict:
 def parse_args(argv=None):
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--preset", default="gpt2", choices=PRESET_NAMES)
-    p.add_argument("--seed", type=int, default=1337)
+    p.add_argument("--seed", type=seed_int, default=1337)
     return p.parse_args(argv)
 
 
 if __name__ == "__main__":
-    main(**vars(parse_args()))
+    run_cli(lambda: main(**vars(parse_args())))

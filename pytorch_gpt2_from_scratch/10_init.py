@@ -27,7 +27,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # repo root: impor
 
 import torch
 
-from pytorch_basis.common import seed_everything
+from pytorch_basis.common import positive_int, run_cli, seed_everything, seed_int
 from pytorch_gpt2_from_scratch.model import GPT, PRESET_NAMES, GPTConfig
 
 
@@ -92,11 +92,11 @@ def main(preset: str = "cpu-small", B: int = 4, T: int = 64, seed: int = 1337) -
 def parse_args(argv=None):
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--preset", default="cpu-small", choices=PRESET_NAMES)
-    p.add_argument("--B", type=int, default=4)
-    p.add_argument("--T", type=int, default=64)
-    p.add_argument("--seed", type=int, default=1337)
+    p.add_argument("--B", type=positive_int, default=4)
+    p.add_argument("--T", type=positive_int, default=64)
+    p.add_argument("--seed", type=seed_int, default=1337)
     return p.parse_args(argv)
 
 
 if __name__ == "__main__":
-    main(**vars(parse_args()))
+    run_cli(lambda: main(**vars(parse_args())))

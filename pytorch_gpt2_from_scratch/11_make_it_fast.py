@@ -44,7 +44,17 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # repo root: impor
 
 import torch
 
-from pytorch_basis.common import add_device_argument, atomic_write_text, out_dir, resolve_device
+from pytorch_basis.common import (
+    add_device_argument,
+    atomic_write_text,
+    nonnegative_int,
+    out_dir,
+    positive_float,
+    positive_int,
+    resolve_device,
+    run_cli,
+    seed_int,
+)
 from pytorch_gpt2_from_scratch.model import PRESET_NAMES, GPTConfig
 from pytorch_gpt2_from_scratch.speed_ladder import (
     SKIPPABLE,
@@ -141,21 +151,27 @@ def main(
 def parse_args(argv=None):
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--preset", default=None, choices=PRESET_NAMES, help="default: gpt2 on CUDA, cpu-small on CPU")
-    p.add_argument("--B", type=int, default=None, help="batch size (default: 16 on CUDA, 8 on CPU)")
-    p.add_argument("--T", type=int, default=None, help="sequence length (default: 1024 on CUDA, 256 on CPU)")
-    p.add_argument("--steps", type=int, default=3, help="timed steps per rung (median reported)")
-    p.add_argument("--warmup", type=int, default=1, help="untimed steps per rung (compilation happens here)")
-    p.add_argument("--hf-steps", type=int, default=3, help="timed steps of the ours-vs-Hugging-Face comparison")
+    p.add_argument("--B", type=positive_int, default=None, help="batch size (default: 16 on CUDA, 8 on CPU)")
+    p.add_argument("--T", type=positive_int, default=None, help="sequence length (default: 1024 on CUDA, 256 on CPU)")
+    p.add_argument("--steps", type=positive_int, default=3, help="timed steps per rung (median reported)")
+    p.add_argument(
+        "--warmup", type=nonnegative_int, default=1, help="untimed steps per rung (compilation happens here)"
+    )
+    p.add_argument(
+        "--hf-steps", type=positive_int, default=3, help="timed steps of the ours-vs-Hugging-Face comparison"
+    )
     add_device_argument(p)
     p.add_argument("--skip", nargs="*", default=[], choices=sorted(SKIPPABLE), help="rungs to leave out")
     p.add_argument("--keep-all", action="store_true", help="strictly cumulative ladder, even through slower rungs")
     p.add_argument("--no-hf", action="store_true", help="skip the comparison with transformers.GPT2LMHeadModel")
-    p.add_argument("--rung-budget-s", type=float, default=120.0, help="stop timing a rung after this many seconds")
-    p.add_argument("--seed", type=int, default=1337)
-    p.add_argument("--profile", action="store_true", help="CPU: also profile one step of ours and of HF by op type")
-    p.add_argument("--threads", type=int, default=None, help="torch.set_num_threads (default: torch's choice)")
     p.add_argument(
-        "--peak-n", type=int, default=None, help="size n of the n^3 peak-probe matmul (default: 2048 on CPU)"
+        "--rung-budget-s", type=positive_float, default=120.0, help="stop timing a rung after this many seconds"
+    )
+    p.add_argument("--seed", type=seed_int, default=1337)
+    p.add_argument("--profile", action="store_true", help="CPU: also profile one step of ours and of HF by op type")
+    p.add_argument("--threads", type=positive_int, default=None, help="torch.set_num_threads (default: torch's choice)")
+    p.add_argument(
+        "--peak-n", type=positive_int, default=None, help="size n of the n^3 peak-probe matmul (default: 2048 on CPU)"
     )
     p.add_argument("--out", default=None, help="markdown file (default: out/gpt2_from_scratch/11_make_it_fast.md)")
     args = p.parse_args(argv)
@@ -164,4 +180,4 @@ def parse_args(argv=None):
 
 
 if __name__ == "__main__":
-    main(**vars(parse_args()))
+    run_cli(lambda: main(**vars(parse_args())))

@@ -25,7 +25,16 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # repo root: impor
 
 import torch
 
-from pytorch_basis.common import add_device_argument, resolve_device, run_cli, seed_everything
+from pytorch_basis.common import (
+    add_device_argument,
+    nonnegative_float,
+    positive_float,
+    positive_int,
+    resolve_device,
+    run_cli,
+    seed_everything,
+    seed_int,
+)
 from pytorch_gpt2_from_scratch.data import DataLoaderLite, load_tinyshakespeare_tokens
 from pytorch_gpt2_from_scratch.model import GPT, GPTConfig
 from pytorch_gpt2_from_scratch.training import train_step
@@ -33,12 +42,12 @@ from pytorch_gpt2_from_scratch.training import train_step
 
 def parse_args(argv=None) -> argparse.Namespace:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    p.add_argument("--steps", type=int, default=20)
-    p.add_argument("--batch-size", type=int, default=4)
-    p.add_argument("--seq-len", type=int, default=64)
-    p.add_argument("--lr", type=float, default=1e-3)
-    p.add_argument("--clip", type=float, default=1.0, help="max global gradient norm (0: no clipping)")
-    p.add_argument("--seed", type=int, default=1337)
+    p.add_argument("--steps", type=positive_int, default=20)
+    p.add_argument("--batch-size", type=positive_int, default=4)
+    p.add_argument("--seq-len", type=positive_int, default=64)
+    p.add_argument("--lr", type=positive_float, default=1e-3)
+    p.add_argument("--clip", type=nonnegative_float, default=1.0, help="max global gradient norm (0: no clipping)")
+    p.add_argument("--seed", type=seed_int, default=1337)
     add_device_argument(p)
     return p.parse_args(argv)
 

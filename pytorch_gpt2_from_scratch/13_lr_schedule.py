@@ -22,16 +22,16 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # repo root: import the chapter modules
 
-from pytorch_basis.common import out_dir
+from pytorch_basis.common import finite_float, nonnegative_int, out_dir, positive_float, positive_int, run_cli
 from pytorch_gpt2_from_scratch.training import get_lr
 
 
 def parse_args(argv=None) -> argparse.Namespace:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    p.add_argument("--max-lr", type=float, default=6e-4)
-    p.add_argument("--warmup-steps", type=int, default=715)
-    p.add_argument("--max-steps", type=int, default=19073)
-    p.add_argument("--min-lr-ratio", type=float, default=0.1)
+    p.add_argument("--max-lr", type=positive_float, default=6e-4)
+    p.add_argument("--warmup-steps", type=nonnegative_int, default=715)
+    p.add_argument("--max-steps", type=positive_int, default=19073)
+    p.add_argument("--min-lr-ratio", type=finite_float, default=0.1)
     return p.parse_args(argv)
 
 
@@ -48,7 +48,7 @@ def main(max_lr=6e-4, warmup_steps=715, max_steps=19073, min_lr_ratio=0.1) -> di
     lrs = [lr(s) for s in steps]
     mid = warmup_steps + (max_steps - warmup_steps) // 2
     print(f"{'step':>8}  learning rate")
-    for s in sorted({0, 1, warmup_steps - 1, warmup_steps, mid, max_steps - 1, max_steps}):
+    for s in sorted(s for s in {0, 1, warmup_steps - 1, warmup_steps, mid, max_steps - 1, max_steps} if s >= 0):
         print(f"{s:8d}  {lr(s):.6e}")
     fig, ax = plt.subplots(figsize=(7, 3.5))
     ax.plot(steps, lrs)
@@ -67,4 +67,4 @@ def main(max_lr=6e-4, warmup_steps=715, max_steps=19073, min_lr_ratio=0.1) -> di
 
 
 if __name__ == "__main__":
-    main(**vars(parse_args()))
+    run_cli(lambda: main(**vars(parse_args())))

@@ -28,7 +28,14 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # repo root: impor
 
 import torch
 
-from pytorch_basis.common import add_device_argument, resolve_device, seed_everything, synchronize
+from pytorch_basis.common import (
+    add_device_argument,
+    positive_int,
+    resolve_device,
+    run_cli,
+    seed_everything,
+    synchronize,
+)
 from pytorch_gpt2_from_scratch.model import GPT, GPTConfig
 from pytorch_gpt2_from_scratch.training import (
     configure_optimizers,
@@ -58,7 +65,7 @@ def parse_args(argv=None) -> argparse.Namespace:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument("--model", default="gpt2", help="GPTConfig preset whose parameter groups are counted")
     p.add_argument("--bench-model", default="cpu-small", help="GPTConfig preset used to time the optimizer step")
-    p.add_argument("--repeats", type=int, default=3)
+    p.add_argument("--repeats", type=positive_int, default=3)
     add_device_argument(p)
     return p.parse_args(argv)
 
@@ -104,4 +111,4 @@ def main(model="gpt2", bench_model="cpu-small", repeats=3, device="auto") -> dic
 
 
 if __name__ == "__main__":
-    main(**vars(parse_args()))
+    run_cli(lambda: main(**vars(parse_args())))

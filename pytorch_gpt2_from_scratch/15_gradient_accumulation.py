@@ -27,7 +27,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # repo root: impor
 
 import torch
 
-from pytorch_basis.common import add_device_argument, resolve_device, run_cli, seed_everything
+from pytorch_basis.common import add_device_argument, positive_int, resolve_device, run_cli, seed_everything, seed_int
 from pytorch_gpt2_from_scratch.data import DataLoaderLite, load_tinyshakespeare_tokens
 from pytorch_gpt2_from_scratch.model import GPT, GPTConfig
 from pytorch_gpt2_from_scratch.training import (
@@ -44,11 +44,11 @@ def grads(model: torch.nn.Module) -> dict[str, torch.Tensor]:
 
 def parse_args(argv=None) -> argparse.Namespace:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    p.add_argument("--total-batch-size", type=int, default=2048, help="tokens per optimizer step")
-    p.add_argument("--batch-size", type=int, default=4, help="micro-batch B")
-    p.add_argument("--seq-len", type=int, default=64, help="T")
-    p.add_argument("--steps", type=int, default=5)
-    p.add_argument("--seed", type=int, default=1337)
+    p.add_argument("--total-batch-size", type=positive_int, default=2048, help="tokens per optimizer step")
+    p.add_argument("--batch-size", type=positive_int, default=4, help="micro-batch B")
+    p.add_argument("--seq-len", type=positive_int, default=64, help="T")
+    p.add_argument("--steps", type=positive_int, default=5)
+    p.add_argument("--seed", type=seed_int, default=1337)
     add_device_argument(p)
     return p.parse_args(argv)
 

@@ -35,7 +35,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # repo root: impor
 
 import torch
 
-from pytorch_basis.common import atomic_torch_save, out_dir, seed_everything
+from pytorch_basis.common import atomic_torch_save, out_dir, positive_int, run_cli, seed_everything
 from pytorch_gpt2_from_scratch.data import DataLoaderLite
 from pytorch_gpt2_from_scratch.model import GPT, GPTConfig
 from pytorch_gpt2_from_scratch.training import (
@@ -122,11 +122,11 @@ def parse_args(argv=None) -> argparse.Namespace:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument("--worker", action="store_true", help="run as one torchrun rank (used by the plain run)")
     p.add_argument("--out", default=None, help="where rank 0 saves its losses and weights")
-    p.add_argument("--nproc", type=int, default=2)
-    p.add_argument("--B", type=int, default=2)
-    p.add_argument("--T", type=int, default=16)
-    p.add_argument("--steps", type=int, default=3)
-    p.add_argument("--grad-accum", type=int, default=2)
+    p.add_argument("--nproc", type=positive_int, default=2)
+    p.add_argument("--B", type=positive_int, default=2)
+    p.add_argument("--T", type=positive_int, default=16)
+    p.add_argument("--steps", type=positive_int, default=3)
+    p.add_argument("--grad-accum", type=positive_int, default=2)
     return p.parse_args(argv)
 
 
@@ -157,10 +157,14 @@ def main(out=None, nproc=2, B=2, T=16, steps=3, grad_accum=2) -> dict:
     return {"ddp": ddp, "single": single, "loss_diff": loss_diff, "weight_diff": weight_diff}
 
 
-if __name__ == "__main__":
+def cli() -> None:
     options = vars(parse_args())
     if options.pop("worker"):  # this process is one rank of the torchrun launch that main() starts
         options.pop("nproc")  # torchrun decided how many processes there are
         run_worker(**options)
     else:
         main(**options)
+
+
+if __name__ == "__main__":
+    run_cli(cli)

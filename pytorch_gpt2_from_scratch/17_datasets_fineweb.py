@@ -52,7 +52,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # repo root: impor
 
 import numpy as np
 
-from pytorch_basis.common import out_dir, run_cli, tiny_shakespeare_path
+from pytorch_basis.common import out_dir, positive_int, run_cli, tiny_shakespeare_path
 from pytorch_gpt2_from_scratch.data import gpt2_encoding
 from pytorch_gpt2_from_scratch.fineweb import (
     ShardedDataLoader,
@@ -67,8 +67,8 @@ def parse_args(argv=None) -> argparse.Namespace:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument("--input", default=None, help="a .txt/.jsonl file (default: tiny Shakespeare)")
     p.add_argument("--doc-separator", default="\n\n", help="split the text into documents here")
-    p.add_argument("--shard-size", type=int, default=50_000, help="tokens per shard")
-    p.add_argument("--workers", type=int, default=2)
+    p.add_argument("--shard-size", type=positive_int, default=50_000, help="tokens per shard")
+    p.add_argument("--workers", type=positive_int, default=2)
     return p.parse_args(argv)
 
 

@@ -26,7 +26,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # repo root: impor
 
 import torch
 
-from pytorch_basis.common import REPO_ROOT, DownloadError, add_device_argument, resolve_device, run_cli
+from pytorch_basis.common import REPO_ROOT, DownloadError, add_device_argument, positive_int, resolve_device, run_cli
 from pytorch_gpt2_from_scratch.data import gpt2_encoding
 from pytorch_gpt2_from_scratch.hellaswag import (
     completion_losses,
@@ -62,7 +62,9 @@ def parse_args(argv=None) -> argparse.Namespace:
         help="a train_gpt2.py checkpoint (.pt), HF hub name or save_pretrained dir, or 'random' "
         "(default: out/train_gpt2/cpu/ckpt.pt if it exists, else 'random')",
     )
-    p.add_argument("--limit", type=int, default=200, help="validation examples to score when the data is available")
+    p.add_argument(
+        "--limit", type=positive_int, default=200, help="validation examples to score when the data is available"
+    )
     add_device_argument(p)
     return p.parse_args(argv)
 

@@ -109,6 +109,8 @@ def get_lr(step: int, *, max_lr: float, warmup_steps: int, max_steps: int, min_l
     """
     if not 0 <= warmup_steps <= max_steps:
         raise ValueError(f"need 0 <= warmup_steps <= max_steps, got warmup_steps={warmup_steps}, max_steps={max_steps}")
+    if step < 0:
+        raise ValueError(f"step must be >= 0, got {step}")
     min_lr = max_lr * min_lr_ratio
     if step < warmup_steps:
         return max_lr * (step + 1) / warmup_steps

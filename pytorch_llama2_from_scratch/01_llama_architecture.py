@@ -27,6 +27,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # repo root: import the chapter modules
 
+from pytorch_basis.common import run_cli
 from pytorch_llama2_from_scratch.model import ModelArgs, Transformer
 
 
@@ -81,4 +82,4 @@ def parse_args(argv=None):
 
 
 if __name__ == "__main__":
-    main(**vars(parse_args()))
+    run_cli(lambda: main(**vars(parse_args())))

@@ -20,7 +20,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # repo root: impor
 import torch
 import torch.nn.functional as F
 
-from pytorch_basis.common import seed_everything
+from pytorch_basis.common import positive_int, run_cli, seed_everything, seed_int
 from pytorch_llama2_from_scratch.model import ModelArgs, Transformer
 
 
@@ -64,10 +64,10 @@ def main(seed: int = 0, seq_len: int = 8) -> dict:
 
 def parse_args(argv=None):
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--seq-len", dest="seq_len", type=int, default=8)
+    p.add_argument("--seed", type=seed_int, default=0)
+    p.add_argument("--seq-len", dest="seq_len", type=positive_int, default=8)
     return p.parse_args(argv)
 
 
 if __name__ == "__main__":
-    main(**vars(parse_args()))
+    run_cli(lambda: main(**vars(parse_args())))

@@ -28,7 +28,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # repo root: impor
 
 import torch
 
-from pytorch_basis.common import out_dir, seed_everything
+from pytorch_basis.common import out_dir, positive_float, positive_int, run_cli, seed_everything, seed_int
 from pytorch_llama2_from_scratch.model import (
     apply_rotary_emb,
     apply_rotary_emb_half,
@@ -127,13 +127,13 @@ def main(seed: int = 0, head_dim: int = 64, n_heads: int = 4, theta: float = 100
 
 def parse_args(argv=None):
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--head-dim", dest="head_dim", type=int, default=64)
-    p.add_argument("--n-heads", dest="n_heads", type=int, default=4)
-    p.add_argument("--theta", type=float, default=10000.0)
+    p.add_argument("--seed", type=seed_int, default=0)
+    p.add_argument("--head-dim", dest="head_dim", type=positive_int, default=64)
+    p.add_argument("--n-heads", dest="n_heads", type=positive_int, default=4)
+    p.add_argument("--theta", type=positive_float, default=10000.0)
     p.add_argument("--no-plot", dest="plot", action="store_false")
     return p.parse_args(argv)
 
 
 if __name__ == "__main__":
-    main(**vars(parse_args()))
+    run_cli(lambda: main(**vars(parse_args())))

@@ -25,7 +25,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from pytorch_basis.common import seed_everything
+from pytorch_basis.common import positive_float, positive_int, run_cli, seed_everything, seed_int
 from pytorch_llama2_from_scratch.model import RMSNorm
 
 
@@ -93,12 +93,12 @@ def main(seed: int = 0, dim: int = 512, eps: float = 1e-5, repeats: int = 50) ->
 
 def parse_args(argv=None):
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--dim", type=int, default=512)
-    p.add_argument("--eps", type=float, default=1e-5)
-    p.add_argument("--repeats", type=int, default=50)
+    p.add_argument("--seed", type=seed_int, default=0)
+    p.add_argument("--dim", type=positive_int, default=512)
+    p.add_argument("--eps", type=positive_float, default=1e-5)
+    p.add_argument("--repeats", type=positive_int, default=50)
     return p.parse_args(argv)
 
 
 if __name__ == "__main__":
-    main(**vars(parse_args()))
+    run_cli(lambda: main(**vars(parse_args())))

@@ -26,7 +26,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # repo root: impor
 
 import torch
 
-from pytorch_basis.common import seed_everything
+from pytorch_basis.common import positive_int, run_cli, seed_everything, seed_int
 from pytorch_llama2_from_scratch.model import ModelArgs, Transformer
 
 
@@ -95,11 +95,11 @@ def _causal(t: int) -> torch.Tensor:
 
 def parse_args(argv=None):
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--batch", type=int, default=2)
-    p.add_argument("--seq-len", dest="seq_len", type=int, default=10)
+    p.add_argument("--seed", type=seed_int, default=0)
+    p.add_argument("--batch", type=positive_int, default=2)
+    p.add_argument("--seq-len", dest="seq_len", type=positive_int, default=10)
     return p.parse_args(argv)
 
 
 if __name__ == "__main__":
-    main(**vars(parse_args()))
+    run_cli(lambda: main(**vars(parse_args())))

@@ -31,7 +31,16 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # repo root: impor
 
 import torch
 
-from pytorch_basis.common import add_device_argument, resolve_device, seed_everything, synchronize
+from pytorch_basis.common import (
+    add_device_argument,
+    nonnegative_int,
+    positive_int,
+    resolve_device,
+    run_cli,
+    seed_everything,
+    seed_int,
+    synchronize,
+)
 from pytorch_llama2_from_scratch.model import ModelArgs, Transformer
 
 
@@ -139,10 +148,12 @@ def main(
 
 def parse_args(argv=None):
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--prompt-len", dest="prompt_len", type=int, default=16)
-    p.add_argument("--new-tokens", dest="new_tokens", type=int, default=64)
-    p.add_argument("--threads", type=int, default=1, help="CPU threads (default: %(default)s; 0 = PyTorch default)")
+    p.add_argument("--seed", type=seed_int, default=0)
+    p.add_argument("--prompt-len", dest="prompt_len", type=positive_int, default=16)
+    p.add_argument("--new-tokens", dest="new_tokens", type=positive_int, default=64)
+    p.add_argument(
+        "--threads", type=nonnegative_int, default=1, help="CPU threads (default: %(default)s; 0 = PyTorch default)"
+    )
     add_device_argument(p, default="cpu")
     args = p.parse_args(argv)
     args.threads = args.threads or None
@@ -150,4 +161,4 @@ def parse_args(argv=None):
 
 
 if __name__ == "__main__":
-    main(**vars(parse_args()))
+    run_cli(lambda: main(**vars(parse_args())))

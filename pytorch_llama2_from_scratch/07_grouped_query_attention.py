@@ -29,7 +29,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # repo root: impor
 import torch
 import torch.nn.functional as F
 
-from pytorch_basis.common import seed_everything
+from pytorch_basis.common import positive_int, run_cli, seed_everything, seed_int
 from pytorch_llama2_from_scratch.model import ModelArgs, Transformer, kv_cache_bytes, repeat_kv
 
 DTYPES = {"float32": torch.float32, "float16": torch.float16, "bfloat16": torch.bfloat16}
@@ -91,12 +91,12 @@ def main(seed: int = 0, batch: int = 1, context: int = 4096, dtype: str = "float
 
 def parse_args(argv=None):
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--batch", type=int, default=1)
-    p.add_argument("--context", type=int, default=4096)
+    p.add_argument("--seed", type=seed_int, default=0)
+    p.add_argument("--batch", type=positive_int, default=1)
+    p.add_argument("--context", type=positive_int, default=4096)
     p.add_argument("--dtype", default="float16", choices=list(DTYPES))
     return p.parse_args(argv)
 
 
 if __name__ == "__main__":
-    main(**vars(parse_args()))
+    run_cli(lambda: main(**vars(parse_args())))

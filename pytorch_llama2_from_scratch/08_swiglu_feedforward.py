@@ -27,7 +27,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # repo root: impor
 import torch
 import torch.nn.functional as F
 
-from pytorch_basis.common import out_dir, seed_everything
+from pytorch_basis.common import out_dir, positive_int, run_cli, seed_everything, seed_int
 from pytorch_llama2_from_scratch.model import FeedForward, ModelArgs, ffn_hidden_dim
 
 
@@ -85,11 +85,11 @@ def main(seed: int = 0, dim: int = 64, plot: bool = True) -> dict:
 
 def parse_args(argv=None):
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--dim", type=int, default=64)
+    p.add_argument("--seed", type=seed_int, default=0)
+    p.add_argument("--dim", type=positive_int, default=64)
     p.add_argument("--no-plot", dest="plot", action="store_false")
     return p.parse_args(argv)
 
 
 if __name__ == "__main__":
-    main(**vars(parse_args()))
+    run_cli(lambda: main(**vars(parse_args())))

@@ -34,7 +34,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # repo root: impor
 
 import torch
 
-from pytorch_basis.common import add_device_argument, out_dir, resolve_device, seed_everything
+from pytorch_basis.common import add_device_argument, out_dir, positive_int, resolve_device, seed_everything, seed_int
 from pytorch_llama2_from_scratch.loading import (
     args_from_hf_config,
     detect_layout,
@@ -171,9 +171,9 @@ def parse_args(argv=None):
     p.add_argument("--checkpoint", default=None, help="an HF or Meta LLaMA directory (default: make a tiny random one)")
     p.add_argument("--prompt", default="The capital of France is")
     p.add_argument("--dtype", default="float32", choices=list(DTYPES))
-    p.add_argument("--max-seq-len", dest="max_seq_len", type=int, default=512)
+    p.add_argument("--max-seq-len", dest="max_seq_len", type=positive_int, default=512)
     add_device_argument(p, default="cpu")
-    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--seed", type=seed_int, default=0)
     p.add_argument("--out", default=None, help="where to write the tiny checkpoints (default: out/llama2)")
     return p.parse_args(argv)
 

@@ -32,7 +32,7 @@ from torch import nn
 matplotlib.use("Agg")
 import matplotlib.pyplot as plt
 
-from pytorch_basis.common import out_dir, seed_everything
+from pytorch_basis.common import out_dir, run_cli, seed_everything, seed_int
 from pytorch_llama2_from_scratch import sampling as S
 from pytorch_llama2_from_scratch.generate import beam_search, generate
 
@@ -202,9 +202,9 @@ def main(plot: bool = True, seed: int = 1337) -> dict:
 def parse_args(argv=None) -> argparse.Namespace:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument("--no-plot", dest="plot", action="store_false", help="skip the PNG")
-    p.add_argument("--seed", type=int, default=1337)
+    p.add_argument("--seed", type=seed_int, default=1337)
     return p.parse_args(argv)
 
 
 if __name__ == "__main__":
-    main(**vars(parse_args()))
+    run_cli(lambda: main(**vars(parse_args())))

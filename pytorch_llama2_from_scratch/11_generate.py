@@ -31,7 +31,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # repo root: impor
 
 import torch
 
-from pytorch_basis.common import add_device_argument, resolve_device, run_cli, seed_everything
+from pytorch_basis.common import add_device_argument, positive_int, resolve_device, run_cli, seed_everything, seed_int
 from pytorch_llama2_from_scratch.generate import (
     CLI_ERRORS,
     decode_continuation,
@@ -127,8 +127,8 @@ def main(checkpoint: str | None = None, max_new_tokens: int = 12, seed: int = 13
 def parse_args(argv=None) -> argparse.Namespace:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument("--checkpoint", default=None, help="a checkpoint folder (default: a small random model)")
-    p.add_argument("--max-new-tokens", type=int, default=12)
-    p.add_argument("--seed", type=int, default=1337)
+    p.add_argument("--max-new-tokens", type=positive_int, default=12)
+    p.add_argument("--seed", type=seed_int, default=1337)
     add_device_argument(p)
     return p.parse_args(argv)
 

@@ -43,10 +43,14 @@ import matplotlib.pyplot as plt
 from pytorch_basis.common import (
     add_device_argument,
     atomic_write_text,
+    nonnegative_int,
     out_dir,
+    positive_float,
+    positive_int,
     resolve_device,
     run_cli,
     seed_everything,
+    seed_int,
     tiny_shakespeare_path,
 )
 from pytorch_llama2_from_scratch.generate import CLI_ERRORS, beam_search, decode_continuation, generate
@@ -277,23 +281,23 @@ def main(
 def parse_args(argv=None) -> argparse.Namespace:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument("--out", default=None, help="checkpoint folder (default: out/llama2/tiny_shakespeare)")
-    p.add_argument("--steps", type=int, default=400)
-    p.add_argument("--batch-size", type=int, default=16)
-    p.add_argument("--seq-len", type=int, default=128)
-    p.add_argument("--dim", type=int, default=128)
-    p.add_argument("--n-layers", type=int, default=4)
-    p.add_argument("--n-heads", type=int, default=4)
-    p.add_argument("--n-kv-heads", type=int, default=2)
-    p.add_argument("--vocab-size", type=int, default=512)
-    p.add_argument("--lr", type=float, default=3e-3)
-    p.add_argument("--warmup", type=int, default=20)
-    p.add_argument("--eval-every", type=int, default=100)
-    p.add_argument("--eval-batches", type=int, default=8)
-    p.add_argument("--max-minutes", type=float, default=6.0, help="stop training after this long (default 6)")
-    p.add_argument("--max-chars", type=int, default=None, help="use only the first N characters (quick tests)")
+    p.add_argument("--steps", type=positive_int, default=400)
+    p.add_argument("--batch-size", type=positive_int, default=16)
+    p.add_argument("--seq-len", type=positive_int, default=128)
+    p.add_argument("--dim", type=positive_int, default=128)
+    p.add_argument("--n-layers", type=positive_int, default=4)
+    p.add_argument("--n-heads", type=positive_int, default=4)
+    p.add_argument("--n-kv-heads", type=positive_int, default=2)
+    p.add_argument("--vocab-size", type=positive_int, default=512)
+    p.add_argument("--lr", type=positive_float, default=3e-3)
+    p.add_argument("--warmup", type=nonnegative_int, default=20)
+    p.add_argument("--eval-every", type=positive_int, default=100)
+    p.add_argument("--eval-batches", type=positive_int, default=8)
+    p.add_argument("--max-minutes", type=positive_float, default=6.0, help="stop training after this long (default 6)")
+    p.add_argument("--max-chars", type=positive_int, default=None, help="use only the first N characters (quick tests)")
     p.add_argument("--prompt", default="ROMEO:")
-    p.add_argument("--sample-tokens", type=int, default=80)
-    p.add_argument("--seed", type=int, default=1337)
+    p.add_argument("--sample-tokens", type=positive_int, default=80)
+    p.add_argument("--seed", type=seed_int, default=1337)
     add_device_argument(p)
     return p.parse_args(argv)
 

@@ -31,7 +31,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # repo root: impor
 
 import torch
 
-from pytorch_basis.common import atomic_write_text, out_dir, seed_everything
+from pytorch_basis.common import atomic_write_text, out_dir, positive_int, run_cli, seed_everything, seed_int
 from pytorch_llama2_from_scratch.fast_decode import CLOCKS, random_llama_pair
 from pytorch_llama2_from_scratch.generate import generate
 
@@ -158,16 +158,16 @@ def main(
 
 def parse_args(argv=None) -> argparse.Namespace:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    p.add_argument("--lengths", type=int, nargs="+", default=[64, 256, 512], help="generated tokens per run")
-    p.add_argument("--repeats", type=int, default=3, help="interleaved runs per length; the best is kept")
-    p.add_argument("--prompt-len", type=int, default=16)
-    p.add_argument("--hidden", type=int, default=128)
-    p.add_argument("--layers", type=int, default=4)
-    p.add_argument("--heads", type=int, default=4)
-    p.add_argument("--kv-heads", type=int, default=2)
-    p.add_argument("--intermediate", type=int, default=352)
-    p.add_argument("--vocab", type=int, default=2048)
-    p.add_argument("--threads", type=int, default=None, help="torch.set_num_threads (default: torch's choice)")
+    p.add_argument("--lengths", type=positive_int, nargs="+", default=[64, 256, 512], help="generated tokens per run")
+    p.add_argument("--repeats", type=positive_int, default=3, help="interleaved runs per length; the best is kept")
+    p.add_argument("--prompt-len", type=positive_int, default=16)
+    p.add_argument("--hidden", type=positive_int, default=128)
+    p.add_argument("--layers", type=positive_int, default=4)
+    p.add_argument("--heads", type=positive_int, default=4)
+    p.add_argument("--kv-heads", type=positive_int, default=2)
+    p.add_argument("--intermediate", type=positive_int, default=352)
+    p.add_argument("--vocab", type=positive_int, default=2048)
+    p.add_argument("--threads", type=positive_int, default=None, help="torch.set_num_threads (default: torch's choice)")
     p.add_argument(
         "--clock",
         choices=sorted(CLOCKS),
@@ -175,10 +175,10 @@ def parse_args(argv=None) -> argparse.Namespace:
         help="wall: elapsed time (default); cpu: this process's CPU time, steadier on a shared machine "
         "(use it with --threads 1)",
     )
-    p.add_argument("--seed", type=int, default=1337)
+    p.add_argument("--seed", type=seed_int, default=1337)
     p.add_argument("--out", default=None, help="markdown file (default: out/llama2/decode_benchmark.md)")
     return p.parse_args(argv)
 
 
 if __name__ == "__main__":
-    main(**vars(parse_args()))
+    run_cli(lambda: main(**vars(parse_args())))

@@ -30,7 +30,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # repo root: impor
 
 import torch
 
-from pytorch_basis.common import seed_everything
+from pytorch_basis.common import positive_int, run_cli, seed_everything, seed_int
 from pytorch_llama2_from_scratch.families import args_for
 from pytorch_llama2_from_scratch.model import ModelArgs, Transformer
 
@@ -84,12 +84,12 @@ def main(seed: int = 0, dim: int = 64, n_heads: int = 4, head_dim: int = 32) -> 
 
 def parse_args(argv=None):
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--dim", type=int, default=64)
-    p.add_argument("--n-heads", dest="n_heads", type=int, default=4)
-    p.add_argument("--head-dim", dest="head_dim", type=int, default=32)
+    p.add_argument("--seed", type=seed_int, default=0)
+    p.add_argument("--dim", type=positive_int, default=64)
+    p.add_argument("--n-heads", dest="n_heads", type=positive_int, default=4)
+    p.add_argument("--head-dim", dest="head_dim", type=positive_int, default=32)
     return p.parse_args(argv)
 
 
 if __name__ == "__main__":
-    main(**vars(parse_args()))
+    run_cli(lambda: main(**vars(parse_args())))

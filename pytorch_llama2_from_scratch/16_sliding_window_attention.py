@@ -28,7 +28,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # repo root: impor
 
 import torch
 
-from pytorch_basis.common import seed_everything
+from pytorch_basis.common import int_at_least, positive_int, run_cli, seed_everything, seed_int
 from pytorch_llama2_from_scratch.model import ModelArgs, Transformer
 
 
@@ -92,15 +92,12 @@ def main(seed: int = 0, window: int = 4, layers: int = 3, seq_len: int = 16) -> 
 
 def parse_args(argv=None):
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--window", type=int, default=4)
-    p.add_argument("--layers", type=int, default=3)
-    p.add_argument("--seq-len", dest="seq_len", type=int, default=16)
-    args = p.parse_args(argv)
-    if args.window < 1 or args.layers < 1 or args.seq_len < 2:
-        p.error("--window and --layers must be >= 1, --seq-len >= 2")
-    return args
+    p.add_argument("--seed", type=seed_int, default=0)
+    p.add_argument("--window", type=positive_int, default=4)
+    p.add_argument("--layers", type=positive_int, default=3)
+    p.add_argument("--seq-len", dest="seq_len", type=int_at_least(2), default=16)
+    return p.parse_args(argv)
 
 
 if __name__ == "__main__":
-    main(**vars(parse_args()))
+    run_cli(lambda: main(**vars(parse_args())))

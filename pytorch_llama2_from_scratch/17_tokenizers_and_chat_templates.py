@@ -33,6 +33,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # repo root: import the chapter modules
 
+from pytorch_basis.common import positive_int, run_cli
 from pytorch_llama2_from_scratch.chat import EXAMPLE_TEMPLATES, render_chat
 from pytorch_llama2_from_scratch.loading import load_tokenizer
 
@@ -104,7 +105,7 @@ def main(vocab_size: int = 400) -> dict:
 
 def parse_args(argv=None):
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    p.add_argument("--vocab-size", dest="vocab_size", type=int, default=400, help="BPE vocabulary (>= 266)")
+    p.add_argument("--vocab-size", dest="vocab_size", type=positive_int, default=400, help="BPE vocabulary (>= 266)")
     args = p.parse_args(argv)
     if args.vocab_size < 256 + len(SPECIALS):
         p.error(f"--vocab-size must be >= {256 + len(SPECIALS)} (256 bytes + the special tokens)")
@@ -112,4 +113,4 @@ def parse_args(argv=None):
 
 
 if __name__ == "__main__":
-    main(**vars(parse_args()))
+    run_cli(lambda: main(**vars(parse_args())))

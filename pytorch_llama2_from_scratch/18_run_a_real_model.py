@@ -32,7 +32,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # repo root: impor
 
 import torch
 
-from pytorch_basis.common import seed_everything
+from pytorch_basis.common import positive_int, run_cli, seed_everything, seed_int
 from pytorch_llama2_from_scratch.families import PUBLISHED, args_for, decode_tokens_per_s, write_random_checkpoint
 from pytorch_llama2_from_scratch.model import Transformer, kv_cache_bytes
 
@@ -152,15 +152,12 @@ def parse_args(argv=None):
     p.add_argument("--shape", default="SmolLM2", choices=list(PUBLISHED), help="family shape for --memory")
     p.add_argument("--bench", dest="run_bench", action="store_true", help="decode tokens/s of every family")
     p.add_argument("--families", nargs="+", choices=list(PUBLISHED), default=None, help="for --bench")
-    p.add_argument("--bench-tokens", type=int, default=16)
-    p.add_argument("--repeats", type=int, default=3)
+    p.add_argument("--bench-tokens", type=positive_int, default=16)
+    p.add_argument("--repeats", type=positive_int, default=3)
     p.add_argument("--dtype", default="bfloat16", choices=["bfloat16", "float32"])
-    p.add_argument("--seed", type=int, default=0)
-    args = p.parse_args(argv)
-    if args.bench_tokens < 1 or args.repeats < 1:
-        p.error("--bench-tokens and --repeats must be >= 1")
-    return args
+    p.add_argument("--seed", type=seed_int, default=0)
+    return p.parse_args(argv)
 
 
 if __name__ == "__main__":
-    main(**vars(parse_args()))
+    run_cli(lambda: main(**vars(parse_args())))

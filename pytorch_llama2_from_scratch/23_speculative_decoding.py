@@ -55,6 +55,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # repo root: impor
 
 import torch
 
+from pytorch_basis.common import nonnegative_int, positive_float, positive_int
 from pytorch_llama2_from_scratch import cpu_kernels
 from pytorch_llama2_from_scratch.fast_decode import (
     FastDecoder,
@@ -201,11 +202,13 @@ def main(
 
 def parse_args(argv=None) -> argparse.Namespace:
     p = decode_parser(__doc__, new_tokens=64, repeats=3)
-    p.add_argument("--ks", type=int, nargs="+", default=[1, 2, 3, 4, 6], help="draft lengths to compare")
+    p.add_argument("--ks", type=positive_int, nargs="+", default=[1, 2, 3, 4, 6], help="draft lengths to compare")
     p.add_argument("--draft", default="int8",
                    help="'int8' (quantised target), 'layers:N' (first N layers) or 'layers:N+int8'")  # fmt: skip
-    p.add_argument("--damp-after", type=int, default=None, help="scale wo/w2 of layers >= N (agreeing early exit)")
-    p.add_argument("--damp", type=float, default=0.05, help="the factor of --damp-after (default 0.05)")
+    p.add_argument(
+        "--damp-after", type=nonnegative_int, default=None, help="scale wo/w2 of layers >= N (agreeing early exit)"
+    )
+    p.add_argument("--damp", type=positive_float, default=0.05, help="the factor of --damp-after (default 0.05)")
     p.add_argument("--verify-kernel", choices=["auto", "panels", "torch"], default="auto",
                    help="matmul of the target's 1..16-row products (steps and verification): the chapter's panel "
                    "kernel (auto: where it builds) or PyTorch's")  # fmt: skip

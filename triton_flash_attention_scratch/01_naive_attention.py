@@ -26,7 +26,7 @@ import argparse
 import torch
 import torch.nn.functional as F
 
-from pytorch_basis.common import add_device_argument, resolve_device, seed_everything
+from pytorch_basis.common import add_device_argument, positive_int, resolve_device, seed_everything, seed_int
 from triton_flash_attention_scratch.attention_torch import naive_attention
 
 
@@ -92,12 +92,12 @@ def main(
 
 def parse_args() -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--batch", type=int, default=2)
-    parser.add_argument("--seq-len", type=int, default=8)
-    parser.add_argument("--n-embd", type=int, default=32)
-    parser.add_argument("--n-head", type=int, default=4)
-    parser.add_argument("--n-kv-head", type=int, default=2)
-    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--batch", type=positive_int, default=2)
+    parser.add_argument("--seq-len", type=positive_int, default=8)
+    parser.add_argument("--n-embd", type=positive_int, default=32)
+    parser.add_argument("--n-head", type=positive_int, default=4)
+    parser.add_argument("--n-kv-head", type=positive_int, default=2)
+    parser.add_argument("--seed", type=seed_int, default=0)
     add_device_argument(parser)
     return parser.parse_args()
 

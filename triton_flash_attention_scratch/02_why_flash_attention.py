@@ -31,7 +31,7 @@ import argparse
 
 import torch
 
-from pytorch_basis.common import add_device_argument, resolve_device, seed_everything
+from pytorch_basis.common import add_device_argument, positive_int, resolve_device, seed_everything, seed_int
 from triton_flash_attention_scratch.attention_torch import (
     attention_bytes_naive,
     attention_bytes_tiled,
@@ -84,13 +84,13 @@ def main(
 
 def parse_args() -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--batch", type=int, default=1)
-    parser.add_argument("--n-head", type=int, default=1)
-    parser.add_argument("--head-dim", type=int, default=64)
-    parser.add_argument("--seq-lens", type=int, nargs="+", default=[256, 512, 1024])
-    parser.add_argument("--block", type=int, default=64)
-    parser.add_argument("--dtype-bytes", type=int, default=2, help="bytes per element for the traffic table")
-    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--batch", type=positive_int, default=1)
+    parser.add_argument("--n-head", type=positive_int, default=1)
+    parser.add_argument("--head-dim", type=positive_int, default=64)
+    parser.add_argument("--seq-lens", type=positive_int, nargs="+", default=[256, 512, 1024])
+    parser.add_argument("--block", type=positive_int, default=64)
+    parser.add_argument("--dtype-bytes", type=positive_int, default=2, help="bytes per element for the traffic table")
+    parser.add_argument("--seed", type=seed_int, default=0)
     add_device_argument(parser)
     return parser.parse_args()
 

@@ -22,6 +22,7 @@ import math
 
 import torch
 
+from pytorch_basis.common import finite_float
 from triton_flash_attention_scratch.attention_torch import naive_softmax, safe_softmax
 
 
@@ -51,7 +52,7 @@ def main(scale: float = 1.0) -> dict:
 
 def parse_args() -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--scale", type=float, default=1.0, help="multiply every example's logits by this")
+    parser.add_argument("--scale", type=finite_float, default=1.0, help="multiply every example's logits by this")
     return parser.parse_args()
 
 

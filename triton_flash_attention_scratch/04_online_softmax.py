@@ -35,7 +35,7 @@ import argparse
 
 import torch
 
-from pytorch_basis.common import seed_everything
+from pytorch_basis.common import finite_float, positive_int, seed_everything, seed_int
 from triton_flash_attention_scratch.attention_torch import online_softmax_trace
 
 
@@ -73,11 +73,13 @@ def main(rows: int = 4, length: int = 10, block_size: int = 1, scale: float = 5.
 
 def parse_args() -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--rows", type=int, default=4)
-    parser.add_argument("--length", type=int, default=10)
-    parser.add_argument("--block-size", type=int, default=1, help="columns consumed per step (1 = element-wise)")
-    parser.add_argument("--scale", type=float, default=5.0, help="std of the random logits")
-    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--rows", type=positive_int, default=4)
+    parser.add_argument("--length", type=positive_int, default=10)
+    parser.add_argument(
+        "--block-size", type=positive_int, default=1, help="columns consumed per step (1 = element-wise)"
+    )
+    parser.add_argument("--scale", type=finite_float, default=5.0, help="std of the random logits")
+    parser.add_argument("--seed", type=seed_int, default=0)
     return parser.parse_args()
 
 

@@ -25,7 +25,7 @@ import math
 
 import torch
 
-from pytorch_basis.common import seed_everything
+from pytorch_basis.common import positive_int, seed_everything, seed_int
 from triton_flash_attention_scratch.attention_torch import block_matmul
 
 
@@ -70,8 +70,8 @@ def main(
 def parse_args() -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     for name, default in (("m", 100), ("k", 70), ("n", 45), ("block-m", 32), ("block-n", 16), ("block-k", 16)):
-        parser.add_argument(f"--{name}", type=int, default=default)
-    parser.add_argument("--seed", type=int, default=0)
+        parser.add_argument(f"--{name}", type=positive_int, default=default)
+    parser.add_argument("--seed", type=seed_int, default=0)
     return parser.parse_args()
 
 

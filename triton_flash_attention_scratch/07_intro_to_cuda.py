@@ -37,7 +37,7 @@ import subprocess
 
 import torch
 
-from pytorch_basis.common import add_device_argument, out_dir, resolve_device, seed_everything
+from pytorch_basis.common import add_device_argument, out_dir, positive_int, resolve_device, seed_everything, seed_int
 
 CUDA_DIR = Path(__file__).resolve().parent / "cuda"
 SOURCES = {name: CUDA_DIR / f"{name}.cu" for name in ("vector_add", "matrix_add")}
@@ -412,11 +412,11 @@ def main(
 
 def parse_args() -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--n", type=int, default=1000, help="vector length")
-    parser.add_argument("--threads", type=int, default=256, help="threads per block (1..1024)")
-    parser.add_argument("--rows", type=int, default=37)
-    parser.add_argument("--cols", type=int, default=45)
-    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--n", type=positive_int, default=1000, help="vector length")
+    parser.add_argument("--threads", type=positive_int, default=256, help="threads per block (1..1024)")
+    parser.add_argument("--rows", type=positive_int, default=37)
+    parser.add_argument("--cols", type=positive_int, default=45)
+    parser.add_argument("--seed", type=seed_int, default=0)
     add_device_argument(parser)
     return parser.parse_args()
 

@@ -29,7 +29,7 @@ import argparse
 
 import torch
 
-from pytorch_basis.common import seed_everything
+from pytorch_basis.common import positive_int, seed_everything, seed_int
 
 
 def element_offset(index: tuple[int, ...], stride: tuple[int, ...], storage_offset: int = 0) -> int:
@@ -122,11 +122,11 @@ def main(batch: int = 2, seq_len: int = 3, n_head: int = 2, head_dim: int = 4, s
 
 def parse_args() -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--batch", type=int, default=2)
-    parser.add_argument("--seq-len", type=int, default=3)
-    parser.add_argument("--n-head", type=int, default=2)
-    parser.add_argument("--head-dim", type=int, default=4)
-    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--batch", type=positive_int, default=2)
+    parser.add_argument("--seq-len", type=positive_int, default=3)
+    parser.add_argument("--n-head", type=positive_int, default=2)
+    parser.add_argument("--head-dim", type=positive_int, default=4)
+    parser.add_argument("--seed", type=seed_int, default=0)
     return parser.parse_args()
 
 

@@ -26,7 +26,7 @@ import argparse
 
 import torch
 
-from pytorch_basis.common import seed_everything
+from pytorch_basis.common import positive_int, seed_everything, seed_int
 from triton_flash_attention_scratch.attention_torch import flash_attention_forward, logsumexp, online_logsumexp
 
 
@@ -69,10 +69,10 @@ def main(seq_len: int = 100, head_dim: int = 16, block: int = 32, seed: int = 0)
 
 def parse_args() -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--seq-len", type=int, default=100)
-    parser.add_argument("--head-dim", type=int, default=16)
-    parser.add_argument("--block", type=int, default=32)
-    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--seq-len", type=positive_int, default=100)
+    parser.add_argument("--head-dim", type=positive_int, default=16)
+    parser.add_argument("--block", type=positive_int, default=32)
+    parser.add_argument("--seed", type=seed_int, default=0)
     return parser.parse_args()
 
 

@@ -31,7 +31,7 @@ import argparse
 import torch
 from torch.autograd.functional import jacobian
 
-from pytorch_basis.common import seed_everything
+from pytorch_basis.common import positive_int, seed_everything, seed_int
 
 
 def layer(x: torch.Tensor, w: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
@@ -114,9 +114,9 @@ def main(n: int = 5, m: int = 3, seed: int = 0) -> dict:
 
 def parse_args() -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--n", type=int, default=5, help="input size")
-    parser.add_argument("--m", type=int, default=3, help="output size")
-    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--n", type=positive_int, default=5, help="input size")
+    parser.add_argument("--m", type=positive_int, default=3, help="output size")
+    parser.add_argument("--seed", type=seed_int, default=0)
     return parser.parse_args()
 
 

@@ -26,7 +26,7 @@ import argparse
 import torch
 from torch.autograd.functional import jacobian
 
-from pytorch_basis.common import seed_everything
+from pytorch_basis.common import positive_int, seed_everything, seed_int
 from triton_flash_attention_scratch.attention_torch import matmul_backward
 
 
@@ -76,10 +76,10 @@ def main(m: int = 4, k: int = 3, n: int = 5, seed: int = 0) -> dict:
 
 def parse_args() -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--m", type=int, default=4)
-    parser.add_argument("--k", type=int, default=3)
-    parser.add_argument("--n", type=int, default=5)
-    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--m", type=positive_int, default=4)
+    parser.add_argument("--k", type=positive_int, default=3)
+    parser.add_argument("--n", type=positive_int, default=5)
+    parser.add_argument("--seed", type=seed_int, default=0)
     return parser.parse_args()
 
 

@@ -26,7 +26,7 @@ import argparse
 import torch
 from torch.autograd.functional import jacobian
 
-from pytorch_basis.common import seed_everything
+from pytorch_basis.common import positive_int, seed_everything, seed_int
 from triton_flash_attention_scratch.attention_torch import softmax_backward, softmax_jacobian
 
 
@@ -73,10 +73,10 @@ def main(n: int = 5, rows: int = 6, head_dim: int = 4, seed: int = 0) -> dict:
 
 def parse_args() -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--n", type=int, default=5, help="row length")
-    parser.add_argument("--rows", type=int, default=6)
-    parser.add_argument("--head-dim", type=int, default=4)
-    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--n", type=positive_int, default=5, help="row length")
+    parser.add_argument("--rows", type=positive_int, default=6)
+    parser.add_argument("--head-dim", type=positive_int, default=4)
+    parser.add_argument("--seed", type=seed_int, default=0)
     return parser.parse_args()
 
 

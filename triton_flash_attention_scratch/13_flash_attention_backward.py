@@ -32,7 +32,7 @@ import argparse
 
 import torch
 
-from pytorch_basis.common import add_device_argument, resolve_device, seed_everything
+from pytorch_basis.common import add_device_argument, positive_int, resolve_device, seed_everything, seed_int
 from triton_flash_attention_scratch.attention_torch import (
     FlashAttentionTorch,
     flash_attention_backward,
@@ -131,14 +131,14 @@ def main(
 
 def parse_args() -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--batch", type=int, default=1)
-    parser.add_argument("--n-head", type=int, default=4)
-    parser.add_argument("--n-kv-head", type=int, default=2)
-    parser.add_argument("--head-dim", type=int, default=32)
-    parser.add_argument("--seq-lens", type=int, nargs="+", default=[17, 100, 257])
-    parser.add_argument("--block-q", type=int, default=64)
-    parser.add_argument("--block-k", type=int, default=32)
-    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--batch", type=positive_int, default=1)
+    parser.add_argument("--n-head", type=positive_int, default=4)
+    parser.add_argument("--n-kv-head", type=positive_int, default=2)
+    parser.add_argument("--head-dim", type=positive_int, default=32)
+    parser.add_argument("--seq-lens", type=positive_int, nargs="+", default=[17, 100, 257])
+    parser.add_argument("--block-q", type=positive_int, default=64)
+    parser.add_argument("--block-k", type=positive_int, default=32)
+    parser.add_argument("--seed", type=seed_int, default=0)
     add_device_argument(parser)
     return parser.parse_args()
 

@@ -26,7 +26,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # repo root: impor
 
 import torch
 
-from pytorch_basis.common import add_device_argument, seed_everything
+from pytorch_basis.common import add_device_argument, positive_int, seed_everything, seed_int
 from triton_flash_attention_scratch.triton_flash import do_bench_ms, resolve_kernel_device
 from triton_flash_attention_scratch.triton_intro import INTERPRET, matmul, softmax, vector_add
 
@@ -115,15 +115,15 @@ def main(
 
 def parse_args():
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0], formatter_class=argparse.RawTextHelpFormatter)
-    p.add_argument("--n", type=int, default=1000, help="vector length (default: %(default)s)")
-    p.add_argument("--rows", type=int, default=37, help="softmax rows (default: %(default)s)")
-    p.add_argument("--cols", type=int, default=100, help="softmax row length (default: %(default)s)")
-    p.add_argument("--m", type=int, default=70, help="matmul rows of A (default: %(default)s)")
-    p.add_argument("--k", type=int, default=50, help="matmul inner dim (default: %(default)s)")
-    p.add_argument("--n-cols", type=int, default=90, help="matmul columns of B (default: %(default)s)")
+    p.add_argument("--n", type=positive_int, default=1000, help="vector length (default: %(default)s)")
+    p.add_argument("--rows", type=positive_int, default=37, help="softmax rows (default: %(default)s)")
+    p.add_argument("--cols", type=positive_int, default=100, help="softmax row length (default: %(default)s)")
+    p.add_argument("--m", type=positive_int, default=70, help="matmul rows of A (default: %(default)s)")
+    p.add_argument("--k", type=positive_int, default=50, help="matmul inner dim (default: %(default)s)")
+    p.add_argument("--n-cols", type=positive_int, default=90, help="matmul columns of B (default: %(default)s)")
     p.add_argument("--dtype", default="float32", choices=["float32", "float16", "bfloat16"])
     p.add_argument("--no-bench", dest="bench", action="store_false", help="skip the GPU timing")
-    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--seed", type=seed_int, default=0)
     add_device_argument(p)
     return p.parse_args()
 

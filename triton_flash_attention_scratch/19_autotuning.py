@@ -33,7 +33,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # repo root: impor
 
 import torch
 
-from pytorch_basis.common import add_device_argument, seed_everything
+from pytorch_basis.common import add_device_argument, positive_int, seed_everything, seed_int
 from triton_flash_attention_scratch.triton_flash import (
     AUTOTUNE_KEY,
     AUTOTUNE_MODE,
@@ -101,9 +101,9 @@ def main(tune_seq_lens: tuple[int, ...] = (1024, 4096), head_dim: int = 64, devi
 
 def parse_args():
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0], formatter_class=argparse.RawTextHelpFormatter)
-    p.add_argument("--tune-seq-lens", type=int, nargs="+", default=[1024, 4096], help="GPU only")
-    p.add_argument("--head-dim", type=int, default=64)
-    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--tune-seq-lens", type=positive_int, nargs="+", default=[1024, 4096], help="GPU only")
+    p.add_argument("--head-dim", type=positive_int, default=64)
+    p.add_argument("--seed", type=seed_int, default=0)
     add_device_argument(p)
     args = p.parse_args()
     args.tune_seq_lens = tuple(args.tune_seq_lens)

@@ -55,7 +55,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # repo root: impor
 
 import torch
 
-from pytorch_basis.common import seed_everything
+from pytorch_basis.common import positive_int, seed_everything
 from triton_flash_attention_scratch.triton_flash import (
     GPU_DEFAULT_CONFIGS,
     attention_flops,
@@ -174,7 +174,7 @@ def main(
 
 def parse_args():
     p = lesson_parser(__doc__, batch=4, heads=16, seq_len=4096, head_dim=64, block_m=128, block_n=64, num_warps=8)
-    p.add_argument("--stages", type=int, nargs="+", default=[1, 2, 3, 4])
+    p.add_argument("--stages", type=positive_int, nargs="+", default=[1, 2, 3, 4])
     p.add_argument("--no-tma", dest="tma", action="store_false", help="leave out the TMA table (6 compilations)")
     p.add_argument(
         "--archs",

@@ -49,7 +49,14 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # repo root: impor
 import torch
 import torch.nn.functional as F
 
-from pytorch_basis.common import add_device_argument, atomic_write_text, out_dir, seed_everything
+from pytorch_basis.common import (
+    add_device_argument,
+    atomic_write_text,
+    out_dir,
+    positive_int,
+    seed_everything,
+    seed_int,
+)
 from triton_flash_attention_scratch.attention_torch import flash_attention_torch
 from triton_flash_attention_scratch.triton_flash import (
     GPU_DEFAULT_CONFIGS,
@@ -585,11 +592,13 @@ def main(
 
 def parse_args():
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0], formatter_class=argparse.RawTextHelpFormatter)
-    p.add_argument("--seq-lens", type=int, nargs="+", default=[1024, 2048, 4096, 8192, 16384])
-    p.add_argument("--head-dims", type=int, nargs="+", default=[64, 128])
+    p.add_argument("--seq-lens", type=positive_int, nargs="+", default=[1024, 2048, 4096, 8192, 16384])
+    p.add_argument("--head-dims", type=positive_int, nargs="+", default=[64, 128])
     p.add_argument("--dtypes", nargs="+", default=["float16", "bfloat16"], choices=["float16", "bfloat16"])
     p.add_argument("--impls", nargs="+", default=["triton", "sdpa", "part1"], choices=["triton", "sdpa", "part1"])
-    p.add_argument("--part1-max-n", type=int, default=2048, help="longest N for the slow part-1 PyTorch version")
+    p.add_argument(
+        "--part1-max-n", type=positive_int, default=2048, help="longest N for the slow part-1 PyTorch version"
+    )
     p.add_argument(
         "--grid",
         choices=["full", "trimmed"],
@@ -602,7 +611,7 @@ def parse_args():
     p.add_argument("--no-bench", dest="bench", action="store_false", help="only the correctness check")
     p.add_argument("--tma", action="store_true", help="also time TMA vs pointer loads (Hopper GPUs, N = 4096, bf16)")
     p.add_argument("--gqa", action="store_true", help="also time the GQA backward with and without dkdv_split")
-    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--seed", type=seed_int, default=0)
     add_device_argument(p)
     args = p.parse_args()
     for name in ("seq_lens", "head_dims", "dtypes", "impls"):

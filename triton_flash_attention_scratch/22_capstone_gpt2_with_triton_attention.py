@@ -24,7 +24,14 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # repo root: impor
 
 import torch
 
-from pytorch_basis.common import add_device_argument, seed_everything, synchronize
+from pytorch_basis.common import (
+    add_device_argument,
+    positive_float,
+    positive_int,
+    seed_everything,
+    seed_int,
+    synchronize,
+)
 from pytorch_gpt2_from_scratch.model import GPT, GPTConfig
 from triton_flash_attention_scratch.triton_flash import INTERPRET, resolve_kernel_device
 
@@ -103,13 +110,13 @@ def main(
 
 def parse_args():
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0], formatter_class=argparse.RawTextHelpFormatter)
-    p.add_argument("--steps", type=int, default=5)
-    p.add_argument("--batch", type=int, default=2)
-    p.add_argument("--seq-len", type=int, default=64)
+    p.add_argument("--steps", type=positive_int, default=5)
+    p.add_argument("--batch", type=positive_int, default=2)
+    p.add_argument("--seq-len", type=positive_int, default=64)
     p.add_argument("--preset", default="tiny", help="a GPTConfig preset of chapter 2 (default: %(default)s)")
-    p.add_argument("--lr", type=float, default=3e-3)
-    p.add_argument("--tol", type=float, default=1e-4, help="largest allowed per-step loss difference")
-    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--lr", type=positive_float, default=3e-3)
+    p.add_argument("--tol", type=positive_float, default=1e-4, help="largest allowed per-step loss difference")
+    p.add_argument("--seed", type=seed_int, default=0)
     add_device_argument(p)
     return p.parse_args()
 

@@ -1519,10 +1519,11 @@ def lesson_parser(doc: str, **int_options: int):
     plus ``--seed`` and ``--device``; the description is the first paragraph of the lesson's docstring."""
     import argparse
 
-    from pytorch_basis.common import add_device_argument
+    from pytorch_basis.common import add_device_argument, positive_int, seed_int
 
     p = argparse.ArgumentParser(description=doc.split("\n\n")[0], formatter_class=argparse.RawTextHelpFormatter)
-    for name, default in {**int_options, "seed": 0}.items():
-        p.add_argument(f"--{name.replace('_', '-')}", type=int, default=default, help="(default: %(default)s)")
+    for name, default in {**int_options, "seed": 0}.items():  # sizes and counts >= 1; the seed in NumPy's range
+        kind = seed_int if name == "seed" else positive_int
+        p.add_argument(f"--{name.replace('_', '-')}", type=kind, default=default, help="(default: %(default)s)")
     add_device_argument(p)
     return p

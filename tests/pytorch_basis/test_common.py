@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import argparse
 import hashlib
 import http.server
 import socket
@@ -137,3 +138,52 @@ def test_device_argument_rejects_missing_device_with_usage_error(capsys):
         parser.parse_args(["--device", "tpu"])
     assert info.value.code == 2
     assert "unsupported device 'tpu'" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize(
+    "kind, text, expected",
+    [
+        (common.positive_int, "1", 1),
+        (common.positive_int, "  12 ", 12),
+        (common.nonnegative_int, "0", 0),
+        (common.seed_int, "0", 0),
+        (common.seed_int, str(2**32 - 1), 2**32 - 1),
+        (common.int_at_least(2), "2", 2),
+        (common.positive_float, "1e-5", 1e-5),
+        (common.finite_float, "-0.5", -0.5),
+        (common.finite_float, "0", 0.0),
+    ],
+)
+def test_cli_value_types_accept(kind, text, expected):
+    assert kind(text) == expected
+
+
+@pytest.mark.parametrize(
+    "kind, text, says",
+    [
+        (common.positive_int, "0", "integer >= 1"),
+        (common.positive_int, "-3", "integer >= 1"),
+        (common.positive_int, "2.5", "integer >= 1"),
+        (common.positive_int, "ten", "integer >= 1"),
+        (common.nonnegative_int, "-1", "integer >= 0"),
+        (common.seed_int, "-1", "integer >= 0"),
+        (common.seed_int, str(2**32), "[0, 2**32 - 1]"),
+        (common.int_at_least(2), "1", "integer >= 2"),
+        (common.positive_float, "0", "number > 0"),
+        (common.positive_float, "-1e-3", "number > 0"),
+        (common.positive_float, "nan", "number > 0"),
+        (common.positive_float, "inf", "number > 0"),
+        (common.finite_float, "nan", "finite number"),
+        (common.finite_float, "-inf", "finite number"),
+        (common.finite_float, "x", "expected a number"),
+    ],
+)
+def test_cli_value_types_refuse_with_one_line_from_argparse(kind, text, says, capsys):
+    parser = argparse.ArgumentParser(prog="lesson")
+    parser.add_argument("--v", type=kind)
+    with pytest.raises(SystemExit) as e:
+        parser.parse_args([f"--v={text}"])  # the = form: argparse reads "-1e-3" alone as an option
+    assert e.value.code == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert err[-1].startswith("lesson: error: argument --v: ") and says in err[-1] and repr(text) in err[-1]
+    assert len(err) == 2  # argparse's usage line, then the error
