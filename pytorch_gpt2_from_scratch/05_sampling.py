@@ -20,7 +20,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # repo root: import the chapter modules
 
-from pytorch_basis.common import add_device_argument, positive_float, positive_int, resolve_device, run_cli, seed_int
+from pytorch_basis.common import add_device_argument, resolve_device, run_cli
 from pytorch_gpt2_from_scratch.cli import add_model_arguments, resolve_model
 from pytorch_gpt2_from_scratch.data import gpt2_encoding
 from pytorch_gpt2_from_scratch.model import GPT
@@ -62,11 +62,11 @@ def parse_args(argv=None):
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     add_model_arguments(p)
     p.add_argument("--prompt", default="Hello, I'm a language model,")
-    p.add_argument("--num-return-sequences", type=positive_int, default=5)
-    p.add_argument("--max-length", type=positive_int, default=30, help="tokens per sequence, prompt included")
-    p.add_argument("--top-k", type=positive_int, default=50)
-    p.add_argument("--temperature", type=positive_float, default=1.0)
-    p.add_argument("--seed", type=seed_int, default=42)
+    p.add_argument("--num-return-sequences", type=int, default=5)
+    p.add_argument("--max-length", type=int, default=30, help="tokens per sequence, prompt included")
+    p.add_argument("--top-k", type=int, default=50)
+    p.add_argument("--temperature", type=float, default=1.0)
+    p.add_argument("--seed", type=int, default=42)
     add_device_argument(p)
     return p.parse_args(argv)
 
