@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import argparse
 import hashlib
+import math
 import os
 import pickle
 import platform
@@ -107,13 +108,26 @@ def seed_int(text: str) -> int:
     return value
 
 
+def _number(text: str, expected: str) -> float:
+    """``float(text)``, or argparse's one-line refusal ``expected <expected>, got '<text>'``."""
+    try:
+        return float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected {expected}, got {text!r}") from None
+
+
+def finite_float(text: str) -> float:
+    """An argparse ``type``: any finite number (refuses nan and inf, which would only print nan further on)."""
+    value = _number(text, "a number")
+    if not math.isfinite(value):
+        raise argparse.ArgumentTypeError(f"expected a finite number, got {text!r}")
+    return value
+
+
 def positive_float(text: str) -> float:
     """An argparse ``type``: a finite number ``> 0`` (refuses 0, negatives, nan and inf with one line)."""
-    try:
-        value = float(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"expected a number > 0, got {text!r}") from None
-    if not (value > 0 and value != float("inf")):
+    value = _number(text, "a number > 0")
+    if not (math.isfinite(value) and value > 0):
         raise argparse.ArgumentTypeError(f"expected a finite number > 0, got {text!r}")
     return value
 
@@ -123,17 +137,6 @@ def nonnegative_float(text: str) -> float:
     value = finite_float(text)
     if value < 0:
         raise argparse.ArgumentTypeError(f"expected a number >= 0, got {text!r}")
-    return value
-
-
-def finite_float(text: str) -> float:
-    """An argparse ``type``: any finite number (refuses nan and inf, which would only print nan further on)."""
-    try:
-        value = float(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"expected a number, got {text!r}") from None
-    if value != value or value in (float("inf"), float("-inf")):
-        raise argparse.ArgumentTypeError(f"expected a finite number, got {text!r}")
     return value
 
 
