@@ -980,6 +980,7 @@ def check_flash_bench() -> list[str]:
 
 # ============================================================================================ part 4: GPT-2 ladder
 GPT2_PRESET, GPT2_B, GPT2_T = "gpt2", 16, 1024
+GPT2_STEPS = 5  # timed steps per rung (after the warm-up steps)
 GPT2_MFU_TARGET = 0.45
 TRITON_RUNG = ("+ Triton flash attention (chapter 4 kernels)", {"attn_impl": "triton"}, None)
 
@@ -1043,7 +1044,7 @@ def run_gpt2_ladder(rec: Recorder, ctx: dict) -> None:
                     step = sl.make_train_step(model=model, setup=attempt, device=dev)
                     warmup = 2 if attempt.compile else 1
                     firsts, times = sl.time_steps(
-                        steps_fns=[step], x=x, y=y, device=dev, warmup=warmup, steps=5, budget_s=20.0
+                        steps_fns=[step], x=x, y=y, device=dev, warmup=warmup, steps=GPT2_STEPS, budget_s=20.0
                     )
                 ms = statistics.median(times[0])
                 row.update(
@@ -1489,7 +1490,7 @@ REHEARSAL_SKIPS = {"flash": "needs CUDA: Triton compiles the kernels only for a 
 # Module constants the rehearsal replaces (set in every process, the parts' included, from $GPU_REPORT_REHEARSAL)
 REHEARSAL_SIZES = dict(
     MATMUL_N=256, COPY_BYTES=1 << 22,
-    GPT2_PRESET="tiny", GPT2_B=2, GPT2_T=32,
+    GPT2_PRESET="tiny", GPT2_B=2, GPT2_T=32, GPT2_STEPS=2,
     DECODE_SHAPE=dict(dim=64, n_layers=2, n_heads=4, n_kv_heads=2, hidden_dim=128, vocab_size=256),
     DECODE_PROMPT=4, DECODE_NEW=8, DECODE_REPEATS=1,
     SMOKE_B=2, SMOKE_T=32,

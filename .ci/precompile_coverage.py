@@ -323,6 +323,11 @@ def main(argv=None) -> int:
     ap.add_argument("--seq-lens", type=int, nargs="+", help="the grid's sequence lengths (default: .ci/gpu's)")
     ap.add_argument("--json", action="store_true", help="print the counts as one JSON line")
     args = ap.parse_args(argv)
+    # The grid's CPU tensors have its real shapes (tens of MB each): with glibc's default thresholds every one is a
+    # fresh mmap that page-faults in and is unmapped on free, which was two thirds of this script's time
+    from pytorch_gpt2_from_scratch.speed_ladder import keep_freed_memory
+
+    keep_freed_memory(True)
     res = coverage(args.arch, args.precompile_n, tuple(args.seq_lens) if args.seq_lens else None)
     if args.json:
         print(json.dumps(res))

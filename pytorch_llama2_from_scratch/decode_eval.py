@@ -97,9 +97,13 @@ def _logits(model: Transformer, windows: torch.Tensor) -> torch.Tensor:
 
 
 @torch.inference_mode()
-def accuracy_cost(reference: Transformer, model: Transformer, windows: torch.Tensor) -> dict:
-    """Top-1 agreement and perplexities of ``model`` vs ``reference`` on ``windows`` (n, T+1)."""
-    ref, out = _logits(reference, windows), _logits(model, windows)
+def accuracy_cost(reference: Transformer | torch.Tensor, model: Transformer, windows: torch.Tensor) -> dict:
+    """Top-1 agreement and perplexities of ``model`` vs ``reference`` on ``windows`` (n, T+1).
+
+    ``reference``: the reference model, or its logits on ``windows`` (n, T, V) when several models are compared
+    against one reference (computed once)."""
+    ref = reference if isinstance(reference, torch.Tensor) else _logits(reference, windows)
+    out = _logits(model, windows)
     targets = windows[:, 1:]
     nll_ref = F.cross_entropy(ref.flatten(0, 1), targets.flatten()).item()
     nll = F.cross_entropy(out.flatten(0, 1), targets.flatten()).item()
@@ -125,7 +129,8 @@ def format_accuracy(
 
     ref, tok = trained_tiny_llama(checkpoint, train_steps=train_steps)
     win = heldout_windows(tok, seq_len=ref.args.max_seq_len - 1, n=windows)
-    costs = {fmt: accuracy_cost(ref, with_weights(ref, fmt), win) for fmt in formats}
+    ref_logits = _logits(ref, win)  # (n, T, V), once for every format
+    costs = {fmt: accuracy_cost(ref_logits, with_weights(ref, fmt), win) for fmt in formats}
     info = {"params": ref.num_params(), "steps": ref.trained_steps, "trained_now": ref.trained_now,
             "tokens": win[:, 1:].numel()}  # fmt: skip
     return costs, info

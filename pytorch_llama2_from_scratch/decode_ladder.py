@@ -28,7 +28,14 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # repo root: impor
 
 import torch
 
-from pytorch_basis.common import atomic_write_text, cpu_model_name, out_dir, seed_everything
+from pytorch_basis.common import (
+    atomic_write_text,
+    cpu_model_name,
+    out_dir,
+    positive_int,
+    seed_everything,
+    seed_int,
+)
 from pytorch_llama2_from_scratch import cpu_kernels
 from pytorch_llama2_from_scratch.decode_eval import format_accuracy
 from pytorch_llama2_from_scratch.fast_decode import (
@@ -196,22 +203,24 @@ def markdown(res: dict, hidden, layers, heads, kv_heads, intermediate, vocab, pr
 
 def main(argv=None) -> dict:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    p.add_argument("--hidden", type=int, default=768)
-    p.add_argument("--layers", type=int, default=12)
-    p.add_argument("--heads", type=int, default=12)
-    p.add_argument("--kv-heads", type=int, default=4)
-    p.add_argument("--intermediate", type=int, default=2048)
-    p.add_argument("--vocab", type=int, default=32000)
-    p.add_argument("--prompt-len", type=int, default=16)
-    p.add_argument("--new-tokens", type=int, default=64)
-    p.add_argument("--repeats", type=int, default=3)
-    p.add_argument("--ks", type=int, nargs="+", default=[2], help="draft lengths with the int8 draft")
-    p.add_argument("--damped-ks", type=int, nargs="*", default=[4, 6],
+    p.add_argument("--hidden", type=positive_int, default=768)
+    p.add_argument("--layers", type=positive_int, default=12)
+    p.add_argument("--heads", type=positive_int, default=12)
+    p.add_argument("--kv-heads", type=positive_int, default=4)
+    p.add_argument("--intermediate", type=positive_int, default=2048)
+    p.add_argument("--vocab", type=positive_int, default=32000)
+    p.add_argument("--prompt-len", type=positive_int, default=16)
+    p.add_argument("--new-tokens", type=positive_int, default=64)
+    p.add_argument("--repeats", type=positive_int, default=3)
+    p.add_argument("--ks", type=positive_int, nargs="+", default=[2], help="draft lengths with the int8 draft")
+    p.add_argument("--damped-ks", type=positive_int, nargs="*", default=[4, 6],
                    help="draft lengths on the damped target with its layers:2 draft (none: skip)")  # fmt: skip
     p.add_argument("--no-compile", dest="compile", action="store_false")
     p.add_argument("--clock", choices=["wall", "cpu"], default="cpu", help="cpu (default): this process's CPU time")
     p.add_argument("--checkpoint", default=None, help="tiny LLaMA for the accuracy table (default: lesson 12's)")
-    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--windows", type=positive_int, default=16,
+                   help="held-out windows of tiny Shakespeare for the accuracy table")  # fmt: skip
+    p.add_argument("--seed", type=seed_int, default=0)
     p.add_argument("--out", default=None, help="markdown file (default: out/llama2/decode_ladder.md)")
     a = p.parse_args(argv)
     torch.set_num_threads(1)
@@ -219,7 +228,7 @@ def main(argv=None) -> dict:
                  vocab=a.vocab, prompt_len=a.prompt_len)  # fmt: skip
     res = ladder(**shape, new_tokens=a.new_tokens, repeats=a.repeats, ks=tuple(a.ks), damped_ks=tuple(a.damped_ks),
                  compile=a.compile,
-                 clock=a.clock, seed=a.seed, checkpoint=a.checkpoint)  # fmt: skip
+                 clock=a.clock, seed=a.seed, checkpoint=a.checkpoint, windows=a.windows)  # fmt: skip
     table = markdown(res, **shape)
     path = Path(a.out) if a.out else out_dir("llama2") / "decode_ladder.md"
     atomic_write_text(table, path)

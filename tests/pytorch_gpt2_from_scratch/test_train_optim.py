@@ -56,6 +56,13 @@ def test_schedule_rejects_bad_warmup():
         get_lr(0, max_lr=1.0, warmup_steps=20, max_steps=10)
 
 
+@pytest.mark.parametrize("warmup", [0, WARMUP])
+def test_schedule_rejects_negative_step(warmup):
+    # step -1 would give lr = 0 inside the warmup, or a cosine past its top (r < 0) without it: refuse, naming it
+    with pytest.raises(ValueError, match="step must be >= 0, got -1"):
+        get_lr(-1, max_lr=MAX_LR, warmup_steps=warmup, max_steps=MAX_STEPS)
+
+
 def test_decay_groups_are_exactly_the_2d_parameters():
     model = GPT(GPTConfig.preset("tiny", vocab_size=96))
     opt = configure_optimizers(model, weight_decay=0.1, learning_rate=1e-3, device_type="cpu")

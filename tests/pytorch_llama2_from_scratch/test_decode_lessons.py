@@ -81,17 +81,20 @@ def test_decode_ladder_writes_its_table_with_todays_date(tiny_checkpoint, tmp_pa
     import time
 
     from pytorch_llama2_from_scratch import decode_ladder
+    from pytorch_llama2_from_scratch.loading import load_checkpoint
 
     out, threads = tmp_path / "ladder.md", torch.get_num_threads()
     try:
         res = decode_ladder.main(["--hidden", "64", "--layers", "2", "--heads", "4", "--kv-heads", "2",
                                   "--intermediate", "96", "--vocab", "512", "--prompt-len", "4", "--new-tokens", "6",
                                   "--repeats", "1", "--ks", "2", "--no-compile", "--checkpoint", tiny_checkpoint,
-                                  "--out", str(out)])  # fmt: skip
+                                  "--windows", "2", "--out", str(out)])  # fmt: skip
     finally:
         torch.set_num_threads(threads)  # decode_ladder measures on one thread
     text = out.read_text()
     assert text == res["table"]
+    seq_len = load_checkpoint(tiny_checkpoint)[1].max_seq_len
+    assert res["tiny"]["tokens"] == 2 * (seq_len - 1)  # --windows 2: two held-out windows of the model's length
     assert f", {time.strftime('%Y-%m-%d')}; random LLaMA" in text.splitlines()[0]  # the run's date, not a fixed one
     rows = [line for line in text.splitlines() if line.startswith("| ") and "tok/s" not in line]
     methods = {line.split(" | ")[0][2:] for line in rows}

@@ -148,3 +148,28 @@ def test_with_weights_converts_a_copy():
     assert all(torch.equal(v, before[k]) for k, v in model.state_dict().items())  # the original is untouched
     with pytest.raises(QuantizationError, match=r"weight format must be one of .*'fp32'.*, got 'int4'"):
         with_weights(model, "int4")
+
+
+def test_accuracy_cost_against_torch_cross_entropy():
+    """``decode_eval.accuracy_cost``: perplexity = exp(mean next-token cross-entropy) (torch's own, in float64 here);
+    the reference may be given as a model or as its logits (computed once for several formats), same result."""
+    import copy
+    import math
+
+    from pytorch_llama2_from_scratch.decode_eval import _logits, accuracy_cost
+    from pytorch_llama2_from_scratch.quantize import with_weights
+
+    torch.manual_seed(0)
+    ref = Transformer(ModelArgs(dim=32, n_layers=1, n_heads=2, vocab_size=50, max_seq_len=16, max_batch_size=1)).eval()
+    windows = torch.randint(0, 50, (3, 9))  # (n, T + 1)
+    other = with_weights(ref, "bf16")
+    by_model, by_logits = accuracy_cost(ref, other, windows), accuracy_cost(_logits(ref, windows), other, windows)
+    assert by_model == by_logits
+    with torch.no_grad():
+        ref64 = copy.deepcopy(ref).double()
+        logits = torch.cat([ref64(w[None, :-1], use_cache=False) for w in windows])  # (n, T, V), float64
+    nll = torch.nn.functional.cross_entropy(logits.flatten(0, 1), windows[:, 1:].flatten()).item()
+    assert by_model["ppl_reference"] == pytest.approx(math.exp(nll), rel=1e-5)  # fp32 model vs its fp64 copy
+    assert by_model["tokens"] == 3 * 8
+    same = accuracy_cost(ref, ref, windows)
+    assert same["top1_agreement"] == 1.0 and same["ppl_delta_pct"] == 0.0 and same["max_abs_logit_diff"] == 0.0
