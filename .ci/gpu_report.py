@@ -357,6 +357,12 @@ def measure_peaks(n: int | None = None, copy_bytes: int | None = None) -> dict:
     }
 
 
+def _num(x: float) -> str:
+    """A measured rate for a line of text: whole numbers from 100 up, three significant digits below (a CPU
+    rehearsal's 0.03 TFLOP/s must not print as 0)."""
+    return f"{x:.0f}" if abs(x) >= 100 else f"{x:.3g}"
+
+
 def peaks_from(ctx: dict) -> dict:
     """Part 1's measured peaks, or (when part 1 did not run) a quick measurement here."""
     peaks = ctx.get("peaks")
@@ -457,9 +463,9 @@ def run_environment(rec: Recorder, ctx: dict) -> None:
     rec.summary(published_bf16_tflops=pub / 1e12 if pub else None)
     sheet = f", {peaks['bf16_tflops'] / (pub / 1e12):.0%} of the data sheet" if pub else ""
     print(
-        f"bf16 {peaks['matmul_n']}^3 matmul: best {peaks['bf16_tflops']:.0f} TFLOP/s (median "
-        f"{peaks['bf16_tflops_median']:.0f}){sheet}; 1 GiB device copy: {peaks['copy_gbps']:.0f} GB/s "
-        f"(read + write, median {peaks['copy_gbps_median']:.0f})",
+        f"bf16 {peaks['matmul_n']}^3 matmul: best {_num(peaks['bf16_tflops'])} TFLOP/s (median "
+        f"{_num(peaks['bf16_tflops_median'])}){sheet}; {peaks['copy_bytes'] / 2**30:g} GiB device copy: "
+        f"{_num(peaks['copy_gbps'])} GB/s (read + write, median {_num(peaks['copy_gbps_median'])})",
         flush=True,
     )
 
@@ -1670,10 +1676,10 @@ def markdown_report(parts: list[dict], started: str, total_s: float, budget: flo
         )
     if peaks:
         lines.append(
-            f"Measured in this run: bf16 {peaks['matmul_n']}³ matmul {peaks['bf16_tflops']:.0f} TFLOP/s (best of 5, "
-            f"median {peaks['bf16_tflops_median']:.0f}); {peaks['copy_bytes'] / 2**30:g} GiB device-to-device copy "
-            f"{peaks['copy_gbps']:.0f} GB/s "
-            f"(read + write, median {peaks['copy_gbps_median']:.0f}). Every percentage below is against these."
+            f"Measured in this run: bf16 {peaks['matmul_n']}³ matmul {_num(peaks['bf16_tflops'])} TFLOP/s (best of "
+            f"5, median {_num(peaks['bf16_tflops_median'])}); {peaks['copy_bytes'] / 2**30:g} GiB device-to-device "
+            f"copy {_num(peaks['copy_gbps'])} GB/s "
+            f"(read + write, median {_num(peaks['copy_gbps_median'])}). Every percentage below is against these."
         )
     lines += [
         f"Started {started} UTC; total {total_s:.0f} s (capped at {budget:.0f} s; each part has its own limit "
