@@ -23,7 +23,7 @@ from pathlib import Path
 import torch
 import torch.nn.functional as F
 
-from pytorch_basis.common import out_dir, tiny_shakespeare_path
+from pytorch_basis.common import out_dir, positive_int, tiny_shakespeare_path
 from pytorch_llama2_from_scratch.loading import load_checkpoint, load_tokenizer
 from pytorch_llama2_from_scratch.model import Transformer
 
@@ -149,6 +149,6 @@ def print_accuracy(costs: dict, info: dict) -> None:
 
 def add_accuracy_arguments(p) -> None:
     """The command-line options of :func:`format_accuracy` (lessons 21 and 22)."""
-    p.add_argument("--windows", type=int, default=16, help="held-out windows for the accuracy measurement")
-    p.add_argument("--train-steps", type=int, default=150, help="steps if lesson 12's checkpoint is missing")
+    p.add_argument("--windows", type=positive_int, default=16, help="held-out windows for the accuracy measurement")
+    p.add_argument("--train-steps", type=positive_int, default=150, help="steps if lesson 12's checkpoint is missing")
     p.add_argument("--checkpoint", default=None, help="tiny LLaMA folder (default: lesson 12's out/llama2/...)")

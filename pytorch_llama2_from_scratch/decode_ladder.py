@@ -37,7 +37,7 @@ from pytorch_basis.common import (
     seed_int,
 )
 from pytorch_llama2_from_scratch import cpu_kernels
-from pytorch_llama2_from_scratch.decode_eval import format_accuracy
+from pytorch_llama2_from_scratch.decode_eval import add_accuracy_arguments, format_accuracy
 from pytorch_llama2_from_scratch.fast_decode import (
     FastDecoder,
     _hf_generate,
@@ -58,6 +58,7 @@ DAMPED = "damped target"  # prefix of the rows measured on lesson 23's agreeing 
 def ladder(
     hidden=768, layers=12, heads=12, kv_heads=4, intermediate=2048, vocab=32000, prompt_len=16, new_tokens=64,
     repeats=3, ks=(2,), damped_ks=(4, 6), compile=True, clock="cpu", seed=0, checkpoint=None, windows=16,
+    train_steps=150,
 ) -> dict:  # fmt: skip
     seed_everything(seed)
     total = prompt_len + new_tokens + max(ks + damped_ks)
@@ -131,7 +132,7 @@ def ladder(
     for name, row in res["methods"].items():  # the damped target's rows: same tokens as its own plain greedy
         if name.startswith(DAMPED):
             row["same_tokens_damped"] = sum(a == b for a, b in zip(res["outputs"][name], plain)) / max(len(plain), 1)
-    acc, tiny = format_accuracy(("bf16", "fp16", "int8"), checkpoint, windows=windows)
+    acc, tiny = format_accuracy(("bf16", "fp16", "int8"), checkpoint, train_steps, windows)
     res.update(
         params=model.num_params(), stats=stats, accuracy=acc, compile_seconds=compiled.compile_seconds if compiled else
         None, tiny=tiny,
@@ -217,9 +218,7 @@ def main(argv=None) -> dict:
                    help="draft lengths on the damped target with its layers:2 draft (none: skip)")  # fmt: skip
     p.add_argument("--no-compile", dest="compile", action="store_false")
     p.add_argument("--clock", choices=["wall", "cpu"], default="cpu", help="cpu (default): this process's CPU time")
-    p.add_argument("--checkpoint", default=None, help="tiny LLaMA for the accuracy table (default: lesson 12's)")
-    p.add_argument("--windows", type=positive_int, default=16,
-                   help="held-out windows of tiny Shakespeare for the accuracy table")  # fmt: skip
+    add_accuracy_arguments(p)  # --windows, --train-steps, --checkpoint: the tiny LLaMA of the accuracy table
     p.add_argument("--seed", type=seed_int, default=0)
     p.add_argument("--out", default=None, help="markdown file (default: out/llama2/decode_ladder.md)")
     a = p.parse_args(argv)
@@ -228,7 +227,8 @@ def main(argv=None) -> dict:
                  vocab=a.vocab, prompt_len=a.prompt_len)  # fmt: skip
     res = ladder(**shape, new_tokens=a.new_tokens, repeats=a.repeats, ks=tuple(a.ks), damped_ks=tuple(a.damped_ks),
                  compile=a.compile,
-                 clock=a.clock, seed=a.seed, checkpoint=a.checkpoint, windows=a.windows)  # fmt: skip
+                 clock=a.clock, seed=a.seed, checkpoint=a.checkpoint, windows=a.windows,
+                 train_steps=a.train_steps)  # fmt: skip
     table = markdown(res, **shape)
     path = Path(a.out) if a.out else out_dir("llama2") / "decode_ladder.md"
     atomic_write_text(table, path)

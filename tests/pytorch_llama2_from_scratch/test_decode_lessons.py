@@ -101,3 +101,13 @@ def test_decode_ladder_writes_its_table_with_todays_date(tiny_checkpoint, tmp_pa
     assert {"HF generate (fp32)", "static cache (fp32)", "static cache (int8 weights)"} <= methods
     damped = [line for line in rows if line.startswith("| damped target: speculative")]
     assert damped and all("| 100% (own plain) |" in line for line in damped)  # greedy-identical on that pair too
+
+
+@pytest.mark.parametrize("argv", [["--windows", "0"], ["--repeats", "0"], ["--ks", "0"], ["--seed", "-1"]])
+def test_decode_ladder_refuses_a_bad_option_before_any_work(argv, capsys):
+    from pytorch_llama2_from_scratch import decode_ladder
+
+    with pytest.raises(SystemExit) as e:
+        decode_ladder.main(argv)
+    assert e.value.code == 2
+    assert f"error: argument {argv[0]}: expected" in capsys.readouterr().err.splitlines()[-1]
