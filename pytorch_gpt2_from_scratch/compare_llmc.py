@@ -44,7 +44,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # repo root: impor
 import numpy as np
 import torch
 
-from pytorch_basis.common import run_cli, seed_everything
+from pytorch_basis.common import run_cli, seed_everything, seed_int
 from pytorch_gpt2_from_scratch.model import GPT, GPTConfig
 
 LLMC_B, LLMC_T = 4, 64  # fixed in llm.c's train_gpt2.c main()
@@ -204,7 +204,7 @@ def parse_args(argv=None) -> argparse.Namespace:
     p.add_argument("--llmc", required=True, help="path of your clone of https://github.com/karpathy/llm.c")
     p.add_argument("--rounds", type=int, default=2, help="alternating runs of each program (default: %(default)s)")
     p.add_argument("--threads", type=int, default=2, help="OpenMP / torch threads for both (default: %(default)s)")
-    p.add_argument("--seed", type=int, default=1337, help="seed of the initial weights (default: %(default)s)")
+    p.add_argument("--seed", type=seed_int, default=1337, help="seed of the initial weights (default: %(default)s)")
     return p.parse_args(argv)
 
 

@@ -40,6 +40,8 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # repo root: impor
 
 import torch
 
+from pytorch_basis.common import positive_int, run_cli
+
 UNIT_ROUNDOFF = {"fp32": 2.0**-24, "tf32": 2.0**-11, "bf16": 2.0**-8, "fp16": 2.0**-11}
 TF32_DROPPED_BITS = 13  # fp32 has 23 mantissa bits, TF32 keeps 10
 
@@ -152,11 +154,9 @@ def main(seed: int = 1337, n: int = 256) -> dict:
 def parse_args(argv=None) -> argparse.Namespace:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument("--seed", type=int, default=1337, help="random seed (default: %(default)s)")
-    p.add_argument("--n", type=int, default=256, help="rows of the activation matrix (default: %(default)s)")
+    p.add_argument("--n", type=positive_int, default=256, help="rows of the activation matrix (default: %(default)s)")
     return p.parse_args(argv)
 
 
 if __name__ == "__main__":
-    from pytorch_basis.common import run_cli
-
     run_cli(lambda: main(**vars(parse_args())))

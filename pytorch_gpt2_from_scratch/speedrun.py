@@ -43,7 +43,15 @@ if __package__ in (None, ""):
 
 import torch
 
-from pytorch_basis.common import add_device_argument, out_dir, resolve_device, run_cli, synchronize
+from pytorch_basis.common import (
+    add_device_argument,
+    nonnegative_int,
+    out_dir,
+    positive_int,
+    resolve_device,
+    run_cli,
+    synchronize,
+)
 from pytorch_gpt2_from_scratch.data import DataLoaderLite, load_tinyshakespeare_tokens
 from pytorch_gpt2_from_scratch.model import GPT, GPTConfig
 from pytorch_gpt2_from_scratch.modern import ModernConfig, ModernGPT
@@ -602,7 +610,7 @@ def add_common_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--seeds", type=int, nargs="+", default=[0, 1], help="seeds per rung (default: 0 1)")
     p.add_argument("--eval-points", type=int, default=8, help="val-loss evaluations during a run (plus the end)")
     p.add_argument("--val-tokens", type=int, default=4096, help="validation tokens per evaluation")
-    p.add_argument("--threads", type=int, default=None, help="torch.set_num_threads (default: torch's)")
+    p.add_argument("--threads", type=positive_int, default=None, help="torch.set_num_threads (default: torch's)")
     p.add_argument(
         "--clock",
         choices=CLOCKS,
@@ -621,6 +629,8 @@ def _check_args(args: argparse.Namespace) -> None:
         raise ValueError(f"--seeds needs one or more whole numbers, got {seeds!r}")
     if not args.time_budget > 0:
         raise ValueError(f"--time-budget must be > 0 seconds, got {args.time_budget}")
+    if not math.isfinite(args.time_budget):  # inf: the first run would never stop
+        raise ValueError(f"--time-budget must be a finite number of seconds, got {args.time_budget}")
     if args.clock == "cpu" and args.threads != 1:
         raise ValueError(f"--clock cpu needs --threads 1 (got --threads {args.threads})")
     if args.eval_points < 0 or args.val_tokens < EVAL_T:
@@ -821,7 +831,7 @@ def parse_args(argv=None) -> argparse.Namespace:
         choices=list(RUNG_KEYS),
         help="which rungs of the ladder to run (each includes the changes before it)",
     )
-    p.add_argument("--samples", type=int, default=2, help="samples per run at the end (0: none)")
+    p.add_argument("--samples", type=nonnegative_int, default=2, help="samples per run at the end (0: none)")
     p.add_argument(
         "--merge",
         nargs="+",

@@ -55,6 +55,7 @@ from pytorch_basis.common import (
     out_dir,
     run_cli,
     seed_everything,
+    seed_int,
     synchronize,
     tiny_shakespeare_path,
 )
@@ -197,6 +198,8 @@ def make_config(preset: str = "cpu", **overrides) -> TrainConfig:
     cfg = TrainConfig(preset=preset, **values)
     if cfg.time_budget is not None and not cfg.time_budget > 0:
         raise ValueError(f"--time-budget must be > 0 seconds, got {cfg.time_budget}")
+    if cfg.time_budget is not None and not math.isfinite(cfg.time_budget):  # inf: the run would never stop
+        raise ValueError(f"--time-budget must be a finite number of seconds, got {cfg.time_budget}")
     if cfg.recipe is not None:
         from pytorch_gpt2_from_scratch.speedrun import RUNG_KEYS
 
@@ -736,7 +739,7 @@ def parse_args(argv=None) -> argparse.Namespace:
     )
     option("time_budget", type=float)
     option("compile", action=argparse.BooleanOptionalAction)
-    option("seed", type=int)
+    option("seed", type=seed_int)
     option("out", "out/train_gpt2/<preset>")
     option("resume", "start anew", nargs="?", const="auto")
     option("stop_after", type=int)

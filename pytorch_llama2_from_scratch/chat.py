@@ -32,7 +32,7 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # repo root, when run as a script
 
-from pytorch_basis.common import add_device_argument, resolve_device, run_cli, seed_everything
+from pytorch_basis.common import add_device_argument, resolve_device, run_cli, seed_everything, seed_int
 from pytorch_llama2_from_scratch.generate import CLI_ERRORS, decode_continuation, generate
 from pytorch_llama2_from_scratch.sampling import SamplingConfig
 
@@ -260,7 +260,7 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     p.add_argument("--top-p", type=float, default=None, help="default: generation_config.json")
     p.add_argument("--repetition-penalty", type=float, default=None, help="default: generation_config.json or 1.0")
     p.add_argument("--greedy", action="store_true", help="argmax decoding, whatever generation_config.json says")
-    p.add_argument("--seed", type=int, default=1337, help="default: %(default)s")
+    p.add_argument("--seed", type=seed_int, default=1337, help="default: %(default)s")
     p.add_argument("--dtype", choices=["float32", "bfloat16", "float16"], default=None, help="default: as stored")
     add_device_argument(p)
     return p.parse_args(argv)

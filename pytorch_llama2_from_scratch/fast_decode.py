@@ -739,21 +739,31 @@ def decode_parser(doc: str, new_tokens: int = 64, repeats: int = 5):
     clock, seed and device)."""
     import argparse
 
+    from pytorch_basis.common import positive_int
+
     p = argparse.ArgumentParser(description=doc.split("\n\n")[0])
     for name, default in (("hidden", 768), ("layers", 12), ("heads", 12), ("kv-heads", 4), ("intermediate", 2048)):
-        p.add_argument(f"--{name}", type=int, default=default, help=f"benchmark model: {name} (default: {default})")
-    p.add_argument("--vocab", type=int, default=32000, help="benchmark model: vocabulary size (default: 32000)")
-    p.add_argument("--prompt-len", type=int, default=16, help="prompt tokens (default: 16)")
-    p.add_argument("--new-tokens", type=int, default=new_tokens, help=f"tokens to decode (default: {new_tokens})")
-    p.add_argument("--repeats", type=int, default=repeats, help="interleaved rounds (median and range are printed)")
+        p.add_argument(
+            f"--{name}", type=positive_int, default=default, help=f"benchmark model: {name} (default: {default})"
+        )
+    p.add_argument(
+        "--vocab", type=positive_int, default=32000, help="benchmark model: vocabulary size (default: 32000)"
+    )
+    p.add_argument("--prompt-len", type=positive_int, default=16, help="prompt tokens (default: 16)")
+    p.add_argument(
+        "--new-tokens", type=positive_int, default=new_tokens, help=f"tokens to decode (default: {new_tokens})"
+    )
+    p.add_argument(
+        "--repeats", type=positive_int, default=repeats, help="interleaved rounds (median and range are printed)"
+    )
     return p
 
 
 def parse_decode_args(p, argv=None):
     """Add the options every decode lesson shares, parse, and settle ``threads`` and ``clock``."""
-    from pytorch_basis.common import add_device_argument
+    from pytorch_basis.common import add_device_argument, nonnegative_int, seed_int
 
-    p.add_argument("--threads", type=int, default=1, help="CPU threads (default 1; 0 = PyTorch's choice)")
+    p.add_argument("--threads", type=nonnegative_int, default=1, help="CPU threads (default 1; 0 = PyTorch's choice)")
     p.add_argument(
         "--clock",
         choices=["wall", "cpu"],
@@ -761,7 +771,7 @@ def parse_decode_args(p, argv=None):
         help="wall: elapsed time; cpu: this process's CPU time, steadier on a shared CPU (default: cpu on the CPU "
         "with one thread, else wall)",
     )
-    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--seed", type=seed_int, default=0)
     add_device_argument(p, default="cpu")
     args = p.parse_args(argv)
     args.threads = args.threads or None

@@ -33,7 +33,14 @@ import torch.nn.functional as F
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # repo root, when run as a script
 
-from pytorch_basis.common import EXPECTED_CLI_ERRORS, add_device_argument, resolve_device, run_cli, seed_everything
+from pytorch_basis.common import (
+    EXPECTED_CLI_ERRORS,
+    add_device_argument,
+    resolve_device,
+    run_cli,
+    seed_everything,
+    seed_int,
+)
 from pytorch_llama2_from_scratch.sampling import (
     STRATEGIES,
     SamplingConfig,
@@ -336,7 +343,7 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     p.add_argument("--early-stopping", choices=["false", "true", "never"], default="false", help="for --strategy beam")
     p.add_argument("--no-cache", action="store_true", help="recompute the whole sequence every step (slow)")
     p.add_argument("--no-stream", action="store_true", help="print when done instead of token by token")
-    p.add_argument("--seed", type=int, default=1337)
+    p.add_argument("--seed", type=seed_int, default=1337)
     p.add_argument(
         "--dtype", choices=["float32", "bfloat16", "float16"], default=None, help="default: as stored in the files"
     )
