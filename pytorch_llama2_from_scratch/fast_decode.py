@@ -43,7 +43,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from pytorch_llama2_from_scratch import cpu_kernels
-from pytorch_llama2_from_scratch.model import Attention, Transformer
+from pytorch_llama2_from_scratch.model import Attention, ModelArgs, Transformer
 
 __all__ = [
     "FastDecoder",
@@ -549,6 +549,9 @@ def random_llama_pair(
     """
     import tempfile
 
+    # our own checks of the shape first (heads, head size, ...): one line before a random HF model is built and saved
+    ModelArgs(dim=hidden, n_layers=layers, n_heads=heads, n_kv_heads=kv_heads, vocab_size=vocab, max_seq_len=max_len,
+              hidden_dim=intermediate)  # fmt: skip
     from transformers import LlamaConfig, LlamaForCausalLM
 
     from pytorch_llama2_from_scratch.loading import load_hf_checkpoint

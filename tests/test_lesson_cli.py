@@ -117,6 +117,10 @@ def _run(lesson: str, *argv: str) -> subprocess.CompletedProcess:
             "error: n_heads 4 is not divisible by n_kv_heads 3",
             1,
         ),
+        # the chapter modules' own command lines (test_module_cli.py): once a negative tensor dimension, and a
+        # division by zero in fast_decode's shared parser of the decode lessons
+        ("pytorch_gpt2_from_scratch/low_precision.py", ["--n", "-1"], "argument --n: expected an integer >= 1", 2),
+        ("pytorch_llama2_from_scratch/19_where_decode_time_goes.py", ["--heads", "0"], "argument --heads: expected", 2),
     ],
 )
 def test_a_lesson_given_a_bad_value_prints_one_line_and_no_traceback(lesson, argv, says, code):

@@ -14,9 +14,6 @@ from __future__ import annotations
 
 import ast
 import importlib
-import os
-import subprocess
-import sys
 from pathlib import Path
 
 import pytest
@@ -163,25 +160,3 @@ def test_every_module_runs_its_main_through_run_cli(path):
     functions = {n.name: n for n in tree.body if isinstance(n, ast.FunctionDef)}
     via = [name for name in called if name in functions and "run_cli" in _calls(functions[name].body)]
     assert "run_cli" in called or via, f"{path}: main is not run by run_cli"
-
-
-def _run(script: str, *argv: str) -> subprocess.CompletedProcess:
-    env = {k: v for k, v in os.environ.items() if k != "LLM_SCRATCH_DEBUG"} | {"HF_HUB_OFFLINE": "1"}
-    return subprocess.run(
-        [sys.executable, script, *argv], cwd=ROOT, env=env, capture_output=True, text=True, timeout=120, check=False
-    )
-
-
-@pytest.mark.parametrize(
-    "script, argv, says",
-    [
-        (f"{GPT2}/low_precision.py", ["--n", "-1"], "argument --n: expected an integer >= 1, got '-1'"),
-        (f"{LLAMA}/19_where_decode_time_goes.py", ["--heads", "0"], "argument --heads: expected an integer >= 1"),
-    ],
-)
-def test_from_the_shell_a_bad_value_is_one_line_and_no_traceback(script, argv, says):
-    res = _run(script, *argv)
-    assert res.returncode == 2, res.stderr
-    assert "Traceback" not in res.stderr
-    errors = [line for line in res.stderr.splitlines() if "error:" in line]
-    assert len(errors) == 1 and says in errors[0], res.stderr
