@@ -17,7 +17,6 @@ trained tiny LLaMA (lesson 12). Writes ``out/llama2/decode_ladder.md``.
 
 from __future__ import annotations
 
-import argparse
 import copy
 import statistics
 import sys
@@ -42,6 +41,7 @@ from pytorch_llama2_from_scratch.fast_decode import (
     FastDecoder,
     _hf_generate,
     bytes_per_token,
+    decode_parser,
     measure,
     model_gemv_probe,
     random_llama_pair,
@@ -203,16 +203,7 @@ def markdown(res: dict, hidden, layers, heads, kv_heads, intermediate, vocab, pr
 
 
 def main(argv=None) -> dict:
-    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    p.add_argument("--hidden", type=positive_int, default=768)
-    p.add_argument("--layers", type=positive_int, default=12)
-    p.add_argument("--heads", type=positive_int, default=12)
-    p.add_argument("--kv-heads", type=positive_int, default=4)
-    p.add_argument("--intermediate", type=positive_int, default=2048)
-    p.add_argument("--vocab", type=positive_int, default=32000)
-    p.add_argument("--prompt-len", type=positive_int, default=16)
-    p.add_argument("--new-tokens", type=positive_int, default=64)
-    p.add_argument("--repeats", type=positive_int, default=3)
+    p = decode_parser(__doc__, new_tokens=64, repeats=3)  # the benchmark model's shape, prompt, tokens, rounds
     p.add_argument("--ks", type=positive_int, nargs="+", default=[2], help="draft lengths with the int8 draft")
     p.add_argument("--damped-ks", type=positive_int, nargs="*", default=[4, 6],
                    help="draft lengths on the damped target with its layers:2 draft (none: skip)")  # fmt: skip

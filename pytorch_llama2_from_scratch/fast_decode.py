@@ -745,20 +745,18 @@ def decode_parser(doc: str, new_tokens: int = 64, repeats: int = 5):
     from pytorch_basis.common import positive_int
 
     p = argparse.ArgumentParser(description=doc.split("\n\n")[0])
-    for name, default in (("hidden", 768), ("layers", 12), ("heads", 12), ("kv-heads", 4), ("intermediate", 2048)):
-        p.add_argument(
-            f"--{name}", type=positive_int, default=default, help=f"benchmark model: {name} (default: {default})"
-        )
-    p.add_argument(
-        "--vocab", type=positive_int, default=32000, help="benchmark model: vocabulary size (default: 32000)"
-    )
-    p.add_argument("--prompt-len", type=positive_int, default=16, help="prompt tokens (default: 16)")
-    p.add_argument(
-        "--new-tokens", type=positive_int, default=new_tokens, help=f"tokens to decode (default: {new_tokens})"
-    )
-    p.add_argument(
-        "--repeats", type=positive_int, default=repeats, help="interleaved rounds (median and range are printed)"
-    )
+    for name, default, what in (
+        ("hidden", 768, "benchmark model: hidden"),
+        ("layers", 12, "benchmark model: layers"),
+        ("heads", 12, "benchmark model: heads"),
+        ("kv-heads", 4, "benchmark model: kv-heads"),
+        ("intermediate", 2048, "benchmark model: intermediate"),
+        ("vocab", 32000, "benchmark model: vocabulary size"),
+        ("prompt-len", 16, "prompt tokens"),
+        ("new-tokens", new_tokens, "tokens to decode"),
+        ("repeats", repeats, "interleaved rounds (median and range are printed)"),
+    ):
+        p.add_argument(f"--{name}", type=positive_int, default=default, help=f"{what} (default: {default})")
     return p
 
 

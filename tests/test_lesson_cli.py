@@ -25,6 +25,10 @@ CHAPTERS = (
     "triton_flash_attention_scratch",
 )
 LESSONS = sorted(p for ch in CHAPTERS for p in (ROOT / ch).glob("[0-9][0-9]_*.py"))
+# the chapter modules with a command line of their own (their option values: test_module_cli.py)
+MODULES = [ROOT / "pytorch_gpt2_from_scratch" / f"{name}.py"
+           for name in ("compare_llmc", "low_precision", "hellaswag", "fineweb", "speedrun", "train_gpt2")] + [
+    ROOT / "pytorch_llama2_from_scratch" / f"{name}.py" for name in ("generate", "chat", "decode_ladder")]  # fmt: skip
 
 
 def _main_block(tree: ast.Module) -> list[ast.stmt]:
@@ -34,12 +38,23 @@ def _main_block(tree: ast.Module) -> list[ast.stmt]:
     return []
 
 
-@pytest.mark.parametrize("path", LESSONS, ids=lambda p: f"{p.parent.name}/{p.name}")
+def _calls(nodes: list[ast.stmt]) -> set[str]:
+    return {ast.unparse(n.func) for node in nodes for n in ast.walk(node) if isinstance(n, ast.Call)}
+
+
+def _runs_cli(nodes: list[ast.stmt]) -> bool:
+    return any(name.endswith("run_cli") for name in _calls(nodes))
+
+
+@pytest.mark.parametrize("path", LESSONS + MODULES, ids=lambda p: f"{p.parent.name}/{p.name}")
 def test_every_lesson_runs_its_main_through_run_cli(path):
-    block = _main_block(ast.parse(path.read_text(encoding="utf-8")))
+    """``if __name__ == "__main__":`` calls ``run_cli``, or a function of the file (``cli``) that does."""
+    tree = ast.parse(path.read_text(encoding="utf-8"))
+    block = _main_block(tree)
     assert block, f"{path.name} has no `if __name__ == '__main__':` block"
-    calls = [n for stmt in block for n in ast.walk(stmt) if isinstance(n, ast.Call)]
-    assert any(ast.unparse(c.func).endswith("run_cli") for c in calls), f"{path.name}: main is not run by run_cli"
+    functions = {n.name: n.body for n in tree.body if isinstance(n, ast.FunctionDef)}
+    via = [name for name in _calls(block) if name in functions and _runs_cli(functions[name])]
+    assert _runs_cli(block) or via, f"{path.name}: main is not run by run_cli"
 
 
 def _parse(path: Path, argv: list[str], monkeypatch):

@@ -12,7 +12,6 @@ crashed with a traceback deep in torch (``--heads 0``: a division by zero, ``--n
 
 from __future__ import annotations
 
-import ast
 import importlib
 from pathlib import Path
 
@@ -139,24 +138,3 @@ ACCEPTED = [
 )
 def test_a_legal_value_is_still_accepted(module, argv, name, value):
     assert getattr(_parse(module, argv), name) == value
-
-
-MODULES = [
-    f"{GPT2}/{name}.py" for name in ("compare_llmc", "low_precision", "hellaswag", "fineweb", "speedrun", "train_gpt2")
-] + [f"{LLAMA}/{name}.py" for name in ("generate", "chat")]
-
-
-def _calls(nodes) -> set[str]:
-    return {ast.unparse(n.func) for node in nodes for n in ast.walk(node) if isinstance(n, ast.Call)}
-
-
-@pytest.mark.parametrize("path", MODULES)
-def test_every_module_runs_its_main_through_run_cli(path):
-    """``if __name__ == "__main__":`` calls ``run_cli``, or a function of the module (``cli``) that does."""
-    tree = ast.parse((ROOT / path).read_text(encoding="utf-8"))
-    block = [n for n in tree.body if isinstance(n, ast.If) and "__main__" in ast.unparse(n.test)]
-    assert block, f"{path} has no `if __name__ == '__main__':` block"
-    called = _calls(block[0].body)
-    functions = {n.name: n for n in tree.body if isinstance(n, ast.FunctionDef)}
-    via = [name for name in called if name in functions and "run_cli" in _calls(functions[name].body)]
-    assert "run_cli" in called or via, f"{path}: main is not run by run_cli"
