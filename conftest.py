@@ -15,7 +15,9 @@ from __future__ import annotations
 import importlib.util
 import os
 import random
+import shutil
 import sys
+import tempfile
 from pathlib import Path
 
 import numpy as np
@@ -32,6 +34,18 @@ if not HAS_CUDA:
 # Tests never need the Hugging Face hub: they build reference models from small configs.
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("MPLBACKEND", "Agg")
+# Lessons write to out_dir() (``<repo>/out`` by default); the tests' lessons write to a folder of their own, so that
+# `pytest` never overwrites what a learner's runs left there (lesson 12's trained tiny LLaMA, which lessons 21-22
+# read) nor reads it. Subprocesses inherit it. Removed at the end unless it was set from outside.
+_OWN_OUT = not os.environ.get("LLM_SCRATCH_OUT")
+if _OWN_OUT:
+    os.environ["LLM_SCRATCH_OUT"] = tempfile.mkdtemp(prefix="llm_scratch_test_out_")
+
+
+def pytest_unconfigure(config):
+    if _OWN_OUT:
+        shutil.rmtree(os.environ["LLM_SCRATCH_OUT"], ignore_errors=True)
+
 
 SEED = 1337
 

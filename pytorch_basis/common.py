@@ -315,9 +315,18 @@ def run_cli(
 
 
 # --------------------------------------------------------------------------------------------- files
+OUT_ENV = "LLM_SCRATCH_OUT"  # where lessons write; the test suite points it at a temporary folder
+
+
+def out_root() -> Path:
+    """``$LLM_SCRATCH_OUT`` when set, else ``<repo>/out``."""
+    return Path(os.environ.get(OUT_ENV) or REPO_ROOT / "out")
+
+
 def out_dir(*parts: str) -> Path:
-    """``<repo>/out/<parts...>``, created on demand: where lessons write plots, logs and checkpoints."""
-    path = REPO_ROOT.joinpath("out", *parts)
+    """``out_root()/<parts...>`` (``<repo>/out/...`` by default), created on demand: where lessons write plots, logs
+    and checkpoints."""
+    path = out_root().joinpath(*parts)
     path.mkdir(parents=True, exist_ok=True)
     return path
 

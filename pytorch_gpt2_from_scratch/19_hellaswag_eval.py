@@ -26,7 +26,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # repo root: impor
 
 import torch
 
-from pytorch_basis.common import REPO_ROOT, DownloadError, add_device_argument, positive_int, resolve_device, run_cli
+from pytorch_basis.common import DownloadError, add_device_argument, out_root, positive_int, resolve_device, run_cli
 from pytorch_gpt2_from_scratch.data import gpt2_encoding
 from pytorch_gpt2_from_scratch.hellaswag import (
     completion_losses,
@@ -51,7 +51,7 @@ EXAMPLE = {
         "starts pulling up roofing on a roof.",
     ],
 }
-DEFAULT_CKPT = REPO_ROOT / "out" / "train_gpt2" / "cpu" / "ckpt.pt"
+DEFAULT_CKPT = ("train_gpt2", "cpu", "ckpt.pt")  # train_gpt2.py's cpu preset, under out/ (out_root())
 
 
 def parse_args(argv=None) -> argparse.Namespace:
@@ -72,7 +72,8 @@ def parse_args(argv=None) -> argparse.Namespace:
 def main(model=None, limit=200, device="auto") -> dict:
     dev = resolve_device(device)
     if model is None:
-        model = str(DEFAULT_CKPT) if DEFAULT_CKPT.exists() else "random"
+        ckpt = out_root().joinpath(*DEFAULT_CKPT)
+        model = str(ckpt) if ckpt.exists() else "random"
     if model == "random":
         torch.manual_seed(0)
         net = GPT(GPTConfig.preset("tiny")).to(dev)

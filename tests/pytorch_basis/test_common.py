@@ -187,3 +187,13 @@ def test_cli_value_types_refuse_with_one_line_from_argparse(kind, text, says, ca
     err = capsys.readouterr().err.strip().splitlines()
     assert err[-1].startswith("lesson: error: argument --v: ") and says in err[-1] and repr(text) in err[-1]
     assert len(err) == 2  # argparse's usage line, then the error
+
+
+def test_out_dir_follows_llm_scratch_out_and_the_tests_never_write_to_the_repos_out(monkeypatch, tmp_path):
+    # the suite's own folder (conftest.py): a learner's out/ (lesson 12's checkpoint...) is neither read nor overwritten
+    assert not common.out_dir().resolve().is_relative_to((common.REPO_ROOT / "out").resolve())
+    monkeypatch.setenv(common.OUT_ENV, str(tmp_path / "elsewhere"))
+    assert common.out_dir("llama2", "tiny") == tmp_path / "elsewhere" / "llama2" / "tiny"
+    assert (tmp_path / "elsewhere" / "llama2" / "tiny").is_dir()
+    monkeypatch.delenv(common.OUT_ENV)
+    assert common.out_root() == common.REPO_ROOT / "out"  # the default, for a learner's runs
